@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make reproduce` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+PROFILE ?= cpu
+
+.PHONY: setup data test test-fast reproduce smoke lab bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+# Real FashionMNIST offline: Debian's dataset-fashion-mnist where apt and root are available.
+data:
+	@if ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1 || ls data/fashionmnist/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+		echo "FashionMNIST: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "FashionMNIST: installing Debian's dataset-fashion-mnist"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "FashionMNIST: apt-get failed; the cpu profile will look in data/fashionmnist/ or download with torchvision"; \
+	else \
+		echo "FashionMNIST: not installed. Put the four idx files in data/fashionmnist/, run 'sudo apt-get install dataset-fashion-mnist', or stay online so torchvision downloads them."; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q tests
+
+reproduce: setup
+	$(PY) -m htr_utils.reproduce --profile $(PROFILE)
+
+smoke: setup
+	$(PY) -m htr_utils.reproduce --profile smoke --out build/smoke
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) -m pip install -q -e '.[dev,peers]'
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,21 @@
+"""htr_utils: exact, fast Hessian routines for the reproduction of Sankar et al., AAAI 2021.
+
+Curvature operators (Hessian, Gauss-Newton, residual) on any parameter subset, Lanczos with
+full reorthogonalisation, stochastic Lanczos quadrature, Hutchinson traces and the Hessian
+trace penalty, and distances between spectra.
+"""
+from .curvature import CurvatureOperator, eval_mode, hvp_operator
+from .hutchinson import TraceEstimate, hutchinson_trace, trace_penalty
+from .lanczos import SpectralDensity, lanczos, lanczos_tridiagonal, slq_density, top_eigenvalues
+from .layers import layer_groups, middle_layers, middle_parameters_authors
+from .spectra import (atoms_wasserstein, authors_distance, count_outliers, exact_spectrum_density,
+                      spectral_distance)
+
+__all__ = [
+    "hvp_operator", "CurvatureOperator", "eval_mode",
+    "lanczos", "lanczos_tridiagonal", "slq_density", "top_eigenvalues", "SpectralDensity",
+    "hutchinson_trace", "trace_penalty", "TraceEstimate",
+    "spectral_distance", "atoms_wasserstein", "authors_distance", "exact_spectrum_density", "count_outliers",
+    "layer_groups", "middle_layers", "middle_parameters_authors",
+]
+__version__ = "0.1.0"
