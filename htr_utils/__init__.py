@@ -8,6 +8,7 @@ from .curvature import CurvatureOperator, eval_mode, hvp_operator
 from .hutchinson import TraceEstimate, hutchinson_trace, trace_penalty
 from .lanczos import SpectralDensity, lanczos, lanczos_tridiagonal, slq_density, top_eigenvalues
 from .layers import layer_groups, middle_layers, middle_parameters_authors
+from .layerwise import layerwise_spectra, layerwise_trace, lockstep_lanczos
 from .spectra import (atoms_wasserstein, authors_distance, count_outliers, exact_spectrum_density,
                       spectral_distance)
 
@@ -17,5 +18,6 @@ __all__ = [
     "hutchinson_trace", "trace_penalty", "TraceEstimate",
     "spectral_distance", "atoms_wasserstein", "authors_distance", "exact_spectrum_density", "count_outliers",
     "layer_groups", "middle_layers", "middle_parameters_authors",
+    "layerwise_spectra", "layerwise_trace", "lockstep_lanczos",
 ]
 __version__ = "0.1.0"
