@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 
 KINDS = ("hessian", "ggn", "residual")
+VMAP_BUDGET = 1024  # vectors x samples per vmapped call; see _vmapped
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -98,7 +99,7 @@ class CurvatureOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, params: Iterable[str] | None = None,
-                 kind: str = "hessian", cache: bool | None = None) -> None:
+                 kind: str = "hessian", cache: bool | None = None, vmap_chunk: int | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS} (residual = hessian - ggn).")
         self.model, self.loss_fn, self.kind = model, loss_fn, kind
@@ -114,6 +115,7 @@ class CurvatureOperator:
         self.cache = single if cache is None else cache
         self._cached: list[dict[str, Any]] | None = None
         self._double_backward = False
+        self.vmap_chunk = vmap_chunk  # vectors per vmapped call; None: VMAP_BUDGET // batch size
 
     # -- data -------------------------------------------------------------------------------
     def batches(self) -> Iterator[Batch]:
@@ -216,6 +218,8 @@ class CurvatureOperator:
             maps["hvp"] = self._hvp_map(loss_fn, primals, linearized)
         if self.kind in ("ggn", "residual"):
             maps["ggn"] = self._ggn_map(logits_fn, primals, y, linearized)
+        chunk = self.vmap_chunk or max(1, VMAP_BUDGET // len(x))
+        maps = {name: _vmapped(single, chunk) for name, single in maps.items()}
         return maps
 
     def _hvp_map(self, loss_fn: Callable, primals: tuple[Tensor, ...], linearized: bool) -> Callable:
@@ -226,15 +230,14 @@ class CurvatureOperator:
                     _, tangent_map = _quiet_linearize(grad_fn, primals)
                 else:
                     def tangent_map(t): return jvp(grad_fn, (primals,), (t,))[1]
-                batched = _vmapped(tangent_map)
-                batched(tuple(torch.zeros((1, *p.shape), dtype=p.dtype, device=p.device) for p in primals))
-                return batched
+                tangent_map(tuple(torch.zeros_like(p) for p in primals))
+                return tangent_map
             except (RuntimeError, NotImplementedError) as err:
                 warnings.warn(f"forward-mode AD failed ({type(err).__name__}: {str(err)[:200]}); "
                               "falling back to double-backward Hessian-vector products.", stacklevel=3)
                 self._double_backward = True
         _, pullback = vjp(grad_fn, primals)
-        return _vmapped(lambda t: pullback(t)[0])
+        return lambda t: pullback(t)[0]
 
     def _ggn_map(self, logits_fn: Callable, primals: tuple[Tensor, ...], y: Tensor, linearized: bool) -> Callable:
         logits, pullback = vjp(logits_fn, primals)
@@ -263,7 +266,7 @@ class CurvatureOperator:
 
         def ggn(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             return pullback(out_hvp(push(t)))[0]
-        return _vmapped(ggn)
+        return ggn
 
     # -- conveniences -----------------------------------------------------------------------
     def to_dense(self) -> Tensor:
@@ -296,32 +299,43 @@ def _quiet_linearize(fn: Callable, primals: tuple[Tensor, ...]) -> tuple[Any, Ca
         return linearize(fn, primals)
 
 
-def _vmapped(single: Callable) -> Callable:
-    """Map a product over a leading batch dimension of tangents, with vmap, or a loop if vmap fails."""
-    batched = vmap(single)
-    state = {"vmap": True}
+def _vmapped(single: Callable, chunk: int) -> Callable:
+    """Map a product over a leading batch dimension of tangents: vmap over ``chunk`` at a time.
 
-    def apply(tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        if tangents[0].shape[0] == 1:
-            return tuple(o.unsqueeze(0) for o in single(tuple(t[0] for t in tangents)))
-        if state["vmap"]:
-            try:
-                return batched(tangents)
-            except (RuntimeError, NotImplementedError):
-                state["vmap"] = False
+    vmap shares one pass over the data between several vectors, but its intermediates grow
+    with vectors × samples; past about a thousand of those, a plain loop is faster on CPU.
+    Falls back to the loop if vmap fails.
+    """
+    batched = vmap(single)
+    state = {"vmap": chunk > 1}
+
+    def loop(tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         outs = [single(tuple(t[i] for t in tangents)) for i in range(tangents[0].shape[0])]
         return tuple(torch.stack(o) for o in zip(*outs))
+
+    def apply(tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        k = tangents[0].shape[0]
+        if k == 1 or not state["vmap"]:
+            return loop(tangents)
+        try:
+            parts = [batched(tuple(t[i:i + chunk] for t in tangents)) for i in range(0, k, chunk)]
+        except (RuntimeError, NotImplementedError):
+            state["vmap"] = False
+            return loop(tangents)
+        return tuple(torch.cat(p) for p in zip(*parts))
 
     return apply
 
 
 def hvp_operator(model: nn.Module, loss_fn: LossFn, data: Any, params: Iterable[str] | None = None,
-                 kind: str = "hessian", cache: bool | None = None) -> CurvatureOperator:
+                 kind: str = "hessian", cache: bool | None = None, vmap_chunk: int | None = None) -> CurvatureOperator:
     """Curvature operator of the mean loss over ``data`` w.r.t. ``params`` (names; None = all trainable).
 
     ``data``: an ``(x, y)`` pair or an iterable of ``(x, y)`` batches (the loss is the mean over
     all samples, batches weighted by size). ``kind``: "hessian", "ggn" or "residual".
     ``cache``: keep each batch's linearised tangent map between products (default: only
     for a single batch, whose memory is then that of one forward-and-backward pass).
+    ``vmap_chunk``: how many vectors ``matmat`` pushes through one vmapped product
+    (default: about 1024 / batch size; 1 = a plain loop).
     """
-    return CurvatureOperator(model, loss_fn, data, params=params, kind=kind, cache=cache)
+    return CurvatureOperator(model, loss_fn, data, params=params, kind=kind, cache=cache, vmap_chunk=vmap_chunk)

@@ -23,6 +23,16 @@ def test_products_match_dense(problem, kind, subset):
     assert rel_err(op @ V[:, 1], dense @ V[:, 1]) < TOL
 
 
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_matmat_chunking_and_loop_agree(problem, kind, chunk):
+    H, G = problem.dense_hessian(), problem.dense_ggn()
+    dense = {"hessian": H, "ggn": G, "residual": H - G}[kind]
+    op = hvp_operator(problem.model, F.cross_entropy, (problem.x, problem.y), kind=kind, vmap_chunk=chunk)
+    V = torch.randn(op.dim, 7, dtype=torch.double)
+    assert rel_err(op.matmat(V), dense @ V) < TOL
+
+
 def test_hessian_is_ggn_plus_residual(problem):
     data = (problem.x, problem.y)
     ops = {k: hvp_operator(problem.model, F.cross_entropy, data, kind=k) for k in ("hessian", "ggn", "residual")}
