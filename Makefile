@@ -30,8 +30,11 @@ data:
 		echo "FashionMNIST: not installed. Put the four idx files in data/fashionmnist/, run 'sudo apt-get install dataset-fashion-mnist', or stay online so torchvision downloads them."; \
 	fi
 
+# Unit tests, then every notebook under nbval with the smoke profile (kernels start in notebooks/;
+# outputs go to build/smoke/; --nbval-lax compares only cells tagged nbval-check-output).
 test: setup
 	$(PY) -m pytest -q tests
+	HTR_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
 reproduce: setup
 	$(PY) -m htr_utils.reproduce --profile $(PROFILE)

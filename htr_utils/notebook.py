@@ -1,0 +1,205 @@
+"""Small helpers the notebooks call: the profile, where outputs go, saving figures / tables / JSON.
+
+Outputs of notebook ``NN_name`` under profile ``p`` go to
+
+* ``$HTR_OUT_DIR`` exactly, when the environment sets it (the runner
+  :mod:`htr_utils.reproduce` sets it to ``<DIR>/<notebook stem>`` for each notebook);
+* else ``<repo>/figures/<p>/<notebook>/`` for the cpu and paper profiles (committed);
+* else ``<repo>/build/smoke/<notebook>/`` for the smoke profile (outside the committed tree).
+
+Paths are resolved from the repository root (found from this package's location), not from
+the working directory, since notebooks run from ``notebooks/``.
+
+Typical first cells of a notebook::
+
+    # parameters (cell tagged "parameters")
+    profile = None
+    # setup
+    from htr_utils.notebook import setup, save_figure, save_table, save_json
+    profile, out_dir = setup("03_layerwise_outliers", profile)
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .report import write_json
+
+PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
+DEFAULT_PROFILE = "cpu"
+#: profiles whose outputs are written outside the committed tree
+UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)
+
+
+def repo_root() -> Path:
+    """The repository root: the parent of the package directory when it holds pyproject.toml, else
+    the first ancestor of the working directory that does (for a non-editable install)."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    for d in [Path.cwd().resolve(), *Path.cwd().resolve().parents]:
+        if (d / "pyproject.toml").is_file() and (d / "htr_utils").is_dir():
+            return d
+    return here
+
+
+def data_root() -> Path:
+    """Absolute path of the repository's ``data/`` directory (data sets and cached runs)."""
+    return repo_root() / "data"
+
+
+def profile_name(default: str | None = None) -> str:
+    """The profile: ``default`` (a notebook's papermill parameter) if given, else $HTR_PROFILE, else "cpu"."""
+    name = default if default is not None else (os.environ.get("HTR_PROFILE") or DEFAULT_PROFILE)
+    name = str(name).strip().lower()
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return name
+
+
+def output_dir(notebook_name: str, profile: str, out: str | Path | None = None, create: bool = True) -> Path:
+    """The directory for a notebook's outputs (created unless ``create=False``): ``out`` if given, else
+    $HTR_OUT_DIR, else the profile's default (``figures/<profile>/<notebook>`` or, for smoke,
+    ``build/smoke/<notebook>``). Relative paths are taken from the repository root."""
+    if out is None and os.environ.get("HTR_OUT_DIR"):
+        out = os.environ["HTR_OUT_DIR"]
+    if out is not None:
+        path = Path(out)
+        path = path if path.is_absolute() else repo_root() / path
+    else:
+        base = "build" if profile_name(profile) in UNCOMMITTED_PROFILES else "figures"
+        path = repo_root() / base / profile_name(profile) / Path(notebook_name).stem
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def setup(notebook_name: str, profile: str | None = None, out: str | Path | None = None,
+          style: bool = True) -> tuple[str, Path]:
+    """Resolve the profile and the output directory, set the plotting style; returns (profile, out_dir)."""
+    profile = profile_name(profile)
+    if style:
+        from .plotting import set_style
+        set_style()
+    return profile, output_dir(notebook_name, profile, out)
+
+
+def save_figure(fig: Any, out_dir: str | Path, name: str, dpi: int = 150) -> tuple[Path, Path]:
+    """Save ``fig`` as ``out_dir/name.png`` (``dpi``) and ``out_dir/name.pdf``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    fig.savefig(png, dpi=dpi, bbox_inches="tight")
+    fig.savefig(pdf, bbox_inches="tight")
+    return png, pdf
+
+
+def save_table(df: Any, out_dir: str | Path, name: str, index: bool | None = None) -> Path:
+    """Save a pandas DataFrame as ``out_dir/name.csv``. The index is written when it is named or
+    not a plain 0..n-1 range (unless ``index`` says otherwise)."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if index is None:
+        index = any(n is not None for n in df.index.names) or not isinstance(df.index, pd.RangeIndex)
+    path = out_dir / f"{name}.csv"
+    df.to_csv(path, index=index)
+    return path
+
+
+def save_json(obj: Any, out_dir: str | Path, name: str) -> Path:
+    """Save ``obj`` as ``out_dir/name.json`` (numpy / torch values converted; nan/inf become null)."""
+    return write_json(obj, Path(out_dir) / f"{name}.json")
+
+
+# --------------------------------------------------------------------------- dense references
+
+
+def dense_curvatures(model: Any, x: Any, y: Any) -> dict[str, Any]:
+    """Dense Hessian, Gauss-Newton and residual of the mean cross-entropy of ``model`` on ``(x, y)``.
+
+    An independent reference for the routines check (notebook 00): the Hessian by
+    ``torch.func.hessian`` of the loss as a function of the flat parameter vector (all trainable
+    parameters, in ``named_parameters`` order, model in eval mode), and
+    G = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i from the logits' Jacobian ``torch.func.jacrev``.
+    Only for small models: memory is O(N · C · P + P²). Returns the three (P, P) matrices under
+    "hessian", "ggn", "residual", the parameter names, and each one's (start, stop) in the flat
+    vector under "slices".
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, hessian, jacrev
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    shapes = [p.shape for _, p in named]
+    sizes = [p.numel() for _, p in named]
+    fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    fixed.update({n: b for n, b in model.named_buffers()})
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+
+    def logits(theta):
+        chunks = {n: c.view(s) for n, c, s in zip(names, torch.split(theta, sizes), shapes)}
+        return functional_call(model, {**fixed, **chunks}, (x,))
+
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # torch's first forward-mode AD call loads decompositions with the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+            hess = hessian(lambda t: F.cross_entropy(logits(t), y))(flat)
+            jac = jacrev(logits)(flat)                                   # (N, C, P)
+            p = torch.softmax(logits(flat), dim=1)                        # (N, C)
+            out_hess = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+            ggn = torch.einsum("ncp,ncd,ndq->pq", jac, out_hess, jac) / len(x)
+    finally:
+        model.train(was_training)
+    hess = (hess + hess.T) / 2
+    ggn = (ggn + ggn.T) / 2
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    slices = {n: (a, a + k) for n, a, k in zip(names, starts, sizes)}
+    return {"hessian": hess, "ggn": ggn, "residual": hess - ggn, "names": names, "slices": slices}
+
+
+# --------------------------------------------------------------------------- committing notebooks
+
+CHECK_TAG = "nbval-check-output"
+
+
+def clean_notebook(path: str | Path, executed: str | Path | None = None) -> Path:
+    """Strip outputs and execution counts from notebook ``path`` for committing, except in cells
+    tagged ``nbval-check-output``, which keep their stored output (nbval --nbval-lax compares it).
+
+    ``executed``: take those cells' outputs from this executed copy instead (same cells, e.g. the
+    runner's ``build/smoke/<nb>/<nb>.ipynb``), to refresh the expected outputs.
+    """
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    ref = nbformat.read(executed, as_version=4) if executed is not None else None
+    ref_cells = [c for c in ref.cells if "injected-parameters" not in c.metadata.get("tags", [])] if ref else None
+    if ref_cells is not None and len(ref_cells) != len(nb.cells):
+        raise ValueError(f"{executed} has {len(ref_cells)} cells, {path} has {len(nb.cells)}; not the same notebook")
+    count = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if CHECK_TAG in cell.metadata.get("tags", []):
+            count += 1
+            outputs = list((ref_cells[i] if ref_cells is not None else cell).get("outputs", []))
+            for o in outputs:
+                if o.get("output_type") == "execute_result":
+                    o["execution_count"] = count
+            cell.outputs, cell.execution_count = outputs, count
+        else:
+            cell.outputs, cell.execution_count = [], None
+        for key in ("execution", "papermill"):
+            cell.metadata.pop(key, None)
+    nb.metadata.pop("papermill", None)
+    nbformat.write(nb, path)
+    return path

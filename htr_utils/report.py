@@ -1,0 +1,228 @@
+"""Verdicts and the study's report.
+
+Every claim notebook ends with :func:`write_verdict`, which writes ``verdict.json`` into the
+notebook's output directory: the claim, what the paper reports, what was measured, the
+verdict (``reproduced`` / ``not reproduced`` / ``inconclusive``), the rule that decided it
+(stated in the notebook before the result) and the data set. The runner
+(:mod:`htr_utils.reproduce`) then gathers them with :func:`write_report` into
+``<DIR>/REPORT.md``: one row per notebook, with each notebook's wall time.
+
+Wall times are kept in ``<DIR>/timings.json`` ({notebook: {"wall_s", "status", "error"}}),
+merged run after run, so a partial rerun (``--only 03``) keeps the other notebooks' rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive")
+VERDICT_FILE = "verdict.json"
+TIMINGS_FILE = "timings.json"
+REPORT_FILE = "REPORT.md"
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types: numpy / torch scalars and arrays, Paths, dataclasses, sets, tuples.
+
+    Non-finite floats (nan, ±inf) become None, so the file is strict JSON.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (_dt.datetime, _dt.date)):
+        return obj.isoformat()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj))
+    if hasattr(obj, "to_dict"):  # pandas objects, SpectralDensity, ...
+        return to_jsonable(obj.to_dict())
+    if hasattr(obj, "tolist"):  # torch tensors
+        return to_jsonable(obj.tolist())
+    if hasattr(obj, "item"):
+        return to_jsonable(obj.item())
+    raise TypeError(f"cannot write an object of type {type(obj).__name__} as JSON")
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` (see :func:`to_jsonable`) as indented strict JSON, atomically (temp file, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def write_verdict(out_dir: str | Path, claim_id: str, claim: str, paper_reports: str, measured: str,
+                  verdict: str, rule: str, data: str, extra: Mapping[str, Any] | None = None,
+                  profile: str | None = None) -> Path:
+    """Write ``out_dir/verdict.json`` and return its path.
+
+    ``verdict`` must be one of :data:`VERDICTS`. ``rule`` is the decision rule as written in the
+    notebook before the result; ``data`` names the data set(s) (and model); ``extra`` holds any
+    numbers behind the verdict. ``profile`` defaults to the environment's HTR_PROFILE.
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    for name, value in (("claim_id", claim_id), ("claim", claim), ("paper_reports", paper_reports),
+                        ("measured", measured), ("rule", rule), ("data", data)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    out_dir = Path(out_dir)
+    record = {
+        "notebook": out_dir.name,
+        "claim_id": claim_id,
+        "claim": claim,
+        "paper_reports": paper_reports,
+        "measured": measured,
+        "verdict": verdict,
+        "rule": rule,
+        "data": data,
+        "profile": profile if profile is not None else os.environ.get("HTR_PROFILE"),
+        "written": _dt.datetime.now().isoformat(timespec="seconds"),
+        "extra": dict(extra or {}),
+    }
+    return write_json(record, out_dir / VERDICT_FILE)
+
+
+def collect_verdicts(directory: str | Path) -> dict[str, dict]:
+    """{notebook directory name: verdict record} for every ``directory/*/verdict.json``, sorted by name."""
+    directory = Path(directory)
+    out: dict[str, dict] = {}
+    for path in sorted(directory.glob(f"*/{VERDICT_FILE}")):
+        try:
+            out[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            out[path.parent.name] = {"verdict": "unreadable", "measured": f"{path}: {err}"}
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_description() -> dict[str, str]:
+    """Platform, Python, torch version, CPU count and GPU (if any) of this machine."""
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": str(os.cpu_count())}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:  # pragma: no cover - torch is a dependency, but the report should not need it
+        info["torch"] = "unavailable"
+    return info
+
+
+def _cell(text: Any) -> str:
+    """A markdown table cell: one line, pipes escaped."""
+    s = "—" if text is None or text == "" else str(text)
+    return " ".join(s.split()).replace("|", "\\|")
+
+
+def _format_seconds(s: float | None) -> str:
+    if s is None:
+        return "—"
+    s = float(s)
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _merge_timings(directory: Path, timings: Mapping[str, Any] | None,
+                   failed: Mapping[str, str] | None) -> dict[str, dict]:
+    path = directory / TIMINGS_FILE
+    merged: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            merged = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            merged = {}
+    for name, value in (timings or {}).items():
+        entry = dict(value) if isinstance(value, Mapping) else {"wall_s": value}
+        entry.setdefault("status", "failed" if failed and name in failed else "ok")
+        if failed and name in failed:
+            entry["error"] = failed[name]
+        merged[name] = entry
+    for name, error in (failed or {}).items():
+        merged.setdefault(name, {"wall_s": None})
+        merged[name].update(status="failed", error=error)
+    if timings or failed:
+        write_json(merged, path)
+    return merged
+
+
+def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None,
+                 failed: Mapping[str, str] | None = None, profile: str | None = None) -> Path:
+    """Write ``directory/REPORT.md`` from the verdicts found under it and return its path.
+
+    ``timings``: {notebook: wall seconds} of this run (merged into ``timings.json``);
+    ``failed``: {notebook: error message} of the notebooks that failed in this run.
+    ``profile`` defaults to the verdicts' profile, else the directory's name.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    verdicts = collect_verdicts(directory)
+    runs = _merge_timings(directory, timings, failed)
+    if profile is None:
+        profiles = {v.get("profile") for v in verdicts.values() if v.get("profile")}
+        profile = profiles.pop() if len(profiles) == 1 else directory.name
+    machine = machine_description()
+
+    lines = [
+        f"# Reproduction report — profile `{profile}`",
+        "",
+        f"- Date: {_dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- Machine: {machine['platform']}, {machine['cpus']} CPUs, GPU: {machine.get('gpu', 'none')}",
+        f"- Software: Python {machine['python']}, torch {machine.get('torch')}",
+        "",
+        "Each verdict follows a rule stated in its notebook before the result "
+        "(see `rule` in the notebook's `verdict.json`).",
+        "",
+        "| notebook | claim | paper reports | measured | verdict | data | wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for name in sorted(set(verdicts) | set(runs)):
+        v, r = verdicts.get(name, {}), runs.get(name, {})
+        wall = r.get("wall_s")
+        total += float(wall or 0.0)
+        if r.get("status") == "failed":
+            verdict = "**FAILED**: " + (r.get("error") or "see the executed notebook")
+            v = {}  # a stale verdict must not be shown for a notebook that failed
+        else:
+            verdict = f"**{v['verdict']}**" if v.get("verdict") else "no verdict"
+        claim = v.get("claim")
+        if claim and v.get("claim_id"):
+            claim = f"{v['claim_id']}: {claim}"
+        lines.append("| " + " | ".join(_cell(c) for c in (
+            name, claim, v.get("paper_reports"), v.get("measured"), verdict, v.get("data"),
+            _format_seconds(wall))) + " |")
+    lines += ["", f"Total wall time: {_format_seconds(total)}", ""]
+    path = directory / REPORT_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,173 @@
+"""Run the study: execute the notebooks in order with papermill and gather their verdicts.
+
+    python -m htr_utils.reproduce --profile {smoke,cpu,paper} [--out DIR] [--only 00 03 ...]
+                                  [--timeout S] [--notebooks DIR]
+
+Each ``notebooks/NN_*.ipynb`` is executed (kernel ``python3``, working directory ``notebooks/``,
+parameter ``profile``) into ``DIR/<notebook stem>/<notebook file>``; the kernel sees
+``HTR_PROFILE=<profile>`` and ``HTR_OUT_DIR=DIR/<notebook stem>``, where the notebook writes its
+figures, tables and ``verdict.json`` (see :func:`htr_utils.notebook.output_dir`). ``DIR`` defaults
+to ``figures/<profile>/`` (smoke: ``build/smoke/``) under the repository root. At the end
+``DIR/REPORT.md`` gathers the verdicts and wall times; the exit status is 1 when a notebook
+failed (its partially executed copy is kept, and its path and the failing cell's error printed).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .notebook import PROFILES, UNCOMMITTED_PROFILES, repo_root
+from .report import VERDICT_FILE, write_report
+
+NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
+KERNEL = "python3"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def discover(notebooks_dir: Path) -> list[Path]:
+    """The ``NN_*.ipynb`` files of ``notebooks_dir`` in order."""
+    return sorted(p for p in Path(notebooks_dir).iterdir() if p.is_file() and NOTEBOOK_PATTERN.match(p.name))
+
+
+def select(notebooks: list[Path], only: Sequence[str] | None) -> list[Path]:
+    """Notebooks whose number (``03`` or ``3``) or stem is in ``only``; ValueError names unknown ones."""
+    if not only:
+        return notebooks
+    chosen, unknown = [], []
+    for key in only:
+        key = key.strip()
+        hits = [nb for nb in notebooks if nb.stem == key or nb.name == key
+                or (key.isdigit() and int(key) == int(nb.name[:2]))]
+        if not hits:
+            unknown.append(key)
+        chosen += [nb for nb in hits if nb not in chosen]
+    if unknown:
+        available = ", ".join(nb.name[:2] for nb in notebooks) or "none"
+        raise ValueError(f"--only: no notebook numbered {', '.join(unknown)} (available: {available})")
+    return [nb for nb in notebooks if nb in chosen]
+
+
+def default_out(profile: str) -> Path:
+    base = "build" if profile in UNCOMMITTED_PROFILES else "figures"
+    return repo_root() / base / profile
+
+
+def _error_summary(err: BaseException) -> tuple[str, str]:
+    """(one-line summary, longer traceback text) of a notebook failure."""
+    try:
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError:  # pragma: no cover
+        PapermillExecutionError = ()  # type: ignore[assignment]
+    if isinstance(err, PapermillExecutionError):
+        evalue = " ".join(str(err.evalue).split())
+        summary = f"cell {err.exec_count if err.exec_count is not None else err.cell_index}: {err.ename}: {evalue}"
+        detail = _ANSI.sub("", "\n".join(err.traceback or []))
+    else:
+        summary = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        detail = summary
+    return (summary if len(summary) <= 300 else summary[:297] + "..."), detail
+
+
+def run_notebook(notebook: Path, out_dir: Path, profile: str, timeout: float | None = None,
+                 cwd: Path | None = None) -> Path:
+    """Execute ``notebook`` into ``out_dir/<file>`` with HTR_PROFILE / HTR_OUT_DIR set for its kernel.
+
+    Raises papermill's execution error when a cell fails (the partial copy is written first).
+    """
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / VERDICT_FILE
+    if stale.exists():
+        stale.unlink()  # a verdict must come from this run
+    target = out_dir / notebook.name
+    saved = {k: os.environ.get(k) for k in ("HTR_PROFILE", "HTR_OUT_DIR")}
+    os.environ["HTR_PROFILE"], os.environ["HTR_OUT_DIR"] = profile, str(out_dir)
+    try:
+        pm.execute_notebook(str(notebook), str(target), parameters={"profile": profile}, kernel_name=KERNEL,
+                            cwd=str(cwd or notebook.parent), progress_bar=False, log_output=False,
+                            execution_timeout=timeout)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m htr_utils.reproduce",
+                                description="Execute the study's notebooks with papermill and write REPORT.md.")
+    p.add_argument("--profile", required=True, choices=PROFILES,
+                   help="sizes: smoke (digits, CI), cpu (FashionMNIST, ~1 h on 2 cores), paper (GPU)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: figures/<profile>/, smoke: build/smoke/)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers, e.g. 00 03)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="per-cell execution timeout in seconds (default: none)")
+    p.add_argument("--notebooks", type=Path, default=None, metavar="DIR",
+                   help="directory of NN_*.ipynb notebooks (default: notebooks/ of the repository)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tqdm.auto import tqdm
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    nb_dir = (args.notebooks or repo_root() / "notebooks").resolve()
+    if not nb_dir.is_dir():
+        parser.error(f"--notebooks: {nb_dir} is not a directory")
+    try:
+        notebooks = select(discover(nb_dir), args.only)
+    except ValueError as err:
+        parser.error(str(err))
+    if not notebooks:
+        parser.error(f"no NN_*.ipynb notebooks in {nb_dir}")
+    out = (args.out.resolve() if args.out is not None else default_out(args.profile))
+    out.mkdir(parents=True, exist_ok=True)
+
+    timings: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    details: dict[str, tuple[Path, str]] = {}
+    print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {nb_dir} into {out}", flush=True)
+    bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stderr, dynamic_ncols=True)
+    for nb in bar:
+        bar.set_postfix_str(nb.stem)
+        nb_out = out / nb.stem
+        t0 = time.perf_counter()
+        try:
+            run_notebook(nb, nb_out, args.profile, timeout=args.timeout, cwd=nb_dir)
+            status = "ok"
+        except Exception as err:  # a failing cell, a dead kernel, a timeout: report, keep going
+            summary, detail = _error_summary(err)
+            failed[nb.stem] = summary
+            details[nb.stem] = (nb_out / nb.name, detail)
+            status = "FAILED"
+        timings[nb.stem] = time.perf_counter() - t0
+        tqdm.write(f"{nb.stem}: {status} in {timings[nb.stem]:.1f} s", file=sys.stdout)
+        sys.stdout.flush()
+    bar.close()
+
+    report = write_report(out, timings, failed=failed, profile=args.profile)
+    print()
+    print(report.read_text(encoding="utf-8"))
+    print(f"report: {report}")
+    if failed:
+        for name, (path, detail) in details.items():
+            print(f"\nFAILED {name}: {failed[name]}", file=sys.stderr)
+            print(f"  partial executed notebook: {path}", file=sys.stderr)
+            tail = "\n".join(detail.strip().splitlines()[-15:])
+            print("  " + tail.replace("\n", "\n  "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Verdicts, REPORT.md, the notebooks' output helpers and the shared plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from htr_utils import notebook, report
+
+matplotlib.use("Agg")
+
+
+def _verdict(out: Path, verdict: str = "reproduced", **kw) -> Path:
+    args = dict(claim_id="C1", claim="bulk plus C outliers", paper_reports="about 10 outliers",
+                measured="9 outliers", verdict=verdict, rule="count in [C-2, C+2]", data="FashionMNIST, LeNet")
+    args.update(kw)
+    return report.write_verdict(out, **args)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_write_verdict_fields_and_json_safety(tmp_path: Path) -> None:
+    path = _verdict(tmp_path / "01_full_spectrum", extra={"top": np.array([3.0, 2.0]), "n": np.int64(4),
+                                                          "nan": float("nan"), "ok": np.bool_(True)},
+                    profile="cpu")
+    assert path == tmp_path / "01_full_spectrum" / "verdict.json"
+    rec = json.loads(path.read_text())
+    assert rec["notebook"] == "01_full_spectrum" and rec["verdict"] == "reproduced" and rec["profile"] == "cpu"
+    for key in ("claim", "paper_reports", "measured", "rule", "data", "written"):
+        assert rec[key]
+    assert rec["extra"] == {"top": [3.0, 2.0], "n": 4, "nan": None, "ok": True}
+
+
+@pytest.mark.parametrize("bad", ["yes", "Reproduced", "", None])
+def test_write_verdict_rejects_unknown_verdicts(tmp_path: Path, bad) -> None:
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        _verdict(tmp_path / "x", verdict=bad)
+    assert not (tmp_path / "x" / "verdict.json").exists()
+
+
+def test_write_verdict_requires_the_texts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="rule"):
+        _verdict(tmp_path / "x", rule="  ")
+
+
+def test_profile_defaults_to_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HTR_PROFILE", "smoke")
+    assert json.loads(_verdict(tmp_path / "a").read_text())["profile"] == "smoke"
+
+
+# --------------------------------------------------------------------------- REPORT.md
+
+
+def test_report_table(tmp_path: Path) -> None:
+    _verdict(tmp_path / "01_full_spectrum", profile="cpu")
+    _verdict(tmp_path / "04_layer_vs_full", verdict="not reproduced", claim="middle | layers closest",
+             measured="minimum at\nthe last layer", profile="cpu")
+    (tmp_path / "00_routines_check").mkdir()  # ran, no verdict
+    path = report.write_report(tmp_path, {"00_routines_check": 12.0, "01_full_spectrum": 30.5,
+                                          "04_layer_vs_full": 300.0, "05_trace": 1.0},
+                               failed={"05_trace": "cell 3: RuntimeError: out of memory"})
+    assert path == tmp_path / "REPORT.md"
+    text = path.read_text()
+    assert "profile `cpu`" in text and "torch" in text and "CPUs" in text
+    lines = [line for line in text.splitlines() if line.startswith("| 0")]
+    assert [line.split("|")[1].strip() for line in lines] == ["00_routines_check", "01_full_spectrum",
+                                                              "04_layer_vs_full", "05_trace"]
+    assert all(line.count(" | ") == 6 for line in lines)  # 7 cells, pipes in texts escaped
+    assert "no verdict" in lines[0] and "12.0 s" in lines[0]
+    cells = [c.strip() for c in lines[1].split(" | ")]
+    assert cells[1:] == ["C1: bulk plus C outliers", "about 10 outliers", "9 outliers", "**reproduced**",
+                         "FashionMNIST, LeNet", "30.5 s |"]
+    assert "middle \\| layers closest" in lines[2] and "minimum at the last layer" in lines[2]
+    assert "**not reproduced**" in lines[2] and "5.0 min" in lines[2]
+    assert "**FAILED**: cell 3: RuntimeError: out of memory" in lines[3]
+
+
+def test_report_keeps_earlier_timings_and_collects(tmp_path: Path) -> None:
+    _verdict(tmp_path / "01_a")
+    _verdict(tmp_path / "02_b")
+    report.write_report(tmp_path, {"01_a": 5.0, "02_b": 7.0}, profile="smoke")
+    text = report.write_report(tmp_path, {"02_b": 9.0}, profile="smoke").read_text()  # a rerun of 02 only
+    assert "5.0 s" in text and "9.0 s" in text and "7.0 s" not in text
+    assert set(report.collect_verdicts(tmp_path)) == {"01_a", "02_b"}
+
+
+# --------------------------------------------------------------------------- notebook helpers
+
+
+def test_profile_name(monkeypatch) -> None:
+    monkeypatch.delenv("HTR_PROFILE", raising=False)
+    assert notebook.profile_name() == "cpu"
+    monkeypatch.setenv("HTR_PROFILE", "smoke")
+    assert notebook.profile_name() == "smoke"
+    assert notebook.profile_name("paper") == "paper"  # the papermill parameter wins
+    with pytest.raises(ValueError, match="unknown profile"):
+        notebook.profile_name("huge")
+
+
+def test_output_dir(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HTR_OUT_DIR", raising=False)
+    root = notebook.repo_root()
+    assert (root / "pyproject.toml").is_file() and notebook.data_root() == root / "data"
+    monkeypatch.chdir(tmp_path)  # resolution does not depend on the working directory
+    assert notebook.output_dir("01_x", "cpu", create=False) == root / "figures" / "cpu" / "01_x"
+    assert notebook.output_dir("01_x", "paper", create=False) == root / "figures" / "paper" / "01_x"
+    assert notebook.output_dir("01_x", "smoke", create=False) == root / "build" / "smoke" / "01_x"
+    monkeypatch.setenv("HTR_OUT_DIR", str(tmp_path / "runner" / "01_x"))
+    assert notebook.output_dir("01_x", "cpu", create=False) == tmp_path / "runner" / "01_x"
+    assert notebook.output_dir("01_x", "cpu", out=tmp_path / "mine", create=False) == tmp_path / "mine"
+
+
+def test_save_helpers(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import torch
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png, pdf = notebook.save_figure(fig, tmp_path / "o", "fig")
+    plt.close(fig)
+    assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
+    csv = notebook.save_table(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}), tmp_path / "o", "t")
+    assert csv.read_text().splitlines() == ["a,b", "1,0.5", "2,0.25"]
+    named = pd.DataFrame({"v": [1.0]}, index=pd.Index(["fc1"], name="layer"))
+    assert notebook.save_table(named, tmp_path / "o", "n").read_text().splitlines()[0] == "layer,v"
+    js = notebook.save_json({"t": torch.tensor([1.0, 2.0]), "x": np.float32(0.5), "p": tmp_path,
+                             "inf": np.inf}, tmp_path / "o", "j")
+    assert json.loads(js.read_text()) == {"t": [1.0, 2.0], "x": 0.5, "p": str(tmp_path), "inf": None}
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plots_draw() -> None:
+    import matplotlib.pyplot as plt
+
+    from htr_utils import exact_spectrum_density, plotting
+
+    plotting.set_style()
+    ev = np.concatenate([np.linspace(-0.1, 0.1, 50), [2.0, 3.0]])
+    dens = exact_spectrum_density(ev)
+    fig, axes = plt.subplots(1, 3)
+    plotting.plot_density(axes[0], dens, "full")
+    assert axes[0].get_yscale() == "log"
+    plotting.plot_spectrum_with_exact(axes[1], dens, ev)
+    plotting.plot_top_eigenvalues(axes[2], ev[::-1][:6], C=2)
+    assert any("C = 2" in t.get_text() for t in axes[2].texts)
+    plt.close(fig)
+    fig, grid = plotting.plot_layer_grid({"conv1": dens, "fc1": {"Hess_l": dens, "G_l": dens},
+                                          "fc2": dens, "fc3": dens}, ncols=3)
+    assert grid.shape == (2, 3) and not grid[1, 2].get_visible()
+    plt.close(fig)
+    fig, ax = plotting.plot_heatmap(np.eye(2), ["a", "b"], ["x", "y"], title="t")
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plotting.plot_trend(ax, [1, 2, 3], [3.0, 2.0, 1.0], [0.1, 0.1, 0.1], label="trace")
+    plotting.plot_bars(ax, ["SGD", "HTR"], [98.7, 98.8], [0.03, 0.02])
+    plt.close(fig)
+
+
+def test_clean_notebook_keeps_only_checked_outputs(tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def cells(with_outputs: bool):
+        a = new_code_cell("x = 1\nprint(x)", execution_count=3 if with_outputs else None)
+        b = new_code_cell('print("verdict: reproduced")', execution_count=4 if with_outputs else None)
+        b.metadata["tags"] = [notebook.CHECK_TAG]
+        if with_outputs:
+            a.outputs = [new_output("stream", name="stdout", text="1\n")]
+            b.outputs = [new_output("stream", name="stdout", text="verdict: reproduced\n")]
+        return [new_markdown_cell("# t"), a, b]
+
+    src, executed = tmp_path / "00_t.ipynb", tmp_path / "run.ipynb"
+    nbformat.write(new_notebook(cells=cells(False)), src)
+    injected = new_code_cell('profile = "smoke"')
+    injected.metadata["tags"] = ["injected-parameters"]
+    nbformat.write(new_notebook(cells=[injected] + cells(True)), executed)
+    notebook.clean_notebook(src, executed)
+    nb = nbformat.read(src, as_version=4)
+    assert nb.cells[1].outputs == [] and nb.cells[1].execution_count is None
+    assert nb.cells[2].execution_count == 1 and nb.cells[2].outputs[0]["text"] == "verdict: reproduced\n"
+    notebook.clean_notebook(executed)  # in place, no reference: the checked output stays
+    nb = nbformat.read(executed, as_version=4)
+    assert [len(c.get("outputs", [])) for c in nb.cells] == [0, 0, 0, 1]

@@ -1,0 +1,114 @@
+"""The papermill runner: order, outputs, environment, failures, REPORT.md, CLI errors."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from htr_utils import reproduce
+
+GOOD = """
+import os
+from pathlib import Path
+from htr_utils.notebook import profile_name, output_dir
+from htr_utils.report import write_verdict
+profile = profile_name(profile)
+out_dir = output_dir("00_good", profile)
+write_verdict(out_dir, "T1", claim="a tiny claim", paper_reports="it holds", measured="it held",
+              verdict="reproduced", rule="always", data="none",
+              extra={"cwd": str(Path.cwd()), "env_out": os.environ.get("HTR_OUT_DIR"), "profile": profile})
+"""
+BAD = 'x = 1\nraise RuntimeError("boom from the bad notebook")'
+
+
+def _notebook(path: Path, *sources: str) -> None:
+    params = new_code_cell("profile = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params] + [new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def notebooks(tmp_path: Path) -> Path:
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "00_good.ipynb", GOOD)
+    _notebook(d / "01_bad.ipynb", BAD)
+    (d / "helper.ipynb").write_text("not a numbered notebook, ignored")
+    return d
+
+
+def test_discover_and_select(notebooks: Path) -> None:
+    found = reproduce.discover(notebooks)
+    assert [p.name for p in found] == ["00_good.ipynb", "01_bad.ipynb"]
+    assert [p.name for p in reproduce.select(found, ["1"])] == ["01_bad.ipynb"]
+    assert [p.name for p in reproduce.select(found, ["01", "00"])] == ["00_good.ipynb", "01_bad.ipynb"]
+    assert reproduce.select(found, None) == found
+    with pytest.raises(ValueError, match="99"):
+        reproduce.select(found, ["99"])
+
+
+def test_only_unknown_number_is_a_clear_error(notebooks: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        reproduce.main(["--profile", "smoke", "--notebooks", str(notebooks), "--only", "99"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "99" in err and "available: 00, 01" in err
+
+
+def test_unknown_profile_is_rejected(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        reproduce.main(["--profile", "huge"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_run_writes_outputs_report_and_fails_on_error(notebooks: Path, tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    monkeypatch.delenv("HTR_OUT_DIR", raising=False)
+    monkeypatch.setenv("HTR_PROFILE", "paper")  # the runner's --profile must win, and be restored after
+    out = tmp_path / "out"
+    stale = out / "01_bad" / "verdict.json"     # a verdict left by an earlier, successful run
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"verdict": "reproduced", "claim": "stale"}))
+
+    code = reproduce.main(["--profile", "smoke", "--notebooks", str(notebooks), "--out", str(out)])
+    assert code == 1
+    assert os.environ.get("HTR_OUT_DIR") is None and os.environ["HTR_PROFILE"] == "paper"
+
+    # the good notebook: executed copy, verdict written where the runner said, run from notebooks/
+    good = out / "00_good"
+    assert (good / "00_good.ipynb").is_file()
+    verdict = json.loads((good / "verdict.json").read_text())
+    assert verdict["verdict"] == "reproduced" and verdict["profile"] == "smoke"
+    assert verdict["extra"] == {"cwd": str(notebooks.resolve()), "env_out": str(good.resolve()), "profile": "smoke"}
+    executed = nbformat.read(good / "00_good.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+    # the bad notebook: partial executed copy kept, stale verdict removed
+    partial = out / "01_bad" / "01_bad.ipynb"
+    assert partial.is_file()
+    assert not stale.exists()
+    executed = nbformat.read(partial, as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in executed.cells if c.cell_type == "code"
+               for o in c.get("outputs", []))
+
+    report = (out / "REPORT.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| 0")}
+    assert set(rows) == {"00_good", "01_bad"}
+    assert "**reproduced**" in rows["00_good"] and "T1: a tiny claim" in rows["00_good"]
+    assert "FAILED" in rows["01_bad"] and "boom from the bad notebook" in rows["01_bad"]
+    assert "stale" not in rows["01_bad"]
+    assert "profile `smoke`" in report
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["00_good"]["status"] == "ok" and timings["01_bad"]["status"] == "failed"
+    assert timings["00_good"]["wall_s"] > 0
+
+    captured = capsys.readouterr()
+    assert "00_good: ok in" in captured.out and "01_bad: FAILED in" in captured.out
+    assert str(partial) in captured.err and "boom from the bad notebook" in captured.err
