@@ -53,8 +53,13 @@ def _rescaled(d: SpectralDensity) -> SpectralDensity:
 
 
 def _on_common_grid(a: SpectralDensity, b: SpectralDensity, points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both densities interpolated (zero outside their own grids) onto one grid spanning both, renormalised."""
-    grid = np.linspace(min(a.grid[0], b.grid[0]), max(a.grid[-1], b.grid[-1]), points)
+    """Both densities interpolated (zero outside their own grids) onto one grid spanning both, renormalised.
+
+    The grid is the union of both densities' own grids and ``points`` uniform points, so a
+    spectrum far narrower than the other keeps its resolution.
+    """
+    uniform = np.linspace(min(a.grid[0], b.grid[0]), max(a.grid[-1], b.grid[-1]), points)
+    grid = np.unique(np.concatenate([uniform, a.grid, b.grid]))
     out = []
     for d in (a, b):
         f = np.interp(grid, d.grid, d.density, left=0.0, right=0.0)
@@ -77,7 +82,10 @@ def spectral_distance(a: SpectralDensity, b: SpectralDensity, metric: str = "was
         Fa = np.concatenate([[0.0], np.cumsum((fa[1:] + fa[:-1]) / 2 * np.diff(grid))])
         Fb = np.concatenate([[0.0], np.cumsum((fb[1:] + fb[:-1]) / 2 * np.diff(grid))])
         return float(np.trapezoid(np.abs(Fa - Fb), grid))
-    p, q = fa * np.gradient(grid), fb * np.gradient(grid)
+    cell = np.zeros_like(grid)  # trapezoid weight of each grid point
+    cell[1:] += np.diff(grid) / 2
+    cell[:-1] += np.diff(grid) / 2
+    p, q = fa * cell, fb * cell
     p, q = np.maximum(p / p.sum(), floor), np.maximum(q / q.sum(), floor)
     p, q = p / p.sum(), q / q.sum()
     return float(np.sum(p * np.log(p / q)))

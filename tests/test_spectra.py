@@ -70,3 +70,12 @@ def test_density_from_quadrature_width_follows_kappa_rule():
     # Range 1.1 after the 5 % margins, 128 nodes: σ = 1.1 / (127 √(8 ln 1.25)).
     assert d.sigma == pytest.approx(1.1 / (127 * np.sqrt(8 * np.log(1.25))))
     assert np.trapezoid(d.density, d.grid) == pytest.approx(1.0)
+
+
+def test_narrow_spectrum_against_wide_one_keeps_its_mass():
+    """A spectrum narrower than one cell of the uniform grid must not vanish (it is at ~0 here)."""
+    narrow = exact_spectrum_density(np.array([1e-7, 2e-7, 3e-7]))
+    wide = _spectrum([0, 5, 9])
+    d = spectral_distance(narrow, wide)
+    assert np.isfinite(d) and d == pytest.approx(wasserstein_distance([2e-7], [0, 5, 9]), rel=0.02)
+    assert np.isfinite(spectral_distance(narrow, wide, "kl"))
