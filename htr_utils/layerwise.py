@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .curvature import CurvatureOperator
 from .hutchinson import TraceEstimate
-from .lanczos import SpectralDensity, Tridiagonal, density_from_quadrature, rademacher
+from .lanczos import SpectralDensity, Tridiagonal, breakdown_tolerance, density_from_quadrature, rademacher
 
 
 def block_indices(op: CurvatureOperator, groups: Mapping[str, Sequence[str]]) -> dict[str, Tensor]:
@@ -36,7 +36,7 @@ def block_indices(op: CurvatureOperator, groups: Mapping[str, Sequence[str]]) ->
 
 
 def lockstep_lanczos(op: CurvatureOperator, groups: Mapping[str, Sequence[str]], num_iters: int,
-                     num_probes: int = 1, seed: int = 0, tol: float = 1e-10) -> dict[str, list[Tridiagonal]]:
+                     num_probes: int = 1, seed: int = 0, tol: float | None = None) -> dict[str, list[Tridiagonal]]:
     """Lanczos (full reorthogonalisation) on every diagonal block A_ll, all blocks and probes in lockstep.
 
     Returns, per layer, one :class:`Tridiagonal` per probe. Probe p of layer l starts from a
@@ -45,6 +45,7 @@ def lockstep_lanczos(op: CurvatureOperator, groups: Mapping[str, Sequence[str]],
     """
     idx = block_indices(op, groups)
     layers = list(idx)
+    tol = breakdown_tolerance(op.dtype) if tol is None else tol
     gen = torch.Generator().manual_seed(seed)
     chains = []  # one per (layer, probe)
     for layer in layers:

@@ -95,3 +95,21 @@ def test_bad_k(problem):
     op = hvp_operator(problem.model, F.cross_entropy, (problem.x, problem.y))
     with pytest.raises(ValueError, match="k must be"):
         top_eigenvalues(op, 0)
+
+
+def test_float32_lanczos_past_exhaustion_invents_no_eigenvalues():
+    """float32 GGN of rank <= N(C-1) = 90 with 128 steps: stop at exhaustion like float64 does.
+
+    With a breakdown threshold below float32's rounding noise, the recurrence went on with
+    noise and produced spurious Ritz values (here 104 instead of 92).
+    """
+    import copy
+    from htr_utils.data import class_balanced_subset, load_dataset
+    from htr_utils.models import build_model
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, width=0.5).eval()
+    x, y = class_balanced_subset(load_dataset("digits"), 1, seed=0)
+    r32, _ = lanczos(hvp_operator(model, F.cross_entropy, (x, y), kind="ggn"), 128)
+    r64, _ = lanczos(hvp_operator(copy.deepcopy(model).double(), F.cross_entropy, (x.double(), y), kind="ggn"), 128)
+    assert len(r64) < 100 and len(r32) <= len(r64) + 3
+    assert abs(r32.max() - r64.max()) < 1e-4 * r64.max()
