@@ -1,0 +1,180 @@
+"""Named sizes of the study: ``smoke`` (CI, digits), ``cpu`` (default, real FashionMNIST), ``paper``.
+
+A notebook takes one parameter, ``profile``, and reads everything else from
+``get_profile(profile)``:
+
+- ``spectra_runs`` (C1-C5): label -> TrainConfig with curvature every epoch (Hessian at every
+  curvature epoch; GGN and residual at ``curvature_kinds_epochs`` only).
+- ``sweep_runs`` (C6, trace vs generalisation): label -> TrainConfig varying batch size, learning
+  rate and weight decay, with the Hessian trace measured after the last epoch.
+- ``regularisation`` (C6 HTR, C7): label -> :class:`RegStudy`, whose ``arms()`` gives the
+  configs of SGD, SGD + L2, SGD + HTR, SGD + L2 + HTR and middle-layer HTR; rerun each with
+  ``seeds``; ``gamma_grid`` / ``middle_gamma_grid`` are the γ candidates compared on the
+  validation split (seed ``seeds[0]``) where ``base.val_fraction`` > 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .training import TrainConfig
+
+PROFILE_ENV = "HTR_PROFILE"
+DEFAULT_PROFILE = "cpu"
+KINDS3 = ("hessian", "ggn", "residual")
+
+
+@dataclass(frozen=True)
+class RegStudy:
+    """One regularisation comparison (paper's Table: test accuracy, mean ± std over seeds)."""
+    base: TrainConfig            # plain SGD; htr_freq / htr_start_epoch / htr_probes set as the HTR arms use them
+    seeds: tuple[int, ...]
+    l2: float                    # weight decay of the "+ L2" arms
+    gamma: float                 # full-network HTR weight (the paper's value for this setting)
+    middle_gamma: float          # middle-layer HTR weight
+    gamma_grid: tuple[float, ...] = ()
+    middle_gamma_grid: tuple[float, ...] = ()
+    middle_rules: tuple[str, ...] = ("middle", "middle_authors")
+
+    def arms(self, gamma: float | None = None, middle_gamma: float | None = None) -> dict[str, TrainConfig]:
+        """Arm name -> config (seed of ``base``; use ``cfg.replace(seed=s)`` for reruns)."""
+        g = self.gamma if gamma is None else gamma
+        mg = self.middle_gamma if middle_gamma is None else middle_gamma
+        b = self.base.replace(weight_decay=0.0, htr_gamma=0.0)
+        out = {"sgd": b, "sgd_l2": b.replace(weight_decay=self.l2), "htr": b.replace(htr_gamma=g),
+               "l2_htr": b.replace(weight_decay=self.l2, htr_gamma=g)}
+        for rule in self.middle_rules:
+            out[f"htr_{rule}"] = b.replace(htr_gamma=mg, htr_params=rule)
+        return out
+
+    def all_configs(self) -> list[TrainConfig]:
+        """Every config the study trains (arms x seeds, plus the γ grids at the first seed)."""
+        cfgs = [c.replace(seed=s) for c in self.arms().values() for s in self.seeds]
+        b = self.base.replace(weight_decay=0.0, seed=self.seeds[0])
+        cfgs += [b.replace(htr_gamma=g) for g in self.gamma_grid]
+        cfgs += [b.replace(htr_gamma=g, htr_params=r) for g in self.middle_gamma_grid for r in self.middle_rules]
+        unique: dict[str, TrainConfig] = {}
+        for c in cfgs:
+            unique.setdefault(json.dumps(c.to_dict(), sort_keys=True), c)
+        return list(unique.values())
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    spectra_runs: dict[str, TrainConfig]
+    sweep_runs: dict[str, TrainConfig]
+    regularisation: dict[str, RegStudy]
+    runs_root: str = "data/runs"  # relative to the repository root
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def runs_dir(self) -> Path:
+        """Absolute folder of this profile's run cache (``runs_root`` under the repository root)."""
+        from .notebook import repo_root
+        return repo_root() / self.runs_root
+
+
+def _sweep(base: TrainConfig) -> dict[str, TrainConfig]:
+    """C6: batch size, learning rate and weight decay, one change at a time from ``base``."""
+    b = base.replace(weight_decay=0.0, htr_gamma=0.0)
+    return {"base": b, "bs_small": b.replace(batch_size=max(1, b.batch_size // 4)),
+            "bs_large": b.replace(batch_size=b.batch_size * 4), "lr_high": b.replace(lr=b.lr * 5),
+            "lr_low": b.replace(lr=b.lr / 5), "wd": b.replace(weight_decay=5e-4), "wd_high": b.replace(weight_decay=5e-3)}
+
+
+# ----------------------------------------------------------------------------------- smoke
+# LeNet needs small batches to learn anything on 400 digits in 3 epochs (test accuracy ~0.6).
+_SMOKE_SPECTRA = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=400, test_size=200,
+                             batch_size=16, lr=0.05, epochs=3, curvature_every=1, curvature_kinds=KINDS3,
+                             curvature_kinds_epochs=(0, 3), examples_per_class=3, lanczos_iters=16, trace_probes=10)
+_SMOKE_REG = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=300, test_size=200, val_fraction=0.2,
+                         batch_size=16, lr=0.05, epochs=3, milestones=(2,), htr_freq=5, htr_start_epoch=1,
+                         htr_probes=2, curvature_every=3, curvature_init=False, examples_per_class=3,
+                         lanczos_iters=16, trace_probes=10)
+SMOKE = Profile(
+    name="smoke", description="scikit-learn digits, tiny models and runs: checks that every notebook runs (CI/nbval)",
+    spectra_runs={"lenet_digits": _SMOKE_SPECTRA,
+                  "vgg11_bn_digits": _SMOKE_SPECTRA.replace(model="vgg11_bn", width=0.125, batch_size=64,
+                                                                           lr=0.02)},
+    sweep_runs=_sweep(_SMOKE_REG),
+    regularisation={"lenet_digits": RegStudy(base=_SMOKE_REG, seeds=(0, 1), l2=1e-4, gamma=1e-3, middle_gamma=1e-3,
+                                             gamma_grid=(1e-3, 1e-2), middle_gamma_grid=(1e-3,))},
+    runs_root="build/smoke/runs",
+)
+
+# ----------------------------------------------------------------------------------- cpu
+# Measured on this project's 2-core CPU (torch with 2 threads, no other job running; other
+# engineers' jobs made the same numbers 1.5-4x slower at times), FashionMNIST, batch 256:
+#   LeNet (61,706 params, 5 weight layers): training 10.8 ms/step = 2.5 s per 60k epoch; test eval
+#     (10k) 0.34 s; an HTR step with 10 probes 0.46 s (43x a plain step). Curvature per epoch on
+#     10 examples/class (full SLQ 128 + all layers in lockstep 128 + 50-probe traces, full and
+#     per layer): hessian 6.2 s, ggn 5.5 s, residual 4.7 s.
+#   VGG11_bn width 0.125 (145,754 params, 9 weight layers): 34.8 ms/step = 8.2 s per 60k epoch;
+#     eval 1.1 s. Curvature: hessian 35 s, ggn 28 s, residual 54 s (all three: 117 s).
+# Estimated totals: spectra runs ~12.5 min (LeNet 3.1, VGG 8.2, digits 1); regularisation
+# ~40-48 s per LeNet run -> arms x seeds + γ grids (22 runs) ~16 min, sweep (6 more runs) ~4 min,
+# + ~9 min if the notebooks rerun the HTR arms at a γ chosen on validation. Whole study < 60 min.
+_CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, batch_size=256, lr=0.01, epochs=15,
+                           curvature_every=1, curvature_kinds=KINDS3, curvature_kinds_epochs=(0, 1, 5, 15),
+                           examples_per_class=10, lanczos_iters=128, trace_probes=50)
+# VGG: the paper's lr 1e-3 (test accuracy 0.77 / 0.82 / 0.84 after epochs 1-3), 20k examples
+# (3 s/epoch), Hessian every 2nd epoch, GGN / residual at 0, 2, 10.
+_CPU_VGG = _CPU_SPECTRA.replace(model="vgg11_bn", width=0.125, lr=1e-3, train_size=20000, test_size=5000, epochs=10,
+                                curvature_every=2, curvature_kinds_epochs=(0, 2, 10))
+# Regularisation: 30k of the 54k left after a 10% validation split, 15 epochs, LR x0.25 at 8 and 12,
+# HTR from epoch 9 (after the first LR drop, as the paper's LeNet+MNIST sp = 10 with milestones
+# 10/20; FashionMNIST's sp = 20, the second drop, would leave 3 epochs here), every 50 steps (3 of
+# 118 steps per epoch), 10 probes. Trace and top eigenvalues after the last epoch (Lanczos 32).
+# Measured (idle machine): the HTR arm 48 s wall = training 34 s (1.4 s per epoch + 1.4 s for the
+# 3 penalty steps of each HTR epoch) + evaluation 9 s (test + validation, 0.6 s per epoch) +
+# final curvature 3 s; a plain SGD arm ~38 s.
+_CPU_REG = TrainConfig(dataset="fashionmnist", model="lenet", train_size=30000, val_fraction=0.1, batch_size=256,
+                       lr=0.01, epochs=15, milestones=(8, 12), htr_freq=50, htr_start_epoch=8, htr_probes=10,
+                       curvature_every=15, curvature_init=False, lanczos_iters=32, trace_probes=50)
+CPU = Profile(
+    name="cpu", description="real FashionMNIST, LeNet and a narrow VGG11_bn, scaled-down schedules (about 60 min, 2 cores)",
+    spectra_runs={"lenet_fashionmnist": _CPU_SPECTRA, "vgg11_bn_fashionmnist": _CPU_VGG,
+                  "lenet_digits": _CPU_SPECTRA.replace(dataset="digits", batch_size=64, lr=0.05, epochs=10,
+                                                       curvature_every=2, curvature_kinds_epochs=(0, 10))},
+    # same base as the SGD arm, so the sweep's "base" run is the SGD arm's first seed (shared cache)
+    sweep_runs=_sweep(_CPU_REG),
+    regularisation={"lenet_fashionmnist": RegStudy(base=_CPU_REG, seeds=(0, 1, 2), l2=1e-4, gamma=1e-5,
+                                                   middle_gamma=1e-6, gamma_grid=(1e-5, 1e-3, 1e-2),
+                                                   middle_gamma_grid=(1e-6, 1e-3))},
+    notes={"gamma": "the paper's γ (1e-5 full, 1e-6 middle) for LeNet+FashionMNIST; the grids add larger values, "
+                    "compared on the validation split"},
+)
+
+# ----------------------------------------------------------------------------------- paper
+_P = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0.01, epochs=50, curvature_every=1,
+                 curvature_kinds=KINDS3, curvature_kinds_epochs=(0, 1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
+                 lanczos_iters=128, trace_probes=100)
+_P_REG = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0.01, epochs=30, milestones=(10, 20),
+                     htr_freq=50, htr_start_epoch=20, htr_probes=10, curvature_every=30, curvature_init=False,
+                     lanczos_iters=64, trace_probes=100)
+PAPER = Profile(
+    name="paper", description="the published settings (GPU): 50-epoch spectra, 30-epoch regularisation, 3 reruns",
+    spectra_runs={"lenet_fashionmnist": _P, "lenet_mnist": _P.replace(dataset="mnist"),
+                  "vgg11_bn_fashionmnist": _P.replace(model="vgg11_bn", lr=1e-3),
+                  "resnet18_fashionmnist": _P.replace(model="resnet18", lr=5e-3, weight_decay=5e-5, batch_size=128)},
+    sweep_runs=_sweep(_P_REG),
+    regularisation={
+        "lenet_fashionmnist": RegStudy(base=_P_REG, seeds=(0, 1, 2), l2=1e-4, gamma=1e-5, middle_gamma=1e-6),
+        "lenet_mnist": RegStudy(base=_P_REG.replace(dataset="mnist", htr_start_epoch=10), seeds=(0, 1, 2), l2=1e-4,
+                                gamma=1e-3, middle_gamma=1e-4)},
+    notes={"lenet_mnist.middle_gamma": "not published; 1e-4 = gamma / 10 as for FashionMNIST",
+           "lenet_fashionmnist.epochs": "the authors used 30-40; 30 here"},
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, PAPER)}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile ``name``; None -> environment variable HTR_PROFILE, else "cpu"."""
+    key = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    if key not in PROFILES:
+        raise ValueError(f"unknown profile {key!r}; valid profiles: {', '.join(PROFILES)}")
+    return PROFILES[key]

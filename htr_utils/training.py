@@ -1,0 +1,410 @@
+"""SGD training with optional Hessian trace regularisation (HTR), and per-epoch curvature.
+
+Epochs are numbered from 1; "epoch 0" is the initialisation (curvature can be recorded
+there, before any step). Everything random is seeded from the config: the model's
+initialisation (global torch RNG, seeded once), the batch order (a fresh loader per epoch
+whose order depends only on (seed, epoch)), and the penalty's probes (a generator seeded
+from (seed, epoch)), so a run resumed from a checkpoint repeats an uninterrupted one exactly.
+File handling (checkpoints, caching) lives in :mod:`htr_utils.runs`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .curvature import KINDS, hvp_operator
+from .data import DATASETS, class_balanced_subset, in_channels, load_dataset, make_loader, num_classes, subsample, \
+    validation_split
+from .hutchinson import hutchinson_trace, trace_penalty
+from .lanczos import slq_density
+from .layers import layer_groups, middle_layers, middle_parameters_authors
+from .layerwise import layerwise_spectra, layerwise_trace
+from .models import MODELS, build_model
+
+HTR_PARAM_RULES = ("all", "middle", "middle_authors")
+TIMING_COLUMNS = ("epoch_seconds", "step_seconds", "penalty_step_seconds", "eval_seconds", "curvature_seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's numbers; its hash names the run's cache folder.
+
+    Data: ``train_size`` / ``test_size`` are stratified seeded subsets (None = all);
+    ``val_fraction`` > 0 carves a validation split out of the training set first (then
+    ``train_size`` subsamples what is left). ``data_seed`` fixes these subsets and the
+    curvature subset, so runs that differ only in ``seed`` (init + batch order) see the same data.
+
+    HTR: loss + htr_gamma * Hutchinson estimate of tr(∇²loss) over ``htr_params`` ("all" =
+    every trainable tensor, as the authors; "middle" = middle half of the Conv/Linear weight
+    layers; "middle_authors" = the authors' index rule; or a tuple of parameter names), with
+    ``htr_probes`` Rademacher probes, on steps whose index within the epoch is a multiple of
+    ``htr_freq``, in epochs e > ``htr_start_epoch`` (epochs 1-based: the first
+    ``htr_start_epoch`` epochs are plain SGD, i.e. the authors' 0-based ``epoch >= sp``).
+
+    Curvature (``curvature_every`` > 0): at epoch 0 (if ``curvature_init``), every ``curvature_every``-th epoch and the
+    last one, on ``examples_per_class`` training examples per class, model in eval mode, over the
+    weights of all Conv/Linear layers (the union of ``layer_groups``; biases and BatchNorm
+    excluded, as the paper's layer blocks). The first kind of ``curvature_kinds`` is computed at
+    every curvature epoch, the others only at ``curvature_kinds_epochs`` (None = every one).
+    """
+    dataset: str = "fashionmnist"
+    model: str = "lenet"
+    width: float = 1.0
+    model_kwargs: dict = field(default_factory=dict)
+    train_size: int | None = None
+    test_size: int | None = None
+    val_fraction: float = 0.0
+    data_seed: int = 0
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 10
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.25
+    seed: int = 0
+    htr_gamma: float = 0.0
+    htr_params: str | tuple[str, ...] = "all"
+    htr_freq: int = 50
+    htr_start_epoch: int = 0
+    htr_probes: int = 10
+    curvature_every: int = 0
+    curvature_init: bool = True
+    curvature_kinds: tuple[str, ...] = ("hessian",)
+    curvature_kinds_epochs: tuple[int, ...] | None = None
+    examples_per_class: int = 10
+    lanczos_iters: int = 128
+    slq_probes: int = 1
+    top_k: int | None = None
+    trace_probes: int = 50
+    layerwise: bool = True
+    keep_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("dataset", self.dataset.lower())
+        set_("model", self.model.lower())
+        set_("milestones", tuple(int(m) for m in self.milestones))
+        set_("curvature_kinds", tuple(self.curvature_kinds))
+        set_("model_kwargs", dict(self.model_kwargs))
+        if self.curvature_kinds_epochs is not None:
+            set_("curvature_kinds_epochs", tuple(int(e) for e in self.curvature_kinds_epochs))
+        if not isinstance(self.htr_params, str):
+            set_("htr_params", tuple(self.htr_params))
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        if isinstance(self.htr_params, str) and self.htr_params not in HTR_PARAM_RULES:
+            raise ValueError(f"htr_params must be one of {HTR_PARAM_RULES} or a tuple of names, got {self.htr_params!r}")
+        bad = [k for k in self.curvature_kinds if k not in KINDS]
+        if bad or not self.curvature_kinds:
+            raise ValueError(f"curvature_kinds must be a non-empty subset of {KINDS}, got {self.curvature_kinds}")
+        for name in ("batch_size", "epochs", "htr_freq", "htr_probes", "examples_per_class", "lanczos_iters",
+                     "slq_probes", "trace_probes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.htr_gamma < 0 or self.weight_decay < 0 or self.curvature_every < 0:
+            raise ValueError("lr must be > 0; htr_gamma, weight_decay, curvature_every must be >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **changes)
+
+    def curvature_epochs(self) -> list[int]:
+        """Epochs with a curvature record: 0 (init), every ``curvature_every``-th, and the last."""
+        if self.curvature_every <= 0:
+            return []
+        epochs = {self.epochs, *range(self.curvature_every, self.epochs + 1, self.curvature_every)}
+        return sorted(epochs | ({0} if self.curvature_init else set()))
+
+    def kinds_at(self, epoch: int) -> tuple[str, ...]:
+        """Curvature kinds computed at ``epoch``."""
+        if epoch not in self.curvature_epochs():
+            return ()
+        first, rest = self.curvature_kinds[0], self.curvature_kinds[1:]
+        if self.curvature_kinds_epochs is None or epoch in self.curvature_kinds_epochs:
+            return (first, *rest)
+        return (first,)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the parameters) became NaN/inf; the run's last good checkpoint is kept."""
+
+    def __init__(self, gamma: float, epoch: int, step: int, what: str = "loss", last_good_epoch: int | None = None):
+        self.gamma, self.epoch, self.step, self.what, self.last_good_epoch = gamma, epoch, step, what, last_good_epoch
+        good = "" if last_good_epoch is None else f"; last good checkpoint: epoch {last_good_epoch}"
+        super().__init__(f"training diverged: non-finite {what} at epoch {epoch}, step {step} "
+                         f"(htr_gamma={gamma:g}){good}")
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed from a tuple of integers (independent streams per purpose and epoch)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    curvature: tuple[torch.Tensor, torch.Tensor] | None  # None when the config asks for no curvature
+
+
+def prepare_data(config: TrainConfig, root: str = "data") -> DataBundle:
+    """Training / validation / test sets and the class-balanced curvature subset of ``config``."""
+    full = load_dataset(config.dataset, root=root, train=True)
+    val = None
+    if config.val_fraction > 0:
+        full, val = validation_split(full, config.val_fraction, seed=config.data_seed)
+    train = subsample(full, config.train_size, seed=config.data_seed)
+    test = subsample(load_dataset(config.dataset, root=root, train=False), config.test_size, seed=config.data_seed)
+    curv = (class_balanced_subset(train, config.examples_per_class, seed=config.data_seed)
+            if config.curvature_every > 0 else None)
+    return DataBundle(train, val, test, curv)
+
+
+def penalty_parameter_names(model: nn.Module, rule: str | tuple[str, ...]) -> list[str]:
+    """Names of the parameters whose Hessian trace HTR penalises (see :class:`TrainConfig`)."""
+    if rule == "all":
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    if rule == "middle":
+        return middle_layers(layer_groups(model))
+    if rule == "middle_authors":
+        return middle_parameters_authors(model)
+    return list(rule)
+
+
+def _batch_norm_elementary(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                           weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                           momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """F.batch_norm from elementary ops (differentiable to any order), same running-statistics update."""
+    shape = (1, -1) + (1,) * (input.dim() - 2)
+    if training:
+        dims = [0, *range(2, input.dim())]
+        mean, var = input.mean(dims), input.var(dims, unbiased=False)
+        if running_mean is not None and running_var is not None:
+            n = input.numel() / input.size(1)
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / max(n - 1, 1))
+    else:
+        mean, var = running_mean, running_var
+    out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        out = out * weight.view(shape)
+    return out + bias.view(shape) if bias is not None else out
+
+
+@contextlib.contextmanager
+def composite_batch_norm() -> Iterator[None]:
+    """Within the block, BatchNorm layers use :func:`_batch_norm_elementary`.
+
+    The gradient of the trace penalty needs third derivatives, which PyTorch's fused
+    batch_norm does not provide ("batch_norm does not support 3rd+ order derivatives").
+    """
+    original = F.batch_norm
+    F.batch_norm = _batch_norm_elementary
+    try:
+        yield
+    finally:
+        F.batch_norm = original
+
+
+def _progress_disabled(progress: bool) -> bool | None:
+    return True if not progress else (None if sys.stderr.isatty() else True)
+
+
+class Trainer:
+    """Model, optimiser and data of one config; trains epoch by epoch and measures curvature."""
+
+    def __init__(self, config: TrainConfig, data_root: str = "data", device: str | torch.device | None = None):
+        self.config = config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        random.seed(config.seed)
+        self.data = prepare_data(config, data_root)
+        self.num_classes = num_classes(config.dataset)
+        self.model = build_model(config.model, in_channels(config.dataset), self.num_classes, width=config.width,
+                                 **config.model_kwargs).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(config.milestones),
+                                                              gamma=config.lr_gamma)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.groups = layer_groups(self.model)
+        named = dict(self.model.named_parameters())
+        self.penalty_params = [named[n] for n in penalty_parameter_names(self.model, config.htr_params)]
+        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Model, optimiser, scheduler and all RNG states (enough to resume exactly)."""
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)  # the optimiser would otherwise share momentum buffers with ``state``
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    # -- training ------------------------------------------------------------------------
+    def run_epoch(self, epoch: int, progress: bool = True) -> dict:
+        """Train epoch ``epoch`` (1-based), evaluate, step the LR schedule; the epoch's metrics row."""
+        cfg, model = self.config, self.model
+        lr = self.optimizer.param_groups[0]["lr"]
+        loader = make_loader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
+        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, epoch, 1))
+        htr_on = cfg.htr_gamma > 0 and epoch > cfg.htr_start_epoch
+        times = {False: [], True: []}
+        loss_sum = correct = count = 0.0
+        penalties: list[float] = []
+        model.train()
+        start = time.perf_counter()
+        with tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=_progress_disabled(progress)) as bar:
+            for step, (x, y) in enumerate(bar):
+                t0 = time.perf_counter()
+                x, y = x.to(self.device), y.to(self.device)
+                use_penalty = htr_on and step % cfg.htr_freq == 0
+                with composite_batch_norm() if use_penalty and self._has_bn else contextlib.nullcontext():
+                    out = model(x)
+                loss = self.loss_fn(out, y)
+                total = loss
+                if use_penalty:
+                    pen = trace_penalty(loss, self.penalty_params, cfg.htr_probes, generator=gen)
+                    total = loss + cfg.htr_gamma * pen
+                    penalties.append(float(pen.detach()))
+                if not math.isfinite(float(total.detach())):
+                    what = "loss + htr_gamma * trace penalty" if math.isfinite(float(loss.detach())) else "loss"
+                    raise TrainingDiverged(cfg.htr_gamma, epoch, step, what)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+                times[use_penalty].append(time.perf_counter() - t0)
+                loss_sum += float(loss.detach()) * len(y)
+                correct += float((out.argmax(1) == y).sum())
+                count += len(y)
+        train_seconds = time.perf_counter() - start
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(cfg.htr_gamma, epoch, step, "parameters")
+        self.scheduler.step()
+        t0 = time.perf_counter()
+        test_loss, test_acc = self.evaluate(self.data.test)
+        val_loss, val_acc = self.evaluate(self.data.val) if self.data.val is not None else (math.nan, math.nan)
+        mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
+        return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / count, "train_acc": correct / count,
+                "test_loss": test_loss, "test_acc": test_acc, "val_loss": val_loss, "val_acc": val_acc,
+                "steps": len(times[False]) + len(times[True]), "penalty_steps": len(times[True]),
+                "penalty_mean": mean(penalties), "epoch_seconds": train_seconds,
+                "step_seconds": mean(times[False]), "penalty_step_seconds": mean(times[True]),
+                "eval_seconds": time.perf_counter() - t0, "curvature_seconds": 0.0}
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, batch_size: int = 1000) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on ``dataset`` in eval mode (the model's mode is restored)."""
+        was = self.model.training
+        self.model.eval()
+        loss_sum = correct = 0.0
+        try:
+            for x, y in make_loader(dataset, batch_size, shuffle=False):
+                x, y = x.to(self.device), y.to(self.device)
+                out = self.model(x)
+                loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+                correct += float((out.argmax(1) == y).sum())
+        finally:
+            self.model.train(was)
+        return loss_sum / len(dataset), correct / len(dataset)
+
+    # -- curvature -----------------------------------------------------------------------
+    def curvature(self, epoch: int, kinds: tuple[str, ...] | None = None) -> dict:
+        """Spectra, top eigenvalues and traces of the curvature kinds due at ``epoch``.
+
+        Returns ``{"epoch", "seconds", "num_examples", "params", "layers", "kinds": {kind:
+        {"full": {...}, "layers": {layer: {...}}, "seconds"}}}`` where each entry holds
+        ``density`` (a SpectralDensity), ``top`` (largest Ritz values, descending: those of the
+        density's first Lanczos run, i.e. ``top_eigenvalues(op, k, num_iters=lanczos_iters,
+        seed)``) and ``trace`` ({mean, stderr, num_probes}, Hutchinson). With ``layerwise`` the
+        traces come from ``layerwise_trace``, whose full trace uses the same probes as
+        ``hutchinson_trace(op, trace_probes, seed)`` (equal up to rounding).
+        """
+        cfg = self.config
+        kinds = cfg.kinds_at(epoch) if kinds is None else kinds
+        if self.data.curvature is None:
+            self.data.curvature = class_balanced_subset(self.data.train, cfg.examples_per_class, seed=cfg.data_seed)
+        x, y = (t.to(self.device) for t in self.data.curvature)
+        names = [p for ps in self.groups.values() for p in ps]
+        k = cfg.top_k or 2 * self.num_classes
+        record: dict[str, Any] = {"epoch": epoch, "num_examples": len(y), "params": names,
+                                  "layers": list(self.groups), "kinds": {}}
+        start = time.perf_counter()
+        for kind in kinds:
+            t0 = time.perf_counter()
+            op = hvp_operator(self.model, self.loss_fn, (x, y), params=names, kind=kind)
+            dens = slq_density(op, num_iters=cfg.lanczos_iters, num_probes=cfg.slq_probes, seed=cfg.seed)
+            entry: dict[str, Any] = {"full": {"density": dens, "top": _ritz_values(dens.nodes[0])[:k], "dim": op.dim},
+                                     "layers": {}}
+            if cfg.layerwise:
+                spectra = layerwise_spectra(op, self.groups, num_iters=cfg.lanczos_iters, num_probes=cfg.slq_probes,
+                                            seed=cfg.seed)
+                traces = layerwise_trace(op, self.groups, cfg.trace_probes, seed=cfg.seed)
+                entry["full"]["trace"] = _trace_dict(traces["__all__"])
+                for layer, d in spectra.items():
+                    entry["layers"][layer] = {"density": d, "top": list(d.meta["top"][:k]), "dim": d.meta["dim"],
+                                              "trace": _trace_dict(traces[layer])}
+            else:
+                entry["full"]["trace"] = _trace_dict(hutchinson_trace(op, cfg.trace_probes, seed=cfg.seed))
+            entry["seconds"] = time.perf_counter() - t0
+            record["kinds"][kind] = entry
+        record["seconds"] = time.perf_counter() - start
+        return record
+
+
+def _ritz_values(row: np.ndarray) -> list[float]:
+    """Distinct Ritz values of one SLQ run, descending (drops the zero-weight padding, copies of the max)."""
+    row = np.asarray(row, dtype=float)
+    n = len(row)
+    while n > 1 and row[n - 2] == row[-1]:
+        n -= 1
+    return sorted((float(v) for v in row[:n]), reverse=True)
+
+
+def _trace_dict(est) -> dict:
+    return {"mean": float(est.mean), "stderr": float(est.stderr), "num_probes": int(len(est.samples))}

@@ -1,0 +1,82 @@
+"""Profiles: selection by name / HTR_PROFILE, valid configs, small smoke sizes."""
+from __future__ import annotations
+
+import pytest
+
+from htr_utils.data import DATASETS
+from htr_utils.layers import layer_groups
+from htr_utils.models import MODELS, build_model
+from htr_utils.profiles import PROFILES, Profile, get_profile
+from htr_utils.training import TrainConfig
+
+
+def _all_configs(p: Profile) -> list[TrainConfig]:
+    cfgs = list(p.spectra_runs.values()) + list(p.sweep_runs.values())
+    for study in p.regularisation.values():
+        cfgs += study.all_configs()
+    return cfgs
+
+
+def test_get_profile_by_name_env_and_default(monkeypatch):
+    monkeypatch.delenv("HTR_PROFILE", raising=False)
+    assert get_profile().name == "cpu"
+    assert get_profile("paper").name == "paper"
+    monkeypatch.setenv("HTR_PROFILE", "smoke")
+    assert get_profile().name == "smoke" and get_profile("cpu").name == "cpu"
+    monkeypatch.setenv("HTR_PROFILE", "huge")
+    with pytest.raises(ValueError, match="smoke, cpu, paper"):
+        get_profile()
+    with pytest.raises(ValueError, match="unknown profile 'gpu'"):
+        get_profile("gpu")
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profile_configs_are_valid(name):
+    p = get_profile(name)
+    assert p.spectra_runs and p.sweep_runs and p.regularisation
+    for cfg in _all_configs(p):
+        assert isinstance(cfg, TrainConfig) and cfg.dataset in DATASETS and cfg.model in MODELS
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+        assert all(0 < m <= cfg.epochs for m in cfg.milestones)
+    for cfg in p.spectra_runs.values():
+        assert 1 <= cfg.curvature_every <= 2 and cfg.layerwise and "hessian" == cfg.curvature_kinds[0]
+        assert set(cfg.curvature_kinds) == {"hessian", "ggn", "residual"}
+        assert set(cfg.curvature_kinds_epochs) <= set(cfg.curvature_epochs())
+    for cfg in p.sweep_runs.values():
+        assert cfg.epochs in cfg.curvature_epochs()
+    assert len(p.sweep_runs) >= 6
+    for study in p.regularisation.values():
+        arms = study.arms()
+        assert {"sgd", "sgd_l2", "htr", "l2_htr"} <= set(arms) and len(study.seeds) >= 2
+        assert arms["sgd"].htr_gamma == 0 and arms["sgd_l2"].weight_decay == study.l2
+        assert arms["htr"].htr_gamma == study.gamma and arms["htr_middle"].htr_params == "middle"
+        assert study.base.epochs in study.base.curvature_epochs()
+
+
+def test_profiles_have_deep_models_for_layerwise_claims():
+    for name in PROFILES:
+        depths = [len(layer_groups(build_model(c.model, 1, 10, width=c.width)))
+                  for c in get_profile(name).spectra_runs.values()]
+        assert max(depths) >= 8, f"{name}: C4 needs a model with >= 8 weight layers"
+
+
+def test_smoke_sizes_are_small():
+    p = get_profile("smoke")
+    for cfg in _all_configs(p):
+        assert cfg.dataset == "digits" and cfg.epochs <= 3 and (cfg.train_size or 10**9) <= 500
+        assert cfg.lanczos_iters <= 16 and cfg.examples_per_class <= 5 and cfg.width <= 0.5
+    assert not p.runs_root.startswith("data/")  # smoke runs stay out of the cpu cache
+    assert p.runs_dir().is_absolute() and p.runs_dir().name == "runs"
+
+
+def test_paper_profile_settings():
+    p = get_profile("paper")
+    fm = p.regularisation["lenet_fashionmnist"]
+    assert (fm.base.lr, fm.base.batch_size, fm.base.milestones, fm.base.lr_gamma) == (1e-2, 256, (10, 20), 0.25)
+    assert (fm.gamma, fm.middle_gamma, fm.base.htr_start_epoch, fm.base.htr_probes, fm.base.htr_freq) == \
+        (1e-5, 1e-6, 20, 10, 50)
+    mn = p.regularisation["lenet_mnist"]
+    assert (mn.gamma, mn.base.htr_start_epoch, mn.base.dataset) == (1e-3, 10, "mnist")
+    assert p.spectra_runs["vgg11_bn_fashionmnist"].lr == 1e-3 and p.spectra_runs["lenet_fashionmnist"].epochs == 50
+    r18 = p.spectra_runs["resnet18_fashionmnist"]
+    assert (r18.lr, r18.weight_decay, r18.batch_size) == (5e-3, 5e-5, 128)

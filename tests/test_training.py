@@ -1,0 +1,149 @@
+"""Training loop, HTR penalty bookkeeping, curvature records (tiny digits models, CPU)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from htr_utils.curvature import hvp_operator
+from htr_utils.hutchinson import hutchinson_trace
+from htr_utils.lanczos import top_eigenvalues
+from htr_utils.models import build_model
+from htr_utils.training import (TIMING_COLUMNS, TrainConfig, Trainer, _ritz_values, composite_batch_norm,
+                                 penalty_parameter_names)
+
+TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, batch_size=40, lr=0.05,
+                   epochs=2, lanczos_iters=8, examples_per_class=2, trace_probes=4)
+
+
+def _numbers(row: dict) -> dict:
+    """The row without timings, NaN replaced by a string so that equal rows compare equal."""
+    return {k: "nan" if isinstance(v, float) and math.isnan(v) else v
+            for k, v in row.items() if k not in TIMING_COLUMNS}
+
+
+def test_config_validation_and_round_trip():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        TrainConfig(dataset="imagenet")
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(model="alexnet")
+    with pytest.raises(ValueError, match="htr_params"):
+        TrainConfig(htr_params="first")
+    with pytest.raises(ValueError, match="curvature_kinds"):
+        TrainConfig(curvature_kinds=("fisher",))
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
+    cfg = TINY.replace(milestones=[1], htr_params=["fc1.weight"], curvature_kinds=["hessian", "ggn"])
+    assert cfg.milestones == (1,) and cfg.htr_params == ("fc1.weight",)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_curvature_schedule():
+    cfg = TrainConfig(epochs=7, curvature_every=3, curvature_kinds=("hessian", "ggn", "residual"),
+                      curvature_kinds_epochs=(0, 7))
+    assert cfg.curvature_epochs() == [0, 3, 6, 7]
+    assert cfg.kinds_at(0) == ("hessian", "ggn", "residual") and cfg.kinds_at(3) == ("hessian",)
+    assert cfg.kinds_at(4) == ()
+    assert TrainConfig(curvature_every=0).curvature_epochs() == []
+    assert TrainConfig(epochs=5, curvature_every=5, curvature_init=False).curvature_epochs() == [5]
+
+
+def test_penalty_parameter_rules():
+    model = build_model("vgg11_bn", 1, 10, width=0.125)
+    every = [n for n, _ in model.named_parameters()]
+    assert penalty_parameter_names(model, "all") == every
+    middle = penalty_parameter_names(model, "middle")
+    assert middle and all(n.endswith("weight") for n in middle) and set(middle) < set(every)
+    authors = penalty_parameter_names(model, "middle_authors")
+    assert set(authors) < set(every) and authors != middle
+    assert penalty_parameter_names(model, ("classifier.weight",)) == ["classifier.weight"]
+
+
+def test_epoch_is_deterministic_and_records_metrics():
+    rows = [Trainer(TINY, device="cpu").run_epoch(1, progress=False) for _ in range(2)]
+    assert _numbers(rows[0]) == _numbers(rows[1])
+    row = rows[0]
+    assert row["steps"] == 3 and row["penalty_steps"] == 0 and math.isnan(row["penalty_step_seconds"])
+    assert 0 <= row["test_acc"] <= 1 and row["lr"] == TINY.lr and math.isnan(row["val_loss"])
+
+
+def test_htr_penalty_steps_counted_and_change_training():
+    plain = Trainer(TINY, device="cpu").run_epoch(1, progress=False)
+    htr = Trainer(TINY.replace(htr_gamma=0.5, htr_freq=1, htr_probes=2), device="cpu").run_epoch(1, progress=False)
+    assert htr["penalty_steps"] == htr["steps"] == 3
+    assert math.isfinite(htr["penalty_mean"]) and htr["penalty_step_seconds"] > 0
+    assert htr["train_loss"] != plain["train_loss"] and htr["test_loss"] != plain["test_loss"]
+    # freq 2: steps 0 and 2 of 3; start epoch 1: no penalty during epoch 1
+    every2 = Trainer(TINY.replace(htr_gamma=0.5, htr_freq=2, htr_probes=1), device="cpu").run_epoch(1, progress=False)
+    assert every2["penalty_steps"] == 2
+    late = Trainer(TINY.replace(htr_gamma=0.5, htr_freq=1, htr_start_epoch=1), device="cpu")
+    assert late.run_epoch(1, progress=False)["penalty_steps"] == 0
+    assert late.run_epoch(2, progress=False)["penalty_steps"] == 3
+
+
+def test_validation_split_and_lr_schedule():
+    trainer = Trainer(TINY.replace(val_fraction=0.1, milestones=(1,), lr_gamma=0.25), device="cpu")
+    assert len(trainer.data.val) == round(0.1 * 1437)
+    first, second = trainer.run_epoch(1, progress=False), trainer.run_epoch(2, progress=False)
+    assert 0 <= first["val_acc"] <= 1 and math.isfinite(first["val_loss"])
+    assert second["lr"] == pytest.approx(TINY.lr * 0.25)
+
+
+def test_curvature_record_consistent():
+    cfg = TINY.replace(curvature_every=1, curvature_kinds=("hessian", "ggn"), top_k=3)
+    trainer = Trainer(cfg, device="cpu")
+    rec = trainer.curvature(0)
+    assert rec["num_examples"] == 20 and rec["layers"] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert set(rec["kinds"]) == {"hessian", "ggn"}
+    hess = rec["kinds"]["hessian"]
+    assert hess["full"]["dim"] == sum(v["dim"] for v in hess["layers"].values())
+    op = hvp_operator(trainer.model, nn.CrossEntropyLoss(), trainer.data.curvature, params=rec["params"])
+    # the full trace is Hutchinson's with the same probes; layer traces are finite estimates
+    full = hutchinson_trace(op, cfg.trace_probes, seed=cfg.seed)
+    assert hess["full"]["trace"]["mean"] == pytest.approx(full.mean, rel=1e-4, abs=1e-6)
+    assert all(math.isfinite(v["trace"]["mean"]) and v["trace"]["num_probes"] == cfg.trace_probes
+               for v in hess["layers"].values())
+    # top values are those of top_eigenvalues with the same Lanczos run
+    expected = top_eigenvalues(op, 3, num_iters=cfg.lanczos_iters, seed=cfg.seed)
+    np.testing.assert_allclose(hess["full"]["top"], expected, rtol=1e-6)
+    assert all(len(v["top"]) == 3 for v in hess["layers"].values())
+    # GGN is positive semi-definite
+    assert min(rec["kinds"]["ggn"]["full"]["top"]) > -1e-6
+
+
+def test_ritz_values_drop_padding():
+    assert _ritz_values(np.array([-1.0, 0.5, 2.0, 2.0, 2.0])) == [2.0, 0.5, -1.0]
+    assert _ritz_values(np.array([3.0])) == [3.0]
+
+
+def test_trainer_state_round_trip():
+    a = Trainer(TINY, device="cpu")
+    a.run_epoch(1, progress=False)
+    state = a.state_dict()
+    b = Trainer(TINY, device="cpu")
+    b.load_state_dict(state)
+    torch.manual_seed(123)  # load_state_dict must restore the RNG too
+    b.load_state_dict(state)
+    ra, rb = a.run_epoch(2, progress=False), b.run_epoch(2, progress=False)
+    assert _numbers(ra) == _numbers(rb)
+
+
+def test_htr_works_with_batch_norm():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    x = torch.randn(6, 3, 4, 4) * 2 + 1
+    native = bn(x)
+    stats = bn.running_mean.clone(), bn.running_var.clone()
+    bn.reset_running_stats()
+    with composite_batch_norm():
+        composite = bn(x)
+    torch.testing.assert_close(composite, native, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((bn.running_mean, bn.running_var), stats)
+    cfg = TINY.replace(model="vgg11_bn", width=0.125, htr_gamma=0.1, htr_freq=2, htr_probes=1)
+    row = Trainer(cfg, device="cpu").run_epoch(1, progress=False)
+    assert row["penalty_steps"] == 2 and math.isfinite(row["train_loss"])
