@@ -1,0 +1,489 @@
+"""The spectra notebooks' computations and figures: 01 (full spectrum), 02 (Gauss-Newton), 03 (layer spectra).
+
+The notebooks read the curvature records of the profile's spectra runs (see
+:meth:`htr_utils.training.Trainer.curvature`): per epoch and curvature kind ("hessian",
+"ggn", "residual" = Hess, G, H), the SLQ density, the largest Ritz values ("top", descending,
+2C of them) and the Hutchinson trace, for the full network and for every layer block.
+The functions here turn one record into the numbers behind each verdict rule, and draw the
+notebooks' figure grids; every rule they apply is stated in the docstring.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from .analysis import outlier_verdict
+from .lanczos import SpectralDensity
+from .plotting import plot_density, plot_top_eigenvalues
+from .spectra import spectral_distance
+
+KINDS3 = ("hessian", "ggn", "residual")
+#: the paper's names of the three curvature kinds (Hess = G + H)
+KIND_LABELS = {"hessian": "Hess", "ggn": "G", "residual": "H"}
+#: log-scale density plots span this many decades below each panel's peak
+DECADES = 9.0
+
+
+# --------------------------------------------------------------------------- runs and records
+
+
+def spectra_runs(profile: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """{label: Run} of the profile's spectra runs, trained into the profile's run cache if missing.
+
+    The cache (``profile.runs_dir()``, under the repository root) is shared by notebooks 01-05,
+    so a run trained by one notebook is read at no cost by the others.
+    """
+    from .notebook import data_root
+    from .profiles import get_profile
+    from .runs import train_run
+
+    P = get_profile(profile)
+    return {label: train_run(cfg, root=P.runs_dir(), progress=progress, data_root=data_root())
+            for label, cfg in P.spectra_runs.items()}
+
+
+def run_classes(run: Any) -> int:
+    """Number of classes C of a run's data set."""
+    from .data import num_classes
+
+    return num_classes(run.config.dataset)
+
+
+def epochs_with_kinds(run: Any, kinds: Sequence[str] = KINDS3) -> list[int]:
+    """The run's curvature epochs at which every kind in ``kinds`` was computed (ascending)."""
+    return [e for e in run.curvature_epochs() if set(kinds) <= set(run.config.kinds_at(e))]
+
+
+def run_overview(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per run: model, width, data set, C, epochs, final test accuracy, Hessian subset size,
+    curvature epochs (all) and the epochs with all three kinds."""
+    rows = []
+    for label, run in runs.items():
+        c = run.config
+        rows.append({"run": label, "model": c.model, "width": c.width, "data": c.dataset, "C": run_classes(run),
+                     "epochs": c.epochs, "final test acc": float(run.metrics["test_acc"].iloc[-1]),
+                     "Hessian examples": c.examples_per_class * run_classes(run), "Lanczos steps": c.lanczos_iters,
+                     "curvature epochs": len(run.curvature_epochs()),
+                     "Hess/G/H epochs": ", ".join(map(str, epochs_with_kinds(run)))})
+    return pd.DataFrame(rows)
+
+
+def describe_runs(runs: Mapping[str, Any]) -> str:
+    """One line naming each run's model, width, data set, training size, epochs and Hessian subset."""
+    parts = []
+    for label, run in runs.items():
+        c = run.config
+        size = f"{c.train_size} train images" if c.train_size else "full training set"
+        parts.append(f"{label}: {c.model} (width {c.width:g}) on {c.dataset}, {size}, {c.epochs} epochs, "
+                     f"Hessian on {c.examples_per_class}/class, {c.lanczos_iters} Lanczos steps")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- numbers of one spectrum
+
+
+def spectral_support(dens: SpectralDensity) -> tuple[float, float]:
+    """(smallest, largest) Ritz value of a density: the estimated extreme eigenvalues."""
+    nodes = np.asarray(dens.nodes, dtype=float)
+    return float(nodes.min()), float(nodes.max())
+
+
+def spectral_radius(dens: SpectralDensity) -> float:
+    """max |λ| over the density's Ritz values (the estimated operator norm of a symmetric block)."""
+    return float(np.abs(np.asarray(dens.nodes, dtype=float)).max())
+
+
+def bulk_mass(dens: SpectralDensity, rel: float = 0.01) -> float:
+    """Fraction of the SLQ quadrature mass at |θ| < ``rel`` · λ_max: the spectral mass "near zero".
+
+    Uses the unsmoothed quadrature measure Σ τ_j δ(λ − θ_j) (weights normalised over probes), so
+    the answer does not depend on the Gaussian smoothing width.
+    """
+    nodes, weights = dens.atoms
+    lam_max = float(np.max(nodes))
+    if lam_max <= 0:
+        return float("nan")
+    return float(weights[np.abs(nodes) < rel * lam_max].sum())
+
+
+def num_ritz_values(dens: SpectralDensity) -> int:
+    """Number of Ritz values of the density's first Lanczos run (the zero-weight padding, copies of the
+    largest value, removed): min(Lanczos steps, dimension), fewer if the recurrence broke down."""
+    row = np.asarray(dens.nodes, dtype=float)[0]
+    n = len(row)
+    while n > 1 and row[n - 2] == row[-1]:
+        n -= 1
+    return n
+
+
+def rule_values(entry: Mapping, C: int) -> np.ndarray:
+    """The eigenvalue estimates the outlier rule looks at: the top 2C Ritz values of ``entry`` (a record's
+    full or layer entry), but at most the upper half of its m Ritz values.
+
+    With m ≥ 4C Lanczos steps (the cpu and paper profiles) this is exactly the top 2C. With fewer steps
+    (smoke) the lower Ritz values estimate the *bottom* of the spectrum (≈ 0 for a positive
+    semi-definite block), and a ratio to such a value would fake a gap at the end of the list.
+    """
+    top = np.asarray(entry["top"], dtype=float)
+    return top[: min(2 * C, max(num_ritz_values(entry["density"]) // 2, 1))]
+
+
+def top_within_trace(entry: Mapping, nsigma: float = 3.0) -> bool:
+    """Sanity check of a positive semi-definite block's Lanczos output: λ_max ≤ tr + ``nsigma``·stderr.
+
+    For a PSD matrix the largest eigenvalue cannot exceed the trace. A Ritz value above it is a
+    symptom of a Lanczos run that lost orthogonality (in float32, after the Krylov space of a
+    low-rank block is numerically exhausted the recurrence can produce spurious, growing Ritz values).
+    Applies to G, G_l, and Hess_l of networks piecewise linear in one layer's weights (Hess_l = G_l);
+    not to Hess or H, which are indefinite. True when the entry has no trace.
+    """
+    trace = entry.get("trace")
+    top = np.asarray(entry.get("top", []), dtype=float)
+    if not trace or not len(top):
+        return True
+    stderr = trace.get("stderr")
+    stderr = 0.0 if stderr is None or not np.isfinite(stderr) else float(stderr)
+    return bool(top[0] <= float(trace["mean"]) + nsigma * stderr)
+
+
+def full_spectrum_summary(record: Mapping, C: int, kind: str = "hessian", tolerance: int = 2,
+                          bands: Sequence[float] = (0.01, 0.05)) -> dict:
+    """C1's numbers for one curvature record: outlier count by the gap rule and the mass near zero.
+
+    Rule (:func:`htr_utils.analysis.outlier_verdict`): among the top 2C Ritz values, the largest
+    ratio gap λ_k/λ_{k+1} (positive values only) is at k with |k − C| ≤ ``tolerance``; the top 2C are
+    taken by :func:`rule_values` (``rule_values`` = how many). ``bulk_mass_<p>%`` is the SLQ mass at
+    |λ| < p % of λ_max (see :func:`bulk_mass`).
+    """
+    entry = record["kinds"][kind]["full"]
+    dens, top = entry["density"], rule_values(entry, C)
+    v = outlier_verdict(top, C, tolerance)
+    lo, hi = spectral_support(dens)
+    pos = top[top > 0]
+    row = {"epoch": record["epoch"], "dim": entry["dim"], "C": C, "lambda_max": hi, "lambda_min": lo,
+           "outliers": v["outliers"], "rule_ok": v["ok"], "largest_gap_ratio": v["gap_ratio"],
+           "gap_ratio_at_C": float(pos[C - 1] / pos[C]) if len(pos) > C else float("nan"),
+           "rule_values": int(len(top)), "positive_top": int(len(pos)),
+           "trace": entry.get("trace", {}).get("mean", float("nan"))}
+    for b in bands:
+        row[f"bulk_mass_{b:.0%}"] = bulk_mass(dens, b)
+    return row
+
+
+def w1_distance(a: SpectralDensity, b: SpectralDensity) -> float:
+    """W₁ between two spectral densities on the raw eigenvalue axis (:func:`spectral_distance`), also when
+    one of them is a point mass (all Ritz values equal, e.g. a residual block that is exactly zero):
+    then W₁ = ∫ |λ − λ₀| φ(λ) dλ for the other density φ, and |λ₀ − λ₁| for two point masses."""
+    (lo_a, hi_a), (lo_b, hi_b) = spectral_support(a), spectral_support(b)
+    if hi_a > lo_a and hi_b > lo_b:
+        return spectral_distance(a, b, "wasserstein")
+    if hi_a == lo_a and hi_b == lo_b:
+        return abs(hi_a - hi_b)
+    dens, x0 = (a, hi_b) if hi_b == lo_b else (b, hi_a)
+    f = np.asarray(dens.density, dtype=float)
+    return float(np.trapezoid(np.abs(dens.grid - x0) * f, dens.grid) / np.trapezoid(f, dens.grid))
+
+
+# --------------------------------------------------------------------------- Hess vs G vs H
+
+
+def relative_top_difference(top_a: Sequence[float], top_b: Sequence[float], k: int) -> np.ndarray:
+    """|λ_i(b) − λ_i(a)| / |λ_i(a)| for i = 1..k (both lists descending; as many as both have)."""
+    a = np.asarray(top_a, dtype=float)[:k]
+    b = np.asarray(top_b, dtype=float)[:k]
+    n = min(len(a), len(b))
+    return np.abs(b[:n] - a[:n]) / np.maximum(np.abs(a[:n]), 1e-300)
+
+
+def gauss_newton_comparison(record: Mapping, C: int, part: str = "full") -> dict:
+    """C2's numbers for one record holding all three kinds, on the full network (``part="full"``)
+    or on one layer block (``part=<layer name>``).
+
+    - ``w1_hess_ggn``: W₁(Hess, G) on the raw eigenvalue axis (:func:`w1_distance`), and
+      ``w1_hess_ggn_rel``, the same divided by Hess's spectral range (largest − smallest Ritz value);
+      ``w1_hess_res_rel`` likewise for H, for contrast;
+    - ``topC_rel_diff_median`` / ``_max``: relative difference of the top-C eigenvalues of G
+      from those of Hess (:func:`relative_top_difference`);
+    - ``res_top_rel``: λ_max(H) / λ_max(Hess); ``res_radius_rel``: max |λ(H)| / λ_max(Hess), with
+      H's extreme eigenvalues taken from its SLQ Ritz values (both ends of its spectrum);
+    - ``ggn_valid``: G's Lanczos output passes :func:`top_within_trace` (λ_max(G) ≤ tr(G) + 3 stderr).
+    """
+    def get(kind: str) -> Mapping:
+        entry = record["kinds"][kind]
+        return entry["full"] if part == "full" else entry["layers"][part]
+
+    hess, ggn, res = get("hessian"), get("ggn"), get("residual")
+    lo, hi = spectral_support(hess["density"])
+    span = max(hi - lo, 1e-300)
+    w1_g = w1_distance(hess["density"], ggn["density"])
+    w1_h = w1_distance(hess["density"], res["density"])
+    rel = relative_top_difference(hess["top"], ggn["top"], C)
+    lam_max = float(hess["top"][0]) if len(hess["top"]) else hi
+    res_lo, res_hi = spectral_support(res["density"])
+    scale = max(abs(lam_max), 1e-300)
+    return {"epoch": record["epoch"], "part": part, "lambda_max_hess": lam_max,
+            "lambda_max_ggn": float(ggn["top"][0]), "lambda_max_res": res_hi, "lambda_min_res": res_lo,
+            "hess_range": span, "w1_hess_ggn": w1_g, "w1_hess_ggn_rel": w1_g / span,
+            "w1_hess_res_rel": w1_h / span,
+            "topC_rel_diff_median": float(np.median(rel)) if len(rel) else float("nan"),
+            "topC_rel_diff_max": float(np.max(rel)) if len(rel) else float("nan"),
+            "res_top_rel": res_hi / scale, "res_radius_rel": max(abs(res_lo), abs(res_hi)) / scale,
+            "ggn_valid": top_within_trace(ggn)}
+
+
+def gauss_newton_table(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """:func:`gauss_newton_comparison` of the full network at every epoch with all three kinds, one row
+    per (run, epoch); ``final`` marks each run's last such epoch."""
+    rows = []
+    for label, run in runs.items():
+        epochs = epochs_with_kinds(run)
+        for e in epochs:
+            rows.append({"run": label, **gauss_newton_comparison(run.curvature(e), run_classes(run)),
+                         "final": e == epochs[-1]})
+    return pd.DataFrame(rows)
+
+
+def gauss_newton_pass(row: Mapping, top_rel: float = 0.10, w1_rel: float = 0.05, res_rel: float = 0.10) -> bool:
+    """C2's rule on one row of :func:`gauss_newton_table`: the median relative difference of the top-C
+    eigenvalues of G and Hess ≤ ``top_rel``, W₁(Hess, G) < ``w1_rel`` · range(Hess), and
+    max |λ(H)| < ``res_rel`` · λ_max(Hess)."""
+    return bool(row["topC_rel_diff_median"] <= top_rel and row["w1_hess_ggn_rel"] < w1_rel
+                and row["res_radius_rel"] < res_rel)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def layer_table(record: Mapping, C: int, tolerance: int = 2) -> pd.DataFrame:
+    """C3's numbers per layer (forward order) of one record: the outlier rule on the layer's top 2C
+    Ritz values of Hess_l (:func:`rule_values`, as :func:`full_spectrum_summary`), λ_max(Hess_l), and, where the record
+    holds G and H, W₁(Hess_l, G_l) / range(Hess_l) and ‖H_l‖ = max |λ(H_l)| (absolute and / λ_max(Hess_l)).
+    ``valid``: Hess_l's Lanczos output passes :func:`top_within_trace` (Hess_l = G_l is PSD for networks
+    piecewise linear in one layer's weights)."""
+    kinds = record["kinds"]
+    rows = []
+    for depth, layer in enumerate(kinds["hessian"]["layers"]):
+        h = kinds["hessian"]["layers"][layer]
+        top = rule_values(h, C)
+        v = outlier_verdict(top, C, tolerance)
+        lam_max = float(top[0]) if len(top) else spectral_support(h["density"])[1]
+        row = {"layer": layer, "depth": depth, "dim": h["dim"], "lambda_max": lam_max, "outliers": v["outliers"],
+               "rule_ok": v["ok"], "largest_gap_ratio": v["gap_ratio"], "valid": top_within_trace(h)}
+        if "ggn" in kinds:
+            lo, hi = spectral_support(h["density"])
+            row["w1_hess_ggn_rel"] = w1_distance(h["density"], kinds["ggn"]["layers"][layer]["density"]) \
+                / max(hi - lo, 1e-300)
+        if "residual" in kinds:
+            radius = spectral_radius(kinds["residual"]["layers"][layer]["density"])
+            row["res_norm"] = radius
+            row["res_norm_rel"] = radius / max(abs(lam_max), 1e-300)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def density_floor(densities: Sequence[SpectralDensity], decades: float = DECADES) -> float:
+    """A log-axis floor ``decades`` below the highest peak of ``densities`` (SLQ densities are ~0 between
+    atoms; a fixed absolute floor would hide the outliers of spectra with a large range)."""
+    peak = max(float(np.max(d.density)) for d in densities)
+    return peak * 10.0 ** (-decades) if peak > 0 else 1e-12
+
+
+def readable_log_axis(ax: plt.Axes) -> None:
+    """Log-scale y axis with ticks at 1, 2, 5 × 10^n labelled in plain numbers (no crowded minor labels)."""
+    from matplotlib import ticker
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
+def plot_full_spectrum(ax_density: plt.Axes, ax_top: plt.Axes, entry: Mapping, C: int, title: str,
+                       tolerance: int = 2) -> None:
+    """C1 panel pair: (left) the density on a log scale with the top-C Ritz values ticked in red;
+    (right) the positive top-2C Ritz values (:func:`rule_values`) on a log scale, the gap after the C-th
+    dashed and, when it differs, the largest gap found by the rule dotted."""
+    dens, top = entry["density"], rule_values(entry, C)
+    floor = density_floor([dens])
+    plot_density(ax_density, dens, floor=floor, color="C0", lw=1.4, label="SLQ density")
+    ticks = np.asarray(entry["top"], dtype=float)[:C]
+    ax_density.vlines(ticks, floor, floor * 10 ** (DECADES / 8), color="C3", lw=1.5,
+                      label=f"top {len(ticks)} Ritz values")
+    ax_density.set_ylim(floor, float(np.max(dens.density)) * 30)
+    ax_density.set_title(title)
+    ax_density.legend(loc="upper right")
+    pos = top[top > 0]
+    plot_top_eigenvalues(ax_top, pos, C=C, log=True, label="Ritz values")
+    k = outlier_verdict(top, C, tolerance)["outliers"]
+    if k != C and 0 < k < len(pos):
+        ax_top.axvline(k + 0.5, color="C2", ls=":", lw=1.5, label=f"largest gap (k = {k})")
+        ax_top.legend(loc="upper right")
+    ax_top.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_top.set_title(f"top {len(top)} Ritz values (positive: {len(pos)})")
+
+
+def plot_kinds(ax: plt.Axes, densities: Mapping[str, SpectralDensity], title: str | None = None) -> plt.Axes:
+    """Overlay densities of several kinds ({label: density}) on a log scale with a common floor."""
+    floor = density_floor(list(densities.values()))
+    styles = ["-", "--", ":", "-."]
+    for i, (label, dens) in enumerate(densities.items()):
+        plot_density(ax, dens, label=label, floor=floor, color=f"C{i}", ls=styles[i % 4], lw=1.8 - 0.3 * i)
+    ax.set_ylim(floor, max(float(np.max(d.density)) for d in densities.values()) * 30)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper right")
+    return ax
+
+
+def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS3,
+                           panel_size: tuple[float, float] = (4.2, 3.0)) -> plt.Figure:
+    """C2 grid: one row per run, one column per epoch with all three kinds; each panel overlays the
+    full-network densities of Hess, G and H."""
+    epochs = {label: epochs_with_kinds(run, kinds) for label, run in runs.items()}
+    ncols = max(1, max(len(e) for e in epochs.values()))
+    fig, axes = plt.subplots(len(runs), ncols, figsize=(panel_size[0] * ncols, panel_size[1] * len(runs)),
+                             squeeze=False)
+    for r, (label, run) in enumerate(runs.items()):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(epochs[label]):
+                ax.set_visible(False)
+                continue
+            rec = run.curvature(epochs[label][c])
+            plot_kinds(ax, {KIND_LABELS[k]: rec["kinds"][k]["full"]["density"] for k in kinds},
+                       title=f"{label}, epoch {epochs[label][c]}")
+            if c > 0:
+                ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_tops(record: Mapping, C: int, title: str, ncols: int = 5,
+                    panel_size: tuple[float, float] = (3.0, 2.6), tolerance: int = 2) -> plt.Figure:
+    """C3 grid: per layer, the positive top-2C Ritz values of Hess_l (:func:`rule_values`; log scale) with C
+    marked and the rule's outlier count in the title (✓ when |k − C| ≤ ``tolerance``)."""
+    layers = record["kinds"]["hessian"]["layers"]
+    ncols = max(1, min(ncols, len(layers)))
+    nrows = int(np.ceil(len(layers) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
+    for ax, (layer, entry) in zip(axes.flat, layers.items()):
+        top = rule_values(entry, C)
+        v = outlier_verdict(top, C, tolerance)
+        pos = top[top > 0]
+        if len(pos):
+            rank = np.arange(1, len(pos) + 1)
+            ax.plot(rank, pos, "o-", ms=3.5, lw=1, color="C0")
+            ax.plot(rank[:C], pos[:C], "o", ms=4, color="C3")
+            readable_log_axis(ax)
+        ax.axvline(C + 0.5, color="0.3", ls="--", lw=1)
+        if v["outliers"] != C:
+            ax.axvline(v["outliers"] + 0.5, color="C2", ls=":", lw=1.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{layer}: k = {v['outliers']} {'✓' if v['ok'] else '✗'}")
+        ax.set_xlabel("rank")
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("eigenvalue of Hess$_l$")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_outlier_counts(ax: plt.Axes, table: pd.DataFrame, C: int, tolerance: int = 2) -> plt.Axes:
+    """C3 bars: the rule's outlier count per layer (x: layer, hue: run), with the band C ± ``tolerance``."""
+    import seaborn as sns
+
+    data = table.assign(name=table["run"] + ": " + table["layer"]).reset_index(drop=True)
+    sns.barplot(data=data, x="name", y="outliers", hue="run", ax=ax, dodge=False)
+    ax.set_xticks(range(len(data)), data["layer"], rotation=45, ha="right")
+    ax.axhspan(C - tolerance, C + tolerance, color="C2", alpha=0.15, lw=0, label=f"C ± {tolerance}")
+    ax.axhline(C, color="C2", ls="--", lw=1.2, label=f"C = {C}")
+    ax.set_xlabel("layer (forward order; colour: run)")
+    ax.set_ylabel("outliers k (largest gap)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def plot_gauss_newton_trends(table: pd.DataFrame, top_rel: float = 0.10, w1_rel: float = 0.05,
+                             res_rel: float = 0.10) -> plt.Figure:
+    """C2 over training, one line per run (rows of :func:`gauss_newton_table`): (left) W₁(Hess, G) and,
+    dashed, W₁(Hess, H), both / range(Hess); (middle) median relative difference of the top-C eigenvalues
+    of G and Hess; (right) max |λ(H)| / λ_max(Hess). The rule's thresholds are grey lines."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    panels = [("w1_hess_ggn_rel", "W$_1$ / range(Hess)", w1_rel), ("topC_rel_diff_median",
+              "median |λ$_k$(G) − λ$_k$(Hess)| / λ$_k$(Hess), k ≤ C", top_rel),
+              ("res_radius_rel", "max |λ(H)| / λ$_{max}$(Hess)", res_rel)]
+    for i, (label, group) in enumerate(table.groupby("run", sort=False)):
+        for ax, (col, ylabel, thr) in zip(axes, panels):
+            ax.plot(group["epoch"], group[col], "o-", color=f"C{i}", label=f"{label}" + (": Hess vs G" if
+                    col == "w1_hess_ggn_rel" else ""))
+            ax.set_ylabel(ylabel)
+        axes[0].plot(group["epoch"], group["w1_hess_res_rel"], "s--", color=f"C{i}", alpha=0.6,
+                     label=f"{label}: Hess vs H")
+    for ax, (_, _, thr) in zip(axes, panels):
+        ax.axhline(thr, color="0.4", ls=":", lw=1.5, label=f"threshold {thr:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize="x-small")
+    axes[1].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_comparison(runs: Mapping[str, Any], epochs: Mapping[str, int], res_rel: float | None = None) -> plt.Figure:
+    """C2 at one epoch per run: (left) the top-C eigenvalues of G against those of Hess (log-log, with the
+    diagonal); (right) the top-C eigenvalues of H and of G divided by λ_max(Hess), against rank k, with
+    ±``res_rel`` (the rule's bound on H) as grey dotted lines when given."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.4))
+    lo, hi = np.inf, 0.0
+    for i, (label, run) in enumerate(runs.items()):
+        C = run_classes(run)
+        kinds = run.curvature(epochs[label])["kinds"]
+        th, tg, tr = (np.asarray(kinds[k]["full"]["top"], dtype=float)[:C] for k in KINDS3)
+        n = min(len(th), len(tg))
+        keep = (th[:n] > 0) & (tg[:n] > 0)
+        ax0.plot(th[:n][keep], tg[:n][keep], "o", color=f"C{i}", label=f"{label} (epoch {epochs[label]})")
+        if keep.any():
+            lo, hi = min(lo, th[:n][keep].min(), tg[:n][keep].min()), max(hi, th[:n][keep].max(), tg[:n][keep].max())
+        ax1.plot(np.arange(1, len(tr) + 1), tr / th[0], "s-", color=f"C{i}", label=f"{label}: H")
+        ax1.plot(np.arange(1, len(tg) + 1), tg / th[0], "o:", color=f"C{i}", alpha=0.6, label=f"{label}: G")
+    if hi > 0:
+        ax0.plot([lo / 1.5, hi * 1.5], [lo / 1.5, hi * 1.5], color="0.4", ls="--", lw=1, label="G = Hess")
+    ax0.set(xscale="log", yscale="log", xlabel="λ$_k$(Hess)", ylabel="λ$_k$(G)",
+            title="top-C eigenvalues: G against Hess")
+    ax0.legend(fontsize="small")
+    ax1.axhline(0.0, color="0.6", lw=0.8)
+    if res_rel is not None:
+        for sign in (1, -1):
+            ax1.axhline(sign * res_rel, color="0.4", ls=":", lw=1.5,
+                        label=f"±{res_rel:g} (bound on H)" if sign > 0 else None)
+    ax1.set(xlabel="rank k", ylabel="λ$_k$ / λ$_{max}$(Hess)", title="top-C eigenvalues of H and G, relative")
+    ax1.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_outlier_history(history: pd.DataFrame, tolerance: int = 2) -> plt.Figure:
+    """C1 during training, one line per run (rows of :func:`full_spectrum_summary` per epoch): (left) the
+    rule's outlier count k with the band C ± ``tolerance``; (right) the SLQ mass at |λ| < 1 % of λ_max."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for i, (label, g) in enumerate(history.groupby("run", sort=False)):
+        ax0.plot(g["epoch"], g["outliers"], "o-", color=f"C{i}", label=label)
+        ax1.plot(g["epoch"], g["bulk_mass_1%"], "o-", color=f"C{i}", label=label)
+    C = int(history["C"].iloc[0])
+    ax0.axhspan(C - tolerance, C + tolerance, color="C2", alpha=0.15, lw=0, label=f"C ± {tolerance}")
+    ax0.axhline(C, color="C2", ls="--", lw=1.2)
+    ax0.set(xlabel="epoch", ylabel="outliers k (largest gap)", title="outlier count of the full Hessian")
+    ax1.set(xlabel="epoch", ylabel="mass at |λ| < 1 % λ$_{max}$", title="spectral mass near zero (SLQ)")
+    ax0.legend(fontsize="small")
+    ax1.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
