@@ -31,7 +31,7 @@ data:
 	fi
 
 # Unit tests, then every notebook under nbval with the smoke profile (kernels start in notebooks/;
-# outputs go to build/smoke/; --nbval-lax compares only cells tagged nbval-check-output).
+# outputs go to build/smoke/; --nbval-lax fails on any cell that raises: the checks are asserts).
 test: setup
 	$(PY) -m pytest -q tests
 	HTR_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks

@@ -163,28 +163,22 @@ def test_plots_draw() -> None:
     plt.close(fig)
 
 
-def test_clean_notebook_keeps_only_checked_outputs(tmp_path: Path) -> None:
+def test_clean_notebook_strips_every_output(tmp_path: Path) -> None:
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-    def cells(with_outputs: bool):
-        a = new_code_cell("x = 1\nprint(x)", execution_count=3 if with_outputs else None)
-        b = new_code_cell('print("verdict: reproduced")', execution_count=4 if with_outputs else None)
-        b.metadata["tags"] = [notebook.CHECK_TAG]
-        if with_outputs:
-            a.outputs = [new_output("stream", name="stdout", text="1\n")]
-            b.outputs = [new_output("stream", name="stdout", text="verdict: reproduced\n")]
-        return [new_markdown_cell("# t"), a, b]
-
-    src, executed = tmp_path / "00_t.ipynb", tmp_path / "run.ipynb"
-    nbformat.write(new_notebook(cells=cells(False)), src)
-    injected = new_code_cell('profile = "smoke"')
-    injected.metadata["tags"] = ["injected-parameters"]
-    nbformat.write(new_notebook(cells=[injected] + cells(True)), executed)
-    notebook.clean_notebook(src, executed)
-    nb = nbformat.read(src, as_version=4)
-    assert nb.cells[1].outputs == [] and nb.cells[1].execution_count is None
-    assert nb.cells[2].execution_count == 1 and nb.cells[2].outputs[0]["text"] == "verdict: reproduced\n"
-    notebook.clean_notebook(executed)  # in place, no reference: the checked output stays
-    nb = nbformat.read(executed, as_version=4)
-    assert [len(c.get("outputs", [])) for c in nb.cells] == [0, 0, 0, 1]
+    a = new_code_cell("x = 1\nprint(x)", execution_count=3)
+    a.outputs = [new_output("stream", name="stdout", text="1\n")]
+    a.metadata["papermill"] = {"duration": 0.1}
+    b = new_code_cell('assert verdict == "reproduced"', execution_count=4)
+    b.outputs = [new_output("execute_result", data={"text/plain": "True"}, execution_count=4)]
+    path = tmp_path / "00_t.ipynb"
+    nb = new_notebook(cells=[new_markdown_cell("# t"), a, b])
+    nb.metadata["papermill"] = {"parameters": {}}
+    nbformat.write(nb, path)
+    notebook.clean_notebook(path)
+    nb = nbformat.read(path, as_version=4)
+    assert [c.get("outputs", []) for c in nb.cells[1:]] == [[], []]
+    assert [c.execution_count for c in nb.cells[1:]] == [None, None]
+    assert "papermill" not in nb.metadata and "papermill" not in nb.cells[1].metadata
+    assert nb.cells[2].source == 'assert verdict == "reproduced"'
