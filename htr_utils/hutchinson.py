@@ -24,6 +24,14 @@ class TraceEstimate:
     stderr: float
     samples: np.ndarray
 
+    @classmethod
+    def from_samples(cls, samples: np.ndarray) -> "TraceEstimate":
+        """Mean of the probe values and its standard error std(ddof=1)/√m (NaN for one probe)."""
+        samples = np.asarray(samples, dtype=float)
+        m = len(samples)
+        stderr = float(samples.std(ddof=1) / math.sqrt(m)) if m > 1 else float("nan")
+        return cls(float(samples.mean()), stderr, samples)
+
     @property
     def num_probes(self) -> int:
         return len(self.samples)
@@ -43,9 +51,7 @@ def hutchinson_trace(op: LinearOperator, num_probes: int, seed: int = 0, batch_s
         Z = rademacher(op.dim, gen, op.dtype, op.device, count=k)
         AZ = op.matmat(Z) if hasattr(op, "matmat") else torch.stack([op.matvec(z) for z in Z.T], dim=1)
         values.append((Z * AZ).sum(dim=0).double().cpu())
-    samples = torch.cat(values).numpy()
-    stderr = float(samples.std(ddof=1) / math.sqrt(num_probes)) if num_probes > 1 else float("nan")
-    return TraceEstimate(float(samples.mean()), stderr, samples)
+    return TraceEstimate.from_samples(torch.cat(values).numpy())
 
 
 def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,

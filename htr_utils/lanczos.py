@@ -63,39 +63,60 @@ def breakdown_tolerance(dtype: torch.dtype) -> float:
     return max(1e-10, 50 * torch.finfo(dtype).eps)
 
 
+class LanczosChain:
+    """One Lanczos recurrence with full reorthogonalisation, fed one product A q at a time.
+
+    ``q`` is the vector whose product the chain needs next; :meth:`step` takes w = A q.
+    The chain stops after ``num_iters`` steps or on breakdown: when the new residual's norm
+    falls below ``tol`` times the largest |α| or |β| seen, the Krylov space is invariant.
+    """
+
+    def __init__(self, start: Tensor, num_iters: int, tol: float) -> None:
+        self.q = start / start.norm()
+        self.basis = torch.empty((num_iters, len(start)), dtype=start.dtype, device=start.device)
+        self.alpha, self.beta = np.zeros(num_iters), np.zeros(num_iters)
+        self.m, self.tol, self.scale = 0, tol, 0.0
+        self.done = self.breakdown = False
+
+    def step(self, w: Tensor) -> None:
+        j = self.m
+        self.basis[j] = self.q
+        self.alpha[j] = float(torch.dot(self.q, w))
+        Q = self.basis[: j + 1]
+        for _ in range(2):  # "twice is enough" (Parlett): keeps Q orthonormal to working precision
+            w = w - Q.T @ (Q @ w)
+        self.beta[j] = float(w.norm())
+        self.scale = max(self.scale, abs(self.alpha[j]), self.beta[j])
+        self.m = j + 1
+        if self.m == len(self.alpha):
+            self.done = True
+        elif self.beta[j] <= self.tol * max(self.scale, 1e-300):
+            self.done = self.breakdown = True
+        else:
+            self.q = w / self.beta[j]
+
+    def result(self, keep_basis: bool = False) -> Tridiagonal:
+        m = self.m
+        return Tridiagonal(self.alpha[:m], self.beta[:m], self.basis[:m] if keep_basis else None, self.breakdown)
+
+
 def lanczos_tridiagonal(op: LinearOperator, num_iters: int, start: Tensor | None = None, seed: int = 0,
                         keep_basis: bool = False, tol: float | None = None) -> Tridiagonal:
     """Run ``num_iters`` Lanczos steps with full reorthogonalisation (Gram-Schmidt applied twice).
 
-    Stops early, cleanly, on breakdown: when the new residual's norm falls below ``tol``
-    (default :func:`breakdown_tolerance` of the operator's dtype) times the largest |α| or |β|
-    seen, the Krylov space is invariant and T is exact.
+    Stops early, cleanly, on breakdown (see :class:`LanczosChain`; ``tol`` defaults to
+    :func:`breakdown_tolerance` of the operator's dtype), where T is exact.
     """
-    tol = breakdown_tolerance(op.dtype) if tol is None else tol
-    dim = op.dim
-    num_iters = int(min(num_iters, dim))
+    num_iters = int(min(num_iters, op.dim))
     if num_iters < 1:
         raise ValueError(f"num_iters must be at least 1, got {num_iters}.")
     if start is None:
-        start = rademacher(dim, torch.Generator().manual_seed(seed), op.dtype, op.device)
-    q = start.to(op.dtype).to(op.device)
-    q = q / q.norm()
-    Q = torch.empty((num_iters, dim), dtype=op.dtype, device=op.device)
-    alpha, beta = np.zeros(num_iters), np.zeros(num_iters)
-    scale, breakdown, m = 0.0, False, num_iters
-    for j in range(num_iters):
-        Q[j] = q
-        w = op.matvec(q)
-        alpha[j] = float(torch.dot(q, w))
-        for _ in range(2):  # "twice is enough" (Parlett): keeps Q orthonormal to working precision
-            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta[j] = float(w.norm())
-        scale = max(scale, abs(alpha[j]), beta[j])
-        if j + 1 < num_iters and beta[j] <= tol * max(scale, 1e-300):
-            breakdown, m = True, j + 1
-            break
-        q = w / beta[j]
-    return Tridiagonal(alpha[:m], beta[:m], Q[:m] if keep_basis else None, breakdown)
+        start = rademacher(op.dim, torch.Generator().manual_seed(seed), op.dtype, op.device)
+    chain = LanczosChain(start.to(op.dtype).to(op.device), num_iters,
+                         breakdown_tolerance(op.dtype) if tol is None else tol)
+    while not chain.done:
+        chain.step(op.matvec(chain.q))
+    return chain.result(keep_basis)
 
 
 def lanczos(op: LinearOperator, num_iters: int, seed: int = 0, start: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -161,14 +182,24 @@ def slq_density(op: LinearOperator, num_iters: int = 128, num_probes: int = 1, s
     """
     gen = torch.Generator().manual_seed(seed)
     runs = [lanczos(op, num_iters, start=rademacher(op.dim, gen, op.dtype, op.device)) for _ in range(num_probes)]
-    width = max(len(r[0]) for r in runs)
-    nodes = np.zeros((num_probes, width))
-    weights = np.zeros((num_probes, width))
+    return density_from_runs(runs, grid_points=grid_points, margin=margin, kappa=kappa, sigma=sigma, bounds=bounds,
+                             meta={"num_iters": num_iters, "num_probes": num_probes, "seed": seed, "dim": op.dim})
+
+
+def density_from_runs(runs: list[tuple[np.ndarray, np.ndarray]], meta: dict | None = None,
+                      **density_kw) -> SpectralDensity:
+    """Density from several probes' (Ritz values, weights); ``meta["top"]``: the first probe's Ritz values, descending.
+
+    Runs that stopped early (breakdown) are padded with zero-weight copies of their largest
+    node, which leaves the measure unchanged.
+    """
+    width = max(len(theta) for theta, _ in runs)
+    nodes, weights = np.zeros((len(runs), width)), np.zeros((len(runs), width))
     for p, (theta, tau) in enumerate(runs):
         nodes[p, : len(theta)], weights[p, : len(tau)] = theta, tau
-        nodes[p, len(theta):] = theta[-1]  # padding with zero weight keeps the measure unchanged
-    return density_from_quadrature(nodes, weights, grid_points, margin, kappa, sigma, bounds,
-                                   meta={"num_iters": num_iters, "num_probes": num_probes, "seed": seed, "dim": op.dim})
+        nodes[p, len(theta):] = theta[-1]
+    meta = {**(meta or {}), "top": np.sort(runs[0][0])[::-1].tolist()}
+    return density_from_quadrature(nodes, weights, meta=meta, **density_kw)
 
 
 def density_from_quadrature(nodes: np.ndarray, weights: np.ndarray, grid_points: int = 1024, margin: float = 0.05,

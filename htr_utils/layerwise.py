@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .curvature import CurvatureOperator
 from .hutchinson import TraceEstimate
-from .lanczos import SpectralDensity, Tridiagonal, breakdown_tolerance, density_from_quadrature, rademacher
+from .lanczos import LanczosChain, SpectralDensity, Tridiagonal, breakdown_tolerance, density_from_runs, rademacher
 
 
 def block_indices(op: CurvatureOperator, groups: Mapping[str, Sequence[str]]) -> dict[str, Tensor]:
@@ -44,49 +44,21 @@ def lockstep_lanczos(op: CurvatureOperator, groups: Mapping[str, Sequence[str]],
     breaks down or reaches its block's dimension stops; the others go on.
     """
     idx = block_indices(op, groups)
-    layers = list(idx)
     tol = breakdown_tolerance(op.dtype) if tol is None else tol
     gen = torch.Generator().manual_seed(seed)
-    chains = []  # one per (layer, probe)
-    for layer in layers:
-        d = len(idx[layer])
-        for _ in range(num_probes):
-            q = rademacher(d, gen, op.dtype, op.device)
-            chains.append({"layer": layer, "rows": idx[layer], "m": min(num_iters, d), "q": q / q.norm(),
-                           "Q": [], "alpha": [], "beta": [], "scale": 0.0, "done": False, "breakdown": False})
-    for _ in range(num_iters):
-        live = [c for c in chains if not c["done"]]
-        if not live:
-            break
+    chains = [(layer, LanczosChain(rademacher(len(rows), gen, op.dtype, op.device), min(num_iters, len(rows)), tol))
+              for layer, rows in idx.items() for _ in range(num_probes)]
+    while live := [(layer, c) for layer, c in chains if not c.done]:
         V = torch.zeros((op.dim, len(live)), dtype=op.dtype, device=op.device)
-        for j, c in enumerate(live):
-            V[c["rows"], j] = c["q"]
+        for j, (layer, c) in enumerate(live):
+            V[idx[layer], j] = c.q
         W = op.matmat(V)
-        for j, c in enumerate(live):
-            _lanczos_step(c, W[c["rows"], j], tol)
-    out: dict[str, list[Tridiagonal]] = {layer: [] for layer in layers}
-    for c in chains:
-        out[c["layer"]].append(Tridiagonal(np.array(c["alpha"]), np.array(c["beta"]), None, c["breakdown"]))
+        for j, (layer, c) in enumerate(live):
+            c.step(W[idx[layer], j])
+    out: dict[str, list[Tridiagonal]] = {layer: [] for layer in idx}
+    for layer, c in chains:
+        out[layer].append(c.result())
     return out
-
-
-def _lanczos_step(c: dict, w: Tensor, tol: float) -> None:
-    """One Lanczos step of chain ``c`` given w = A q (same recurrence as lanczos_tridiagonal)."""
-    q = c["q"]
-    c["Q"].append(q)
-    c["alpha"].append(float(torch.dot(q, w)))
-    Q = torch.stack(c["Q"])
-    for _ in range(2):
-        w = w - Q.T @ (Q @ w)
-    beta = float(w.norm())
-    c["beta"].append(beta)
-    c["scale"] = max(c["scale"], abs(c["alpha"][-1]), beta)
-    if len(c["alpha"]) >= c["m"]:
-        c["done"] = True
-    elif beta <= tol * max(c["scale"], 1e-300):
-        c["done"] = c["breakdown"] = True
-    else:
-        c["q"] = w / beta
 
 
 def layerwise_spectra(op: CurvatureOperator, groups: Mapping[str, Sequence[str]], num_iters: int = 128,
@@ -96,19 +68,12 @@ def layerwise_spectra(op: CurvatureOperator, groups: Mapping[str, Sequence[str]]
     Each density's ``meta['top']`` holds that block's largest Ritz values (descending), which
     for well-separated outliers are converged top eigenvalues.
     """
+    dims = {layer: len(rows) for layer, rows in block_indices(op, groups).items()}
     out = {}
     for layer, tris in lockstep_lanczos(op, groups, num_iters, num_probes, seed).items():
-        runs = [t.eigh() for t in tris]
-        width = max(len(ev) for ev, _ in runs)
-        nodes, weights = np.zeros((len(runs), width)), np.zeros((len(runs), width))
-        for p, (ev, vecs) in enumerate(runs):
-            nodes[p, : len(ev)], weights[p, : len(ev)] = ev, vecs[0] ** 2
-            nodes[p, len(ev):] = ev[-1]
-        dens = density_from_quadrature(nodes, weights, meta={"num_iters": num_iters, "num_probes": num_probes,
-                                                             "seed": seed, "dim": len(block_indices(op, {layer: groups[layer]})[layer])},
-                                       **density_kw)
-        dens.meta["top"] = np.sort(nodes[0, : len(runs[0][0])])[::-1].tolist()
-        out[layer] = dens
+        runs = [(ev, vecs[0] ** 2) for ev, vecs in (t.eigh() for t in tris)]
+        out[layer] = density_from_runs(runs, meta={"num_iters": num_iters, "num_probes": num_probes, "seed": seed,
+                                                   "dim": dims[layer]}, **density_kw)
     return out
 
 
@@ -141,12 +106,6 @@ def layerwise_trace(op: CurvatureOperator, groups: Mapping[str, Sequence[str]], 
             full += Wl
             per_layer[layer].extend((Z[idx[layer]] * Wl[idx[layer]]).sum(0).double().cpu().tolist())
         whole.extend((Z * full).sum(0).double().cpu().tolist())
-    out = {layer: _estimate(torch.tensor(v, dtype=torch.float64)) for layer, v in per_layer.items()}
-    out["__all__"] = _estimate(torch.tensor(whole, dtype=torch.float64))
+    out = {layer: TraceEstimate.from_samples(np.array(v)) for layer, v in per_layer.items()}
+    out["__all__"] = TraceEstimate.from_samples(np.array(whole))
     return out
-
-
-def _estimate(samples: Tensor) -> TraceEstimate:
-    s = samples.numpy()
-    stderr = float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan")
-    return TraceEstimate(float(s.mean()), stderr, s)

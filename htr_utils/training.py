@@ -379,7 +379,7 @@ class Trainer:
             t0 = time.perf_counter()
             op = hvp_operator(self.model, self.loss_fn, (x, y), params=names, kind=kind)
             dens = slq_density(op, num_iters=cfg.lanczos_iters, num_probes=cfg.slq_probes, seed=cfg.seed)
-            entry: dict[str, Any] = {"full": {"density": dens, "top": _ritz_values(dens.nodes[0])[:k], "dim": op.dim},
+            entry: dict[str, Any] = {"full": {"density": dens, "top": dens.meta["top"][:k], "dim": op.dim},
                                      "layers": {}}
             if cfg.layerwise:
                 spectra = layerwise_spectra(op, self.groups, num_iters=cfg.lanczos_iters, num_probes=cfg.slq_probes,
@@ -395,15 +395,6 @@ class Trainer:
             record["kinds"][kind] = entry
         record["seconds"] = time.perf_counter() - start
         return record
-
-
-def _ritz_values(row: np.ndarray) -> list[float]:
-    """Distinct Ritz values of one SLQ run, descending (drops the zero-weight padding, copies of the max)."""
-    row = np.asarray(row, dtype=float)
-    n = len(row)
-    while n > 1 and row[n - 2] == row[-1]:
-        n -= 1
-    return sorted((float(v) for v in row[:n]), reverse=True)
 
 
 def _trace_dict(est) -> dict:

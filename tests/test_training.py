@@ -12,7 +12,7 @@ from htr_utils.curvature import hvp_operator
 from htr_utils.hutchinson import hutchinson_trace
 from htr_utils.lanczos import top_eigenvalues
 from htr_utils.models import build_model
-from htr_utils.training import (TIMING_COLUMNS, TrainConfig, Trainer, _ritz_values, composite_batch_norm,
+from htr_utils.training import (TIMING_COLUMNS, TrainConfig, Trainer, composite_batch_norm,
                                  penalty_parameter_names)
 
 TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, batch_size=40, lr=0.05,
@@ -116,9 +116,13 @@ def test_curvature_record_consistent():
     assert min(rec["kinds"]["ggn"]["full"]["top"]) > -1e-6
 
 
-def test_ritz_values_drop_padding():
-    assert _ritz_values(np.array([-1.0, 0.5, 2.0, 2.0, 2.0])) == [2.0, 0.5, -1.0]
-    assert _ritz_values(np.array([3.0])) == [3.0]
+def test_top_ritz_values_exclude_padding():
+    from htr_utils.lanczos import density_from_runs
+    # the first probe broke down after 3 steps, the second ran 5: the first is padded in the arrays
+    runs = [(np.array([-1.0, 0.5, 2.0]), np.array([0.2, 0.3, 0.5])), (np.linspace(-1, 2, 5), np.full(5, 0.2))]
+    dens = density_from_runs(runs)
+    assert dens.nodes.shape == (2, 5) and dens.meta["top"] == [2.0, 0.5, -1.0]
+    assert density_from_runs([(np.array([3.0]), np.array([1.0]))]).meta["top"] == [3.0]
 
 
 def test_trainer_state_round_trip():
