@@ -88,3 +88,54 @@ def mean_std(values: Sequence[float]) -> str:
     """'mean ± std' (sample std, ddof=1) for a handful of seeds."""
     v = np.asarray(values, dtype=float)
     return f"{v.mean():.4g} ± {v.std(ddof=1) if len(v) > 1 else float('nan'):.2g}"
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """Mean(a) − mean(b) with its Welch t confidence interval (unequal variances) and two-sided p.
+
+    Needs at least two finite values per group; NaN entries (e.g. diverged runs) are dropped.
+    """
+    from scipy.stats import ttest_ind
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
+    if len(x) < 2 or len(y) < 2:
+        return {"diff": diff, "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n_a": len(x), "n_b": len(y)}
+    if np.ptp(x) == 0 and np.ptp(y) == 0:  # identical values: no spread, the interval is the point
+        return {"diff": diff, "lo": diff, "hi": diff, "p": float(diff == 0) if diff == 0 else 0.0,
+                "n_a": len(x), "n_b": len(y)}
+    res = ttest_ind(x, y, equal_var=False)
+    ci = res.confidence_interval(confidence_level=level)
+    return {"diff": diff, "lo": float(ci.low), "hi": float(ci.high), "p": float(res.pvalue), "n_a": len(x),
+            "n_b": len(y)}
+
+
+def bootstrap_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95, num: int = 10000,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) − mean(b), each group resampled with replacement."""
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    rng = np.random.default_rng(seed)
+    d = rng.choice(x, (num, len(x))).mean(1) - rng.choice(y, (num, len(y))).mean(1)
+    return float(np.quantile(d, (1 - level) / 2)), float(np.quantile(d, (1 + level) / 2))
+
+
+def spearman_bootstrap(x: Sequence[float], y: Sequence[float], level: float = 0.95, num: int = 10000,
+                       seed: int = 0) -> dict:
+    """Spearman ρ of (x, y), its percentile bootstrap interval (pairs resampled) and the two-sided p.
+
+    Resamples whose ranks are constant (ρ undefined) are skipped.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rho, p = spearmanr(x, y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), (num, len(x)))
+    xs, ys = x[idx], y[idx]
+    ok = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
+    from scipy.stats import rankdata
+    rx, ry = rankdata(xs[ok], axis=1), rankdata(ys[ok], axis=1)  # average ranks: resampling duplicates pairs
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    boot = (rx * ry).sum(1) / np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+    return {"rho": float(rho), "p": float(p), "lo": float(np.quantile(boot, (1 - level) / 2)),
+            "hi": float(np.quantile(boot, (1 + level) / 2)), "n": len(x)}

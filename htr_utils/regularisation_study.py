@@ -1,0 +1,424 @@
+"""Notebooks 06-08 (C6, C7): trace vs generalisation, Hessian trace regularisation, middle-layer HTR.
+
+* :func:`run_summary` turns a finished run into one row: final accuracies and losses, the
+  Hessian trace (Hutchinson, with standard error) and λ_max after the last epoch, and its costs
+  (seconds per plain step, per penalty step, training and wall time).
+* C6, first half: :func:`train_accuracy` (the final model evaluated on its training set, so
+  that the generalisation gap compares like with like) and :func:`sweep_table`.
+* C6 second half and C7: :func:`select_gamma` (γ chosen on the validation split at the first
+  seed, never on the test set), :func:`train_arms` (every arm × seed at the chosen γ),
+  :func:`arm_table`, :func:`compare_arms` (difference of means with Welch and bootstrap
+  intervals), and :func:`penalty_step_costs` (plain / full / middle penalty steps timed in turn
+  in one process, on the same batches).
+
+Training goes through :func:`htr_utils.runs.train_run`, so every run is cached and resumable;
+``python -m htr_utils.regularisation_study --profile cpu`` trains all of them ahead of the notebooks.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from .analysis import bootstrap_difference, welch_difference
+from .hutchinson import trace_penalty
+from .profiles import RegStudy, get_profile
+from .runs import Run, train_run
+from .training import Trainer, TrainConfig, TrainingDiverged, penalty_parameter_names, prepare_data
+
+ARM_LABELS = {"sgd": "SGD", "sgd_l2": "SGD + L2", "htr": "SGD + HTR", "l2_htr": "SGD + L2 + HTR",
+              "htr_middle": "SGD + middle HTR (layer rule)",
+              "htr_middle_authors": "SGD + middle HTR (authors' index rule)"}
+#: the penalised parameters of each HTR rule, as :class:`TrainConfig` ``htr_params`` names them
+RULE_OF_ARM = {"htr": "all", "l2_htr": "all", "htr_middle": "middle", "htr_middle_authors": "middle_authors"}
+
+
+# ============================================================================ one run
+
+
+def run_summary(run: Run) -> dict:
+    """Final metrics, Hessian trace / λ_max after the last epoch (if recorded) and costs of ``run``."""
+    cfg, m = run.config, run.metrics
+    last = m.iloc[-1]
+    row: dict[str, Any] = {"test_acc": last["test_acc"], "test_loss": last["test_loss"], "val_acc": last["val_acc"],
+                           "val_loss": last["val_loss"], "train_acc_running": last["train_acc"],
+                           "train_loss_running": last["train_loss"]}
+    if cfg.epochs in run.curvature_epochs():
+        full = run.curvature(cfg.epochs)["kinds"]["hessian"]["full"]
+        row.update(trace=full["trace"]["mean"], trace_stderr=full["trace"]["stderr"], lambda_max=full["top"][0])
+    else:
+        row.update(trace=math.nan, trace_stderr=math.nan, lambda_max=math.nan)
+    pen = m[m["penalty_steps"] > 0]
+    row["step_seconds"] = float(np.average(m["step_seconds"], weights=m["steps"] - m["penalty_steps"]))
+    row["penalty_steps"] = int(m["penalty_steps"].sum())
+    row["penalty_step_seconds"] = (float(np.average(pen["penalty_step_seconds"], weights=pen["penalty_steps"]))
+                                   if len(pen) else math.nan)
+    row["train_seconds"] = float(m["epoch_seconds"].sum())
+    row["wall_seconds"] = float((m["epoch_seconds"] + m["eval_seconds"] + m["curvature_seconds"]).sum())
+    return row
+
+
+@torch.no_grad()
+def train_accuracy(run: Run, data_root: str | Path = "data") -> tuple[float, float]:
+    """(loss, accuracy) of the final model on the run's own training set, eval mode."""
+    cfg = run.config.replace(curvature_every=0)
+    data = prepare_data(cfg, str(data_root))
+    model = run.load_model()
+    loss_sum = correct = 0.0
+    for x, y in torch.utils.data.DataLoader(data.train, batch_size=1000, shuffle=False):
+        out = model(x)
+        loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
+        correct += float((out.argmax(1) == y).sum())
+    return loss_sum / len(data.train), correct / len(data.train)
+
+
+# ============================================================================ C6 first half: sweep
+
+
+def describe_change(cfg: TrainConfig, base: TrainConfig) -> str:
+    """'batch 64', 'lr 0.05', 'wd 0.0005' ... : how ``cfg`` differs from ``base`` ('base' if it does not)."""
+    parts = [f"{short} {getattr(cfg, name):g}" for name, short in
+             (("batch_size", "batch"), ("lr", "lr"), ("weight_decay", "wd"))
+             if getattr(cfg, name) != getattr(base, name)]
+    return ", ".join(parts) or "base"
+
+
+def sweep_table(runs: Mapping[str, Run], base: TrainConfig, data_root: str | Path = "data") -> pd.DataFrame:
+    """One row per sweep run: its change from ``base``, final trace ± stderr, accuracies and both gaps.
+
+    ``acc_gap`` = train accuracy − test accuracy, ``loss_gap`` = test loss − train loss, with the
+    training-set numbers from :func:`train_accuracy` (final model, eval mode).
+    """
+    rows = []
+    for label, run in runs.items():
+        s = run_summary(run)
+        train_loss, train_acc = train_accuracy(run, data_root)
+        rows.append({"run": label, "change": describe_change(run.config, base), "batch_size": run.config.batch_size,
+                     "lr": run.config.lr, "weight_decay": run.config.weight_decay, "trace": s["trace"],
+                     "trace_stderr": s["trace_stderr"], "lambda_max": s["lambda_max"], "train_acc": train_acc,
+                     "test_acc": s["test_acc"], "acc_gap": train_acc - s["test_acc"], "train_loss": train_loss,
+                     "test_loss": s["test_loss"], "loss_gap": s["test_loss"] - train_loss})
+    return pd.DataFrame(rows)
+
+
+# ============================================================================ γ on validation
+
+
+def _train_or_diverge(cfg: TrainConfig, root: Path, data_root: str | Path, progress: bool) -> Run | None:
+    """The run of ``cfg``, or None if it diverged (its folder keeps diverged.json and the last good checkpoint)."""
+    try:
+        return train_run(cfg, root=root, data_root=data_root, progress=progress)
+    except TrainingDiverged:
+        return None
+
+
+def select_gamma(study: RegStudy, rule: str, root: Path, data_root: str | Path = "data",
+                 progress: bool = False) -> tuple[pd.DataFrame, float]:
+    """Train the γ grid of ``rule`` ("all" or a middle rule) at the first seed; pick γ by validation accuracy.
+
+    The grid is ``study.gamma_grid`` for "all" and ``study.middle_gamma_grid`` for the middle
+    rules; without a grid (or without a validation split) the study's published γ is used.
+    The choice is the γ with the highest final validation accuracy (ties: the smaller γ);
+    diverged runs are shown and never chosen. The SGD run (γ = 0) is listed for reference.
+    """
+    grid = study.gamma_grid if rule == "all" else study.middle_gamma_grid
+    published = study.gamma if rule == "all" else study.middle_gamma
+    base = study.base.replace(weight_decay=0.0, seed=study.seeds[0])
+    if not grid or study.base.val_fraction <= 0:
+        return pd.DataFrame([{"gamma": published, "val_acc": math.nan, "val_loss": math.nan, "status": "published",
+                              "chosen": True}]), published
+    rows = []
+    for gamma in (0.0, *grid):
+        cfg = base.replace(htr_gamma=gamma, htr_params=rule if gamma > 0 else "all")
+        run = _train_or_diverge(cfg, root, data_root, progress)
+        last = run.metrics.iloc[-1] if run is not None else None
+        rows.append({"gamma": gamma, "val_acc": last["val_acc"] if run else math.nan,
+                     "val_loss": last["val_loss"] if run else math.nan,
+                     "status": ("SGD reference" if gamma == 0 else "trained") if run else "diverged"})
+    table = pd.DataFrame(rows)
+    candidates = table[(table["gamma"] > 0) & table["val_acc"].notna()]
+    if candidates.empty:
+        raise RuntimeError(f"every γ in {grid} diverged for rule {rule!r}; lower the grid in the profile")
+    best = candidates.sort_values(["val_acc", "gamma"], ascending=[False, True]).iloc[0]["gamma"]
+    table["chosen"] = table["gamma"] == best
+    return table, float(best)
+
+
+def study_arms(study: RegStudy, gammas: Mapping[str, float]) -> dict[str, TrainConfig]:
+    """The arms' configs (first seed) with γ from ``gammas`` (rule -> γ; "all" also serves L2 + HTR)."""
+    arms = study.arms(gamma=gammas.get("all"))
+    for arm, rule in RULE_OF_ARM.items():
+        if arm in arms and rule in gammas:
+            arms[arm] = arms[arm].replace(htr_gamma=gammas[rule])
+    return arms
+
+
+def train_arms(study: RegStudy, gammas: Mapping[str, float], root: Path, data_root: str | Path = "data",
+               arms: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
+    """Every arm × seed at the chosen γ: one :func:`run_summary` row each (NaNs and status 'diverged' if it diverged)."""
+    rows = []
+    for arm, cfg in study_arms(study, gammas).items():
+        if arms is not None and arm not in arms:
+            continue
+        for seed in study.seeds:
+            run = _train_or_diverge(cfg.replace(seed=seed), root, data_root, progress)
+            summary = run_summary(run) if run is not None else {}
+            rows.append({"arm": arm, "label": ARM_LABELS.get(arm, arm), "seed": seed, "gamma": cfg.htr_gamma,
+                         "weight_decay": cfg.weight_decay, "htr_params": cfg.htr_params,
+                         "status": "done" if run is not None else "diverged", **summary})
+    return pd.DataFrame(rows)
+
+
+def arm_table(results: pd.DataFrame, columns: Sequence[str] = ("test_acc", "val_acc", "trace", "lambda_max"),
+              ) -> pd.DataFrame:
+    """Per arm: 'mean ± std' over seeds of ``columns`` (sample std), and the number of finished seeds."""
+    out = []
+    for arm, g in results.groupby("arm", sort=False):
+        row = {"arm": ARM_LABELS.get(arm, arm), "γ": g["gamma"].iloc[0], "L2": g["weight_decay"].iloc[0],
+               "seeds": int((g["status"] == "done").sum())}
+        for c in columns:
+            v = g[c].dropna().to_numpy(dtype=float)
+            row[c] = f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else (f"{v[0]:.4f}" if len(v) else "–")
+        out.append(row)
+    return pd.DataFrame(out).set_index("arm")
+
+
+def compare_arms(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], column: str = "test_acc",
+                 level: float = 0.95) -> pd.DataFrame:
+    """For each (arm, reference): mean difference of ``column``, Welch interval and p, bootstrap interval."""
+    rows = []
+    for arm, ref in pairs:
+        a = results.loc[results["arm"] == arm, column].to_numpy(dtype=float)
+        b = results.loc[results["arm"] == ref, column].to_numpy(dtype=float)
+        w = welch_difference(a, b, level)
+        lo, hi = bootstrap_difference(a, b, level)
+        rows.append({"comparison": f"{ARM_LABELS.get(arm, arm)} − {ARM_LABELS.get(ref, ref)}", "arm": arm,
+                     "reference": ref, "quantity": column, "diff": w["diff"], "welch_lo": w["lo"],
+                     "welch_hi": w["hi"], "welch_p": w["p"], "boot_lo": lo, "boot_hi": hi,
+                     "n": f"{w['n_a']} vs {w['n_b']}"})
+    return pd.DataFrame(rows)
+
+
+# ============================================================================ C7: cost of a penalty step
+
+
+def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "middle", "middle_authors"),
+                       rounds: int = 10, data_root: str | Path = "data", gamma: float = 1e-5) -> pd.DataFrame:
+    """Seconds per training step: plain, and with the trace penalty over each rule's parameters.
+
+    The steps run in turn (plain, rule 1, rule 2, ...) for ``rounds`` rounds, in one process on the
+    same batches of ``config``'s training set (batch size, probes as in ``config``), after one
+    untimed warm-up round; medians and quartiles are reported, with the ratio to the plain step.
+    """
+    trainer = Trainer(config.replace(curvature_every=0), data_root=str(data_root))
+    model, opt = trainer.model, trainer.optimizer
+    named = dict(model.named_parameters())
+    params = {rule: [named[n] for n in penalty_parameter_names(model, rule)] for rule in rules}
+    loader = torch.utils.data.DataLoader(trainer.data.train, batch_size=config.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0), drop_last=True)
+    batches = iter(loader)
+    gen = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {k: [] for k in ("plain", *rules)}
+    model.train()
+    for r in range(rounds + 1):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        for kind in times:
+            t0 = time.perf_counter()
+            loss = trainer.loss_fn(model(x), y)
+            if kind != "plain":
+                loss = loss + gamma * trace_penalty(loss, params[kind], config.htr_probes, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if r > 0:
+                times[kind].append(time.perf_counter() - t0)
+    plain = float(np.median(times["plain"]))
+    return pd.DataFrame([{"step": k, "penalised tensors": len(params[k]) if k in params else 0,
+                          "penalised parameters": sum(p.numel() for p in params[k]) if k in params else 0,
+                          "median_s": float(np.median(v)), "q25_s": float(np.quantile(v, 0.25)),
+                          "q75_s": float(np.quantile(v, 0.75)), "x_plain": float(np.median(v)) / plain}
+                         for k, v in times.items()])
+
+
+# ============================================================================ verdict rules
+
+
+def _combine(parts: Sequence[str]) -> str:
+    """'reproduced' if every part is, 'not reproduced' if every part is, else 'inconclusive'."""
+    if parts and all(p == "reproduced" for p in parts):
+        return "reproduced"
+    if parts and all(p == "not reproduced" for p in parts):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def sweep_verdict(rho_acc: Mapping[str, float], rho_gap: Mapping[str, float]) -> str:
+    """C6, trace vs generalisation, from Spearman ρ with 95 % bootstrap intervals.
+
+    Reproduced if ρ(trace, test acc.) < 0 and ρ(trace, acc. gap) > 0 with both intervals excluding
+    0; not reproduced if both point estimates have the wrong sign (≥ 0 and ≤ 0 respectively);
+    inconclusive otherwise.
+    """
+    if rho_acc["hi"] < 0 and rho_gap["lo"] > 0:
+        return "reproduced"
+    if rho_acc["rho"] >= 0 and rho_gap["rho"] <= 0:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def improvement_verdict(comparisons: pd.DataFrame) -> str:
+    """C6, HTR improves test accuracy: every (arm − reference) difference's 95 % Welch interval above 0.
+
+    Reproduced if every comparison's interval lies above 0; not reproduced if every mean
+    difference is ≤ 0; inconclusive otherwise (positive but within noise, or mixed).
+    """
+    if (comparisons["welch_lo"] > 0).all():
+        return "reproduced"
+    if (comparisons["diff"] <= 0).all():
+        return "not reproduced"
+    return "inconclusive"
+
+
+def middle_accuracy_verdict(comparisons: pd.DataFrame, margin: float) -> str:
+    """C7 accuracy: middle − full HTR, non-inferiority with ``margin`` (accuracy, e.g. 0.002 = 0.2 points).
+
+    Reproduced if some middle rule's 95 % Welch interval has its lower end ≥ −margin (comparable or
+    better); not reproduced if every rule's interval lies below 0 (significantly worse);
+    inconclusive otherwise.
+    """
+    if (comparisons["welch_lo"] >= -margin).any():
+        return "reproduced"
+    if (comparisons["welch_hi"] < 0).all():
+        return "not reproduced"
+    return "inconclusive"
+
+
+def cost_verdict(costs: pd.DataFrame, rules: Sequence[str] = ("middle", "middle_authors"),
+                 saving: float = 0.1) -> str:
+    """C7 cost: a middle rule's penalty step at least ``saving`` (10 %) cheaper than the full one.
+
+    From :func:`penalty_step_costs` medians: reproduced if some middle rule's median ≤ (1 − saving)
+    × the full rule's; not reproduced if every middle rule's median ≥ the full rule's; inconclusive
+    otherwise.
+    """
+    t = costs.set_index("step")["median_s"]
+    ratios = [t[r] / t["all"] for r in rules if r in t]
+    if any(r <= 1 - saving for r in ratios):
+        return "reproduced"
+    if all(r >= 1 for r in ratios):
+        return "not reproduced"
+    return "inconclusive"
+
+
+# ============================================================================ figures
+
+
+def plot_sweep(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]] | None = None) -> plt.Figure:
+    """Final Hessian trace (± stderr, log axis) against test accuracy and against the two generalisation gaps."""
+    panels = [("test_acc", "test accuracy"), ("acc_gap", "train acc. − test acc."), ("loss_gap", "test loss − train loss")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), constrained_layout=True)
+    for ax, (col, name) in zip(axes, panels):
+        for i, r in table.reset_index(drop=True).iterrows():
+            ax.errorbar(r["trace"], r[col], xerr=r["trace_stderr"], fmt="o", color=f"C{i % 10}", capsize=3,
+                        label=r["change"])
+        ax.set_xscale("log")
+        ax.set_xlabel("Hessian trace after the last epoch")
+        ax.set_ylabel(name)
+        if rho and col in rho:
+            c = rho[col]
+            ax.set_title(f"Spearman ρ = {c['rho']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]", fontsize="medium")
+    axes[0].legend(fontsize="small", title="run")
+    return fig
+
+
+def plot_gamma_selection(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
+    """Validation accuracy against γ for each penalty rule; dashed: SGD (γ = 0); ringed: the chosen γ."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    for i, (rule, t) in enumerate(tables.items()):
+        g = t[(t["gamma"] > 0) & t["val_acc"].notna()]
+        ax.plot(g["gamma"], g["val_acc"], marker="o", color=f"C{i}", label=f"rule: {rule}")
+        ch = t[t["chosen"] & t["val_acc"].notna()]
+        ax.scatter(ch["gamma"], ch["val_acc"], s=160, facecolors="none", edgecolors=f"C{i}", lw=1.5)
+        for _, r in t[t["status"] == "diverged"].iterrows():
+            ax.axvline(r["gamma"], color=f"C{i}", ls=":", lw=1)
+    sgd = next((t.loc[t["gamma"] == 0, "val_acc"] for t in tables.values() if (t["gamma"] == 0).any()), None)
+    if sgd is not None and len(sgd):
+        ax.axhline(float(sgd.iloc[0]), color="k", ls="--", lw=1, label="SGD (γ = 0)")
+    ax.set_xscale("log")
+    ax.set_xlabel("γ")
+    ax.set_ylabel("validation accuracy (seed 0)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_arms(results: pd.DataFrame, columns: Sequence[tuple[str, str]] = (("test_acc", "test accuracy"),
+                                                                             ("trace", "final Hessian trace"))
+              ) -> plt.Figure:
+    """One panel per column: each seed as a dot, mean ± std as a bar, one row per arm."""
+    import seaborn as sns
+    done = results[results["status"] == "done"].copy()
+    done["arm label"] = done["arm"].map(lambda a: ARM_LABELS.get(a, a))
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.5 + 3.6 * len(columns), 0.5 * done["arm"].nunique() + 1.8),
+                             constrained_layout=True, squeeze=False, sharey=True)
+    for i, (ax, (col, name)) in enumerate(zip(axes[0], columns)):
+        sns.pointplot(data=done, x=col, y="arm label", errorbar="sd", capsize=0.3, linestyle="none", color="k",
+                      markers="d", ax=ax)
+        sns.stripplot(data=done, x=col, y="arm label", hue="seed", palette="deep", size=6, jitter=False, ax=ax,
+                      legend=i == len(columns) - 1)
+        ax.set_xlabel(f"{name}\n(dots: seeds; ◆ mean ± std)")
+        ax.set_ylabel("")
+        v = done[col].dropna()
+        if col == "trace" and len(v) and v.min() > 0 and v.max() / v.min() > 20:
+            ax.set_xscale("log")
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), title="seed", frameon=False)
+    return fig
+
+
+def plot_step_costs(costs: pd.DataFrame) -> plt.Figure:
+    """Median seconds per training step (interquartile bars) for plain SGD and each penalty rule."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), constrained_layout=True)
+    y = np.arange(len(costs))
+    ax.barh(y, costs["median_s"], xerr=[costs["median_s"] - costs["q25_s"], costs["q75_s"] - costs["median_s"]],
+            color=[f"C{i}" for i in range(len(costs))], capsize=3)
+    ax.set_yticks(y, [f"{r['step']} ({r['x_plain']:.1f}× plain)" for _, r in costs.iterrows()])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per training step (median, IQR)")
+    return fig
+
+
+# ============================================================================ pre-training
+
+
+def train_all(profile: str | None = None, progress: bool = True) -> None:
+    """Every run notebooks 06-08 need for ``profile``: the sweep, the γ grids and the arms × seeds."""
+    from .notebook import data_root
+    P = get_profile(profile)
+    root, droot = P.runs_dir(), data_root()
+    for label, cfg in P.sweep_runs.items():
+        print(f"sweep {label}", flush=True)
+        _train_or_diverge(cfg, root, droot, progress)
+    for name, study in P.regularisation.items():
+        gammas = {}
+        for rule in ("all", *study.middle_rules):
+            table, gammas[rule] = select_gamma(study, rule, root, droot, progress)
+            print(f"{name} rule {rule}: γ = {gammas[rule]:g}\n{table.to_string(index=False)}", flush=True)
+        train_arms(study, gammas, root, droot, progress=progress)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="train the runs of notebooks 06-08 ahead of time")
+    ap.add_argument("--profile", default=None)
+    train_all(ap.parse_args().profile)

@@ -1,0 +1,160 @@
+"""C6/C7 study helpers: statistics against textbook formulas, γ selection, run summaries, verdict rules."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+import htr_utils.regularisation_study as rs
+from htr_utils.analysis import bootstrap_difference, spearman_bootstrap, welch_difference
+from htr_utils.profiles import RegStudy
+from htr_utils.runs import train_run
+from htr_utils.training import TrainConfig, Trainer, penalty_parameter_names
+
+TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, val_fraction=0.2,
+                   batch_size=40, lr=0.05, epochs=2, htr_freq=1, htr_start_epoch=1, htr_probes=2, curvature_every=2,
+                   curvature_init=False, lanczos_iters=8, examples_per_class=2, trace_probes=4)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def test_welch_interval_matches_the_textbook_formula():
+    a, b = [0.91, 0.93, 0.92, 0.95], [0.90, 0.89, 0.915]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    d = np.mean(a) - np.mean(b)
+    w = welch_difference(a, b)
+    assert w["diff"] == pytest.approx(d, abs=1e-12)
+    assert (w["lo"], w["hi"]) == pytest.approx((d - half, d + half), abs=1e-10)
+    assert w["p"] == pytest.approx(2 * stats.t.sf(abs(d) / math.sqrt(va + vb), df), rel=1e-8)
+
+
+def test_welch_drops_nan_and_needs_two_values():
+    w = welch_difference([0.9, float("nan"), 0.92], [0.8, 0.81])
+    assert w["n_a"] == 2 and math.isfinite(w["lo"])
+    w = welch_difference([0.9], [0.8, 0.81])
+    assert w["diff"] == pytest.approx(0.095) and math.isnan(w["lo"])
+
+
+def test_bootstrap_interval_covers_the_difference_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small = bootstrap_difference(rng.normal(1, 1, 20), rng.normal(0, 1, 20))
+    big = bootstrap_difference(rng.normal(1, 1, 2000), rng.normal(0, 1, 2000))
+    assert big[0] < 1 < big[1] and big[1] - big[0] < 0.2 < small[1] - small[0]
+
+
+def test_spearman_bootstrap():
+    x = np.arange(8.0)
+    perfect = spearman_bootstrap(x, -x ** 3)
+    assert perfect["rho"] == pytest.approx(-1) and perfect["hi"] == pytest.approx(-1)
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=8)
+    r = spearman_bootstrap(x, y)
+    assert r["rho"] == pytest.approx(stats.spearmanr(x, y)[0]) and r["lo"] <= r["rho"] <= r["hi"]
+
+
+# ---------------------------------------------------------------------------- verdict rules
+
+def _comparisons(*rows):
+    return pd.DataFrame([{"diff": d, "welch_lo": lo, "welch_hi": hi} for d, lo, hi in rows])
+
+
+def test_verdict_rules():
+    rho = lambda r, lo, hi: {"rho": r, "lo": lo, "hi": hi}  # noqa: E731
+    assert rs.sweep_verdict(rho(-0.8, -0.95, -0.3), rho(0.7, 0.2, 0.9)) == "reproduced"
+    assert rs.sweep_verdict(rho(-0.8, -0.95, 0.1), rho(0.7, 0.2, 0.9)) == "inconclusive"
+    assert rs.sweep_verdict(rho(0.3, -0.5, 0.8), rho(-0.1, -0.6, 0.5)) == "not reproduced"
+    assert rs.improvement_verdict(_comparisons((0.01, 0.001, 0.02), (0.005, 0.001, 0.01))) == "reproduced"
+    assert rs.improvement_verdict(_comparisons((0.01, -0.001, 0.02), (0.005, 0.001, 0.01))) == "inconclusive"
+    assert rs.improvement_verdict(_comparisons((-0.01, -0.02, 0.0), (0.0, -0.01, 0.01))) == "not reproduced"
+    assert rs.middle_accuracy_verdict(_comparisons((0.0, -0.002, 0.002), (-0.01, -0.02, -0.005)), 0.003) == "reproduced"
+    assert rs.middle_accuracy_verdict(_comparisons((-0.01, -0.02, -0.005)), 0.003) == "not reproduced"
+    assert rs.middle_accuracy_verdict(_comparisons((0.0, -0.01, 0.01)), 0.003) == "inconclusive"
+    costs = lambda full, mid: pd.DataFrame({"step": ["plain", "all", "middle"], "median_s": [0.01, full, mid]})  # noqa
+    assert rs.cost_verdict(costs(1.0, 0.5), rules=("middle",)) == "reproduced"
+    assert rs.cost_verdict(costs(1.0, 0.95), rules=("middle",)) == "inconclusive"
+    assert rs.cost_verdict(costs(1.0, 1.2), rules=("middle",)) == "not reproduced"
+
+
+# ---------------------------------------------------------------------------- γ on validation
+
+def test_select_gamma_picks_best_validation_accuracy_never_a_diverged_run(monkeypatch, tmp_path):
+    val = {0.0: 0.80, 1e-4: 0.82, 1e-3: 0.85, 1e-2: None}  # None: diverged
+    trained = []
+
+    def fake(cfg, root, data_root, progress):
+        trained.append(cfg)
+        acc = val[cfg.htr_gamma]
+        return None if acc is None else SimpleNamespace(metrics=pd.DataFrame({"val_acc": [acc], "val_loss": [1.0]}))
+
+    monkeypatch.setattr(rs, "_train_or_diverge", fake)
+    study = RegStudy(base=TINY, seeds=(3, 4), l2=1e-4, gamma=1e-4, middle_gamma=1e-5, gamma_grid=(1e-4, 1e-3, 1e-2),
+                     middle_gamma_grid=(1e-5,))
+    table, gamma = rs.select_gamma(study, "all", tmp_path)
+    assert gamma == 1e-3 and table.loc[table["chosen"], "gamma"].tolist() == [1e-3]
+    assert table.set_index("gamma").loc[1e-2, "status"] == "diverged"
+    assert all(c.seed == 3 and c.weight_decay == 0 for c in trained)  # first seed, no L2
+    # the γ = 0 reference run is the SGD arm's config (shared cache)
+    assert trained[0] == study.arms()["sgd"].replace(seed=3)
+    # middle rule: its own grid, and the chosen arm's config equals the grid run's
+    val[1e-5] = 0.81
+    trained.clear()
+    _, mg = rs.select_gamma(study, "middle", tmp_path)
+    assert mg == 1e-5 and trained[-1] == rs.study_arms(study, {"middle": mg})["htr_middle"].replace(seed=3)
+
+
+def test_select_gamma_without_grid_uses_the_published_value(tmp_path):
+    study = RegStudy(base=TINY, seeds=(0,), l2=1e-4, gamma=2e-5, middle_gamma=1e-6)
+    table, gamma = rs.select_gamma(study, "all", tmp_path)
+    assert gamma == 2e-5 and table["status"].tolist() == ["published"]
+
+
+# ---------------------------------------------------------------------------- real tiny runs
+
+@pytest.fixture(scope="module")
+def htr_run(tmp_path_factory):
+    return train_run(TINY.replace(htr_gamma=1e-3), root=tmp_path_factory.mktemp("runs"), progress=False)
+
+
+def test_run_summary_reads_the_run(htr_run):
+    s = rs.run_summary(htr_run)
+    m = htr_run.metrics
+    rec = htr_run.curvature(2)["kinds"]["hessian"]["full"]
+    assert s["test_acc"] == m["test_acc"].iloc[-1] and s["trace"] == rec["trace"]["mean"]
+    assert s["lambda_max"] == rec["top"][0] and s["penalty_steps"] == m["penalty_steps"].sum() > 0
+    assert s["penalty_step_seconds"] > 0 and s["train_seconds"] == pytest.approx(m["epoch_seconds"].sum())
+
+
+def test_train_accuracy_matches_an_independent_evaluation(htr_run):
+    loss, acc = rs.train_accuracy(htr_run)
+    trainer = Trainer(htr_run.config)  # same data split, fresh model: load the trained weights
+    trainer.model.load_state_dict(htr_run.load_model().state_dict())
+    ref_loss, ref_acc = trainer.evaluate(trainer.data.train)
+    assert acc == pytest.approx(ref_acc) and loss == pytest.approx(ref_loss, rel=1e-6)
+    assert len(trainer.data.train) == 120
+
+
+def test_penalty_step_costs_rows():
+    costs = rs.penalty_step_costs(TINY, ("all", "middle"), rounds=2)
+    assert costs["step"].tolist() == ["plain", "all", "middle"]
+    assert costs.loc[0, "x_plain"] == pytest.approx(1.0) and (costs["median_s"] > 0).all()
+    model = Trainer(TINY).model
+    named = dict(model.named_parameters())
+    n_middle = sum(named[n].numel() for n in penalty_parameter_names(model, "middle"))
+    assert costs.loc[2, "penalised parameters"] == n_middle < costs.loc[1, "penalised parameters"]
+
+
+def test_arm_table_and_comparisons():
+    res = pd.DataFrame({"arm": ["sgd"] * 3 + ["htr"] * 3, "seed": [0, 1, 2] * 2, "status": ["done"] * 6,
+                        "gamma": [0] * 3 + [1e-3] * 3, "weight_decay": [0.0] * 6,
+                        "test_acc": [0.90, 0.91, 0.92, 0.93, 0.94, 0.95]})
+    t = rs.arm_table(res, columns=("test_acc",))
+    assert t.loc["SGD", "test_acc"] == "0.9100 ± 0.0100" and t.loc["SGD + HTR", "seeds"] == 3
+    c = rs.compare_arms(res, [("htr", "sgd")])
+    assert c.loc[0, "diff"] == pytest.approx(0.03) and c.loc[0, "welch_lo"] > 0
