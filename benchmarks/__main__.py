@@ -1,6 +1,7 @@
 """htr_utils against peer libraries, interleaved in one process; writes benchmarks/RESULTS.md.
 
-Run: python -m benchmarks [--quick] [--out PATH]
+Run: python -m benchmarks [--quick] [--out PATH] [--repeats 5]
+(``make bench`` installs the peers and runs it.)
 """
 from __future__ import annotations
 
@@ -9,48 +10,15 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call, grad
 
-from htr_utils import (hutchinson_trace, hvp_operator, lanczos, layer_groups, layerwise_spectra, middle_layers,
-                       slq_density, trace_penalty)
-from htr_utils.models import build_model
-
-from . import peers
-from .timing import interleaved_medians
+from . import cases, peers
+from .cases import Problem
 
 HEADINGS = ["## 1. One Hessian-vector product", "## 2. SLQ spectral density", "## 3. Hutchinson trace",
             "## 4. Layer spectra of every layer", "## 5. One HTR training step"]
-
-
-def problem(name: str, n: int, seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    model = build_model(name, 1, 10, **kw).eval()
-    return model, torch.randn(n, 1, 32, 32), torch.randint(0, 10, (n,))
-
-
-def fails(err: BaseException) -> str:
-    msg = " ".join(str(err).split())
-    return f"fails: {type(err).__name__}: {msg[:160]}"
-
-
-def prepare(makers: dict[str, Callable[[], Callable[[], object]]]) -> tuple[dict, dict]:
-    """Build every candidate and run it once; returns (runnable candidates, {name: 'not installed' / 'fails: ...'})."""
-    ok, status = {}, {}
-    for name, make in makers.items():
-        try:
-            fn = make()
-            fn()
-            ok[name] = fn
-        except peers.PeerMissing:
-            status[name] = "not installed"
-        except Exception as err:  # a failing peer is a result, not a crash
-            status[name] = fails(err)
-    return ok, status
 
 
 def table(rows: list[tuple], header: tuple[str, ...]) -> str:
@@ -59,229 +27,110 @@ def table(rows: list[tuple], header: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def ms(sec: float) -> str:
-    return f"{sec * 1e3:.1f} ms" if sec < 1 else f"{sec:.2f} s"
-
-
-def timed_rows(makers, repeats, ours: str, extra: Callable[[str], str] | None = None):
-    ok, status = prepare(makers)
-    t = interleaved_medians(ok, repeats=repeats, warmup=0) if ok else {}
-    rows = []
-    for name in makers:
-        if name in t:
-            ratio = f"{t[name] / t[ours]:.2f}" if ours in t else "–"
-            rows.append((name, ms(t[name]), ratio) + ((extra(name),) if extra else ()))
-        else:
-            rows.append((name, status[name], "–") + (("–",) if extra else ()))
-    return t, rows
-
-
-# --- cases --------------------------------------------------------------------------------------
-
-def case_hvp(sizes, repeats, lanczos_steps):
-    out, times = [], {}
-    for n in sizes:
-        model, x, y = problem("lenet", n)
-        params = {k: p.detach() for k, p in model.named_parameters()}
-        g = grad(lambda p: F.cross_entropy(functional_call(model, p, (x,)), y))
-        op = hvp_operator(model, F.cross_entropy, (x, y))
-        v = torch.randn(op.dim)
-        makers = {
-            "one gradient (torch.func.grad)": lambda: (lambda: g(params)),
-            "htr_utils matvec (marginal)": lambda: (lambda: op.matvec(v)),
-            "htr_utils inside Lanczos (per step)": lambda: (lambda: lanczos(op, lanczos_steps)),
-            "curvlinops HessianLinearOperator @ v": lambda: peers.curvlinops_hvp(model, x, y, v),
-            "PyHessian hessian_vector_product (stored graph)": lambda: peers.pyhessian_hvp(model, x, y, v),
-            "hessian-eigenthings HessianOperator.matvec": lambda: peers.eigenthings_hvp(model, x, y, v),
-        }
-        ok, status = prepare(makers)
-        peers.release_grads(model)
-        t = interleaved_medians(ok, repeats=repeats, warmup=0)
-        if "htr_utils inside Lanczos (per step)" in t:
-            t["htr_utils inside Lanczos (per step)"] /= lanczos_steps
-        grad_t, ours = t["one gradient (torch.func.grad)"], t["htr_utils matvec (marginal)"]
-        for name in makers:
-            if name in t:
-                out.append((n, name, ms(t[name]), f"{t[name] / grad_t:.2f}", f"{t[name] / ours:.2f}"))
-            else:
-                out.append((n, name, status[name], "–", "–"))
-        times[n] = t
-    txt = table(out, ("inputs", "method", "median", "gradients", "× ours (marginal matvec)"))
-    return txt, times
-
-
-def case_slq(n, num_iters, repeats):
-    model, x, y = problem("lenet", n)
-    makers = {
-        "htr_utils slq_density": lambda: (
-            lambda: slq_density(hvp_operator(model, F.cross_entropy, (x, y)), num_iters=num_iters)),
-        "curvlinops lanczos_approximate_spectrum": lambda: peers.curvlinops_slq(model, x, y, num_iters),
-        "PyHessian density": lambda: peers.pyhessian_slq(model, x, y, num_iters),
-    }
-    t, rows = timed_rows(makers, repeats, "htr_utils slq_density")
-    peers.release_grads(model)
-    return table(rows, ("method", "median", "× ours")), t
-
-
-def case_trace(n, probes, repeats):
-    model, x, y = problem("lenet", n)
-    op = hvp_operator(model, F.cross_entropy, (x, y))
-    estimates: dict[str, str] = {}
-
-    def ours():
-        est = hutchinson_trace(op, probes)
-        estimates["htr_utils hutchinson_trace (batched)"] = f"{est.mean:.3f} ± {est.stderr:.3f}"
-        return est
-
-    def loop():
-        gen = torch.Generator().manual_seed(1)
-        vals = []
-        for _ in range(probes):
-            z = torch.randint(0, 2, (op.dim,), generator=gen).to(op.dtype) * 2 - 1
-            vals.append(float(z @ op.matvec(z)))
-        vals = torch.tensor(vals, dtype=torch.float64)
-        se = float(vals.std() / probes ** 0.5) if probes > 1 else float("nan")
-        estimates["htr_utils matvec loop"] = f"{float(vals.mean()):.3f} ± {se:.3f}"
-
-    def curv():
-        fn = peers.curvlinops_trace(model, x, y, probes)
-
-        def run():
-            estimates["curvlinops hutchinson_trace"] = f"{fn():.3f} (no stderr)"
-        return run
-
-    def pyh():
-        h = peers.pyhessian_object(model, x, y)
-
-        def run():
-            import numpy as np
-            s = np.asarray(h.trace(maxIter=probes, tol=float("-inf")))
-            se = s.std(ddof=1) / len(s) ** 0.5 if len(s) > 1 else float("nan")
-            estimates["PyHessian trace"] = f"{s.mean():.3f} ± {se:.3f}"
-        return run
-
-    makers = {"htr_utils hutchinson_trace (batched)": lambda: ours, "htr_utils matvec loop": lambda: loop,
-              "curvlinops hutchinson_trace": curv, "PyHessian trace": pyh}
-    t, rows = timed_rows(makers, repeats, "htr_utils hutchinson_trace (batched)",
-                         extra=lambda name: estimates.get(name, "–"))
-    peers.release_grads(model)
-    return table(rows, ("method", "median", "× ours", "estimate (mean ± stderr)")), t
-
-
-def case_layers(n, num_iters, repeats_by_model):
-    out, ratios = [], {}
-    for label, name, kw, repeats in repeats_by_model:
-        model, x, y = problem(name, n, **kw)
-        groups = layer_groups(model)
-        union = [p for names in groups.values() for p in names]
-
-        def lockstep():
-            return layerwise_spectra(hvp_operator(model, F.cross_entropy, (x, y), params=union), groups, num_iters)
-
-        def sequential():
-            return {layer: slq_density(hvp_operator(model, F.cross_entropy, (x, y), params=names), num_iters)
-                    for layer, names in groups.items()}
-
-        t = interleaved_medians({"lockstep": lockstep, "sequential": sequential}, repeats=repeats, warmup=0)
-        ratios[label] = t["sequential"] / t["lockstep"]
-        out.append((f"{label} ({len(groups)} layers)", repeats, ms(t["lockstep"]), ms(t["sequential"]),
-                    f"{ratios[label]:.2f}"))
-    txt = table(out, ("model", "repeats", "lockstep (layerwise_spectra)", "sequential (slq_density per layer)",
-                      "speed-up (sequential / lockstep)"))
-    return txt, ratios
-
-
-def case_htr_step(batch, probes, repeats):
-    torch.manual_seed(0)
-    model = build_model("lenet", 1, 10).train()
-    x, y = torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    named = dict(model.named_parameters())
-    middle = [named[p] for p in middle_layers(layer_groups(model))]
-    every = list(model.parameters())
-
-    def step(penalty_params):
-        def run():
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            if penalty_params:
-                loss = loss + 0.01 * trace_penalty(loss, penalty_params, probes)
-            loss.backward()
-            opt.step()
-        return run
-
-    t = interleaved_medians({"plain SGD step": step(None), "HTR, all parameters": step(every),
-                             "HTR, middle layers": step(middle)}, repeats=repeats, warmup=1)
-    rows = [(k, ms(v), f"{v / t['plain SGD step']:.2f}") for k, v in t.items()]
-    txt = table(rows, ("step", "median", "× plain step"))
-    return txt + f"\n\nMiddle layers: {', '.join(p for p in middle_layers(layer_groups(model)))}.", t
-
-
-# --- report -------------------------------------------------------------------------------------
-
 def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU run)"
     rows = [("platform", platform.platform()), ("processor", platform.processor() or platform.machine()),
-            ("CPU count", os.cpu_count()), ("torch threads", torch.get_num_threads()),
+            ("CPU count", os.cpu_count()), ("torch threads", torch.get_num_threads()), ("GPU", gpu),
             ("python", platform.python_version()), ("torch", torch.__version__)]
     rows += [(peers.PEERS[m], peers.version(m)) for m in peers.PEERS]
     return table(rows, ("", ""))
 
 
+def settings(quick: bool) -> dict:
+    """Problems and sizes. Full: the issue's matrix, trimmed where a 2-core CPU cannot afford it (see RESULTS.md)."""
+    if quick:
+        lenet = Problem("LeNet, 8 inputs", "lenet", 8, width=0.25)
+        small = Problem("LeNet width 0.125, 8 inputs", "lenet", 8, width=0.125)
+        vgg = Problem("VGG11_bn width 0.125, 8 inputs", "vgg11_bn", 8, width=0.125)
+        return {"hvp": [lenet, vgg], "slq": [small], "trace": [small], "layers": [lenet],
+                "htr": [Problem("LeNet, batch 16", "lenet", 16, width=0.25)],
+                "exact": [small], "slq_iters": 4, "probes": 5, "layer_iters": 2, "htr_probes": 2, "lanczos_steps": 2}
+    lenet100, lenet1000 = Problem("LeNet, 100 inputs", "lenet", 100), Problem("LeNet, 1000 inputs", "lenet", 1000)
+    small = Problem("LeNet width 0.25, 100 inputs", "lenet", 100, width=0.25)  # 4,157 params: exact spectrum
+    vgg = Problem("VGG11_bn width 0.125, 100 inputs", "vgg11_bn", 100, width=0.125)  # the cpu profile's deep network
+    resnet = Problem("ResNet18, 128 inputs", "resnet18", 128)
+    return {"hvp": [lenet100, lenet1000, vgg, resnet], "slq": [small, lenet100, vgg], "trace": [small, lenet100, vgg],
+            "layers": [lenet100, vgg], "htr": [Problem("LeNet, batch 256", "lenet", 256),
+                                               Problem("VGG11_bn width 0.125, batch 128", "vgg11_bn", 128, width=0.125)],
+            "exact": [small], "slq_iters": 128, "probes": 100, "layer_iters": 32, "htr_probes": 10,
+            "lanczos_steps": 16}
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat (for a test)")
-    ap.add_argument("--repeats", type=int, default=5, help="rounds for the HVP case and the training step")
-    ap.add_argument("--slow-repeats", type=int, default=3, help="rounds for SLQ, trace and layer spectra")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat (for the test)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds per case (median reported)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args(argv)
-    q = args.quick
+    q, S = args.quick, settings(args.quick)
     R = 1 if q else args.repeats
-    R_big = 1 if q else args.slow_repeats
-    sizes = [8] if q else [100, 1000]
-    n_small = 8 if q else 100
-    slq_iters, probes, layer_iters = (4, 5, 2) if q else (128, 100, 32)
     start = time.perf_counter()
 
-    hvp_txt, hvp_t = case_hvp(sizes, R, lanczos_steps=2 if q else 16)
-    print("case 1 done", f"{time.perf_counter() - start:.0f}s", flush=True)
-    slq_txt, slq_t = case_slq(n_small, slq_iters, R_big)
-    print("case 2 done", f"{time.perf_counter() - start:.0f}s", flush=True)
-    tr_txt, tr_t = case_trace(n_small, probes, R_big)
-    print("case 3 done", f"{time.perf_counter() - start:.0f}s", flush=True)
-    lay_models = [("LeNet", "lenet", {}, R_big)]
-    if not q:  # the VGG's sequential run alone is tens of seconds
-        lay_models.append(("VGG11_bn width 0.125", "vgg11_bn", {"width": 0.125}, 1))
-    lay_txt, lay_r = case_layers(n_small, layer_iters, lay_models)
-    print("case 4 done", f"{time.perf_counter() - start:.0f}s", flush=True)
-    htr_txt, htr_t = case_htr_step(32 if q else 256, 2 if q else 10, R)
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    exact = {p: cases.exact_eigenvalues(p) for p in S["exact"]}
+    log("exact spectra formed")
+    hvp_rows, hvp_t = [], {}
+    for p in S["hvp"]:
+        rows, hvp_t[p] = cases.case_hvp(p, R, 4 if p.model == "resnet18" else S["lanczos_steps"])
+        hvp_rows += rows
+        log(f"HVP {p.label}")
+    slq_rows, slq_t = [], {}
+    for p in S["slq"]:
+        rows, slq_t[p] = cases.case_slq(p, S["slq_iters"], R, exact.get(p))
+        slq_rows += rows
+        log(f"SLQ {p.label}")
+    tr_rows = []
+    for p in S["trace"]:
+        rows, _ = cases.case_trace(p, S["probes"], R, float(exact[p].sum()) if p in exact else None)
+        tr_rows += rows
+        log(f"trace {p.label}")
+    lay_rows, lay_t = [], {}
+    for p in S["layers"]:
+        rows, lay_t[p] = cases.case_layers(p, S["layer_iters"], R)
+        lay_rows += rows
+        log(f"layers {p.label}")
+    htr_rows, htr_t = [], {}
+    for p in S["htr"]:
+        rows, htr_t[p] = cases.case_htr_step(p, S["htr_probes"], R)
+        htr_rows += rows
+        log(f"HTR step {p.label}")
     elapsed = time.perf_counter() - start
 
-    # targets
-    big = max(sizes)
-    t = hvp_t[big]
-    hvp_lz = t["htr_utils inside Lanczos (per step)"] / t["one gradient (torch.func.grad)"]
-    ours_slq = slq_t.get("htr_utils slq_density")
-    cl_slq = slq_t.get("curvlinops lanczos_approximate_spectrum")
-    slq_ratio = cl_slq / ours_slq if (ours_slq and cl_slq) else None
+    # ---- targets
     met = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
-    targets = [
-        f"- HVP ≤ 1.5 gradients (marginal, inside Lanczos; LeNet, {big} inputs): {hvp_lz:.2f} gradients — {met(hvp_lz <= 1.5)}.",
-        (f"- SLQ ≥ 2× faster than curvlinops ({n_small} inputs, {slq_iters} steps): {slq_ratio:.2f}× — {met(slq_ratio >= 2)}."
-         if slq_ratio else "- SLQ ≥ 2× curvlinops: curvlinops not available, not measured."),
-    ]
-    targets += [f"- Lockstep ≥ 2× faster than sequential layer spectra, {k}: {r:.2f}× — {met(r >= 2)}."
-                for k, r in lay_r.items()]
+    targets = []
+    for p, t in hvp_t.items():
+        r = t["htr_utils inside Lanczos (per step)"] / t["one gradient (torch.func.grad)"]
+        targets.append(f"- HVP ≤ 1.5 gradients (marginal, inside Lanczos), {p.label}: {r:.2f} gradients — {met(r <= 1.5)}.")
+    for p, t in slq_t.items():
+        cl = t.get("curvlinops lanczos_approximate_spectrum")
+        if cl:
+            r = cl / t["htr_utils slq_density"]
+            targets.append(f"- SLQ ≥ 2× faster than curvlinops, {p.label}: {r:.2f}× — {met(r >= 2)}.")
+        else:
+            targets.append(f"- SLQ ≥ 2× faster than curvlinops, {p.label}: curvlinops did not run, not measured.")
+    for p, t in lay_t.items():
+        targets.append(f"- Layer spectra in lockstep ≥ 2× faster than one after another, {p.label}: "
+                       f"{t['speed-up']:.2f}× — {met(t['speed-up'] >= 2)}.")
+    for p, t in htr_t.items():
+        targets.append(f"- HTR step, {p.label}: middle layers ({t['middle_params']:,} of {t['all_params']:,} "
+                       f"parameters) {t['HTR, middle layers'] / t['HTR, all parameters']:.2f}× the cost of all "
+                       f"parameters (no target; C7's cost claim).")
 
-    mode = "**quick mode** (tiny sizes, 1 repeat: smoke test, not a measurement)" if q else \
-        f"{R} rounds for the HVP and training-step cases, {R_big} for SLQ, Hutchinson and the LeNet layer spectra, 1 for the VGG layer spectra (each round there is long; the run has an 8-minute budget)"
+    mode = ("**quick mode** (tiny sizes, 1 round: a smoke test, not a measurement)" if q
+            else f"median of {R} interleaved rounds per case")
+    sizes = ", ".join(f"{p.label} ({cases.num_params(p):,} params)" for p in dict.fromkeys(S["hvp"] + S["slq"]))
     doc = f"""# Benchmarks: htr_utils against peer libraries
 
-Written by `python -m benchmarks{' --quick' if q else ''}` in {elapsed:.0f} s; {mode}. Every
-number is the median over rounds in which all candidates of a case run in turn in one process
-(`benchmarks.timing.interleaved_medians`), after one untimed call of each. Data: random inputs
-1×32×32 with random labels (timings do not depend on the values), float32, CPU. A peer that
-raises is reported as `fails: <error>`, one that is absent as `not installed`; peers are called
-unpatched. "× ours" = that method's time / ours (above 1: ours is faster).
+Written by `python -m benchmarks{' --quick' if q else ''}` in {elapsed:.0f} s; {mode}. In every
+case all candidates run in turn, round after round, in one process
+(`benchmarks.timing.interleaved_medians`), after one untimed call of each, so load on the machine
+hits all alike. Inputs: random 1×32×32 images with random labels (timings do not depend on the
+values), float32, model in eval mode (train mode for the training step). A peer that raises is
+reported as `fails: <error>`, one that is absent as `not installed`; peers are called unpatched.
+"× ours" = that method's time / ours (above 1: ours is faster). Problems: {sizes}.
 
 ## Machine
 
@@ -293,49 +142,55 @@ unpatched. "× ours" = that method's time / ours (above 1: ours is faster).
 
 {HEADINGS[0]}
 
-LeNet (61.7k parameters), eval mode. Ours and PyHessian reuse work across products (our
-linearised gradient; PyHessian's stored gradient graph), so their rows are the marginal cost of
-one more product; curvlinops and hessian-eigenthings recompute the forward and backward pass on
-every product. "Inside Lanczos" is a {2 if q else 16}-step `lanczos` run divided by its steps
+Ours and PyHessian reuse work across products (our linearised gradient; PyHessian's stored
+gradient graph), so their rows are the marginal cost of one more product; "from scratch" rows,
+curvlinops and hessian-eigenthings recompute the forward and backward pass on every product.
+"Inside Lanczos" is a {S['lanczos_steps']}-step `lanczos` run (4 steps for ResNet18) divided by its steps
 (reorthogonalisation included).
 
-{hvp_txt}
+{table(hvp_rows, ("problem", "method", "median", "gradients", "× ours (marginal matvec)"))}
 
 {HEADINGS[1]}
 
-LeNet, {n_small} inputs, {slq_iters} Lanczos steps, one probe, 1024 grid points; ours includes
-building the operator. No accuracy column: LeNet's Hessian (61.7k²) is too large to form.
+One probe, {S['slq_iters']} Lanczos steps, 1024 grid points, Gaussian width κ = 1.25 for ours and
+curvlinops (the paper's setting; curvlinops' own default is 3). Ours includes building the
+operator; curvlinops first estimates the spectral range with its own Lanczos run, as by default.
+"W₁ / range": the Wasserstein distance between the smoothed density (its grid points as atoms,
+weighted by the density) and the exact spectrum, divided by the spectral range, where the
+Hessian is small enough to form ({', '.join(p.label for p in S['exact'])}).
 
-{slq_txt}
+{table(slq_rows, ("problem", "method", "median", "× ours", "W₁ / range"))}
 
 {HEADINGS[2]}
 
-LeNet, {n_small} inputs, {probes} Rademacher probes. Ours batches 16 probes per vmapped product;
-the loop calls our `matvec` once per probe. The estimates (different probes) should agree within
-a few standard errors.
+{S['probes']} Rademacher probes. Ours batches 16 probes per vmapped product; the loop calls our
+`matvec` once per probe. Estimates use different probes, so they agree only within a few
+standard errors; the exact trace is given where the Hessian can be formed.
 
-{tr_txt}
+{table(tr_rows, ("problem", "method", "median", "× ours", "estimate (mean ± stderr)", "exact trace"))}
 
 {HEADINGS[3]}
 
-Every Conv/Linear weight block, {layer_iters} Lanczos steps, {n_small} inputs, one probe.
-Lockstep: `layerwise_spectra` on the operator over the union of the blocks (one batched product
-per step for all layers). Sequential: `slq_density` on each layer's own operator in turn. Both
-include building the operators.
+Every Conv/Linear weight block, {S['layer_iters']} Lanczos steps, one probe. Lockstep:
+`layerwise_spectra` on the operator over the union of the blocks (one batched product per step
+for all layers). Sequential: `slq_density` on each layer's own operator in turn. Both include
+building the operators.
 
-{lay_txt}
+{table(lay_rows, ("model", "rounds", "lockstep (layerwise_spectra)", "sequential (slq_density per layer)", "speed-up"))}
 
 {HEADINGS[4]}
 
-LeNet, batch {32 if q else 256}, train mode, SGD; HTR adds γ·`trace_penalty` (γ = 0.01,
-{2 if q else 10} probes, one double backward per probe) over the given parameters.
+Train mode, SGD; HTR adds 0.01·`trace_penalty` ({S['htr_probes']} Rademacher probes, one double
+backward each) over all parameters or over the weights of the middle half of the Conv/Linear
+layers (the layer rule). Batch-normalised models use the elementary batch norm on penalty steps
+(the fused kernel has no third derivative), as training does.
 
-{htr_txt}
+{table(htr_rows, ("problem", "step", "median", "× plain step"))}
 """
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc)
-    print(f"wrote {out} ({elapsed:.0f} s)")
+    log(f"wrote {out}")
     return out
 
 

@@ -55,10 +55,10 @@ def curvlinops_hvp(model, x, y, v: torch.Tensor):
     return lambda: A @ v
 
 
-def curvlinops_slq(model, x, y, num_iters: int):
+def curvlinops_slq(model, x, y, num_iters: int, kappa: float = 3.0):
     cl = require("curvlinops")
     A = curvlinops_operator(model, x, y)
-    return lambda: cl.lanczos_approximate_spectrum(A, num_iters, num_points=1024, num_repeats=1)
+    return lambda: cl.lanczos_approximate_spectrum(A, num_iters, num_points=1024, num_repeats=1, kappa=kappa)
 
 
 def curvlinops_trace(model, x, y, num_probes: int):
@@ -85,18 +85,6 @@ def pyhessian_hvp(model, x, y, v: torch.Tensor):
 def pyhessian_slq(model, x, y, num_iters: int):
     h = pyhessian_object(model, x, y)
     return lambda: h.density(iter=num_iters, n_v=1)
-
-
-def pyhessian_trace(model, x, y, num_probes: int):
-    """``num_probes`` probes exactly: tolerance -inf switches off PyHessian's early stop."""
-    import numpy as np
-    h = pyhessian_object(model, x, y)
-    return lambda: float(np.mean(h.trace(maxIter=num_probes, tol=float("-inf"))))
-
-
-def pyhessian_trace_samples(model, x, y, num_probes: int):
-    h = pyhessian_object(model, x, y)
-    return h.trace(maxIter=num_probes, tol=float("-inf"))
 
 
 # --- hessian-eigenthings ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from scipy import stats
 
 from .analysis import bootstrap_difference, welch_difference
 from .hutchinson import trace_penalty
@@ -193,16 +194,24 @@ def arm_table(results: pd.DataFrame, columns: Sequence[str] = ("test_acc", "val_
 
 def compare_arms(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], column: str = "test_acc",
                  level: float = 0.95) -> pd.DataFrame:
-    """For each (arm, reference): mean difference of ``column``, Welch interval and p, bootstrap interval."""
+    """For each (arm, reference): mean difference of ``column``, Welch interval and p, bootstrap interval.
+
+    Also the paired t interval of the per-seed differences (``paired_lo``/``paired_hi``): arms with the
+    same seed share initialisation and batch order, so this one is tighter; the verdict rules use Welch.
+    """
     rows = []
     for arm, ref in pairs:
-        a = results.loc[results["arm"] == arm, column].to_numpy(dtype=float)
-        b = results.loc[results["arm"] == ref, column].to_numpy(dtype=float)
-        w = welch_difference(a, b, level)
-        lo, hi = bootstrap_difference(a, b, level)
+        a_s = results[results["arm"] == arm].set_index("seed")[column].astype(float)
+        b_s = results[results["arm"] == ref].set_index("seed")[column].astype(float)
+        w = welch_difference(a_s.to_numpy(), b_s.to_numpy(), level)
+        lo, hi = bootstrap_difference(a_s.to_numpy(), b_s.to_numpy(), level)
+        paired = (a_s - b_s).dropna()  # same seed = same initialisation and batch order in both arms
+        half = (stats.t.ppf((1 + level) / 2, len(paired) - 1) * paired.std(ddof=1) / np.sqrt(len(paired))
+                if len(paired) > 1 else math.nan)
         rows.append({"comparison": f"{ARM_LABELS.get(arm, arm)} − {ARM_LABELS.get(ref, ref)}", "arm": arm,
                      "reference": ref, "quantity": column, "diff": w["diff"], "welch_lo": w["lo"],
                      "welch_hi": w["hi"], "welch_p": w["p"], "boot_lo": lo, "boot_hi": hi,
+                     "paired_lo": paired.mean() - half, "paired_hi": paired.mean() + half,
                      "n": f"{w['n_a']} vs {w['n_b']}"})
     return pd.DataFrame(rows)
 

@@ -158,3 +158,6 @@ def test_arm_table_and_comparisons():
     assert t.loc["SGD", "test_acc"] == "0.9100 ± 0.0100" and t.loc["SGD + HTR", "seeds"] == 3
     c = rs.compare_arms(res, [("htr", "sgd")])
     assert c.loc[0, "diff"] == pytest.approx(0.03) and c.loc[0, "welch_lo"] > 0
+    # per-seed differences are all 0.03: the paired interval collapses onto it, Welch's does not
+    assert c.loc[0, "paired_lo"] == pytest.approx(0.03) == c.loc[0, "paired_hi"]
+    assert c.loc[0, "welch_hi"] - c.loc[0, "welch_lo"] > 0.01

@@ -1,0 +1,261 @@
+"""The benchmark cases: each builds its candidates (ours and the peers), times them interleaved, returns rows.
+
+A case returns ``(rows, times)``: table rows for RESULTS.md and the raw medians (seconds) that
+the targets are computed from. Candidates are zero-argument callables; a peer that is missing
+or raises becomes a row that says so.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import wasserstein_distance
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp
+
+from htr_utils import (hutchinson_trace, hvp_operator, lanczos, layer_groups, layerwise_spectra, middle_layers,
+                       slq_density, trace_penalty)
+from htr_utils.models import build_model
+from htr_utils.training import composite_batch_norm
+
+from . import peers
+from .timing import interleaved_medians
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model on random 1×32×32 inputs with random labels (timings do not depend on the values)."""
+    label: str
+    model: str
+    inputs: int
+    width: float = 1.0
+
+    def build(self, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)
+        model = build_model(self.model, 1, 10, width=self.width).eval()
+        return model, torch.randn(self.inputs, 1, 32, 32), torch.randint(0, 10, (self.inputs,))
+
+
+def num_params(p: Problem) -> int:
+    return sum(t.numel() for t in build_model(p.model, 1, 10, width=p.width).parameters())
+
+
+def fails(err: BaseException) -> str:
+    msg = " ".join(str(err).split())
+    return f"fails: {type(err).__name__}: {msg[:160]}"
+
+
+def prepare(makers: dict[str, Callable[[], Callable[[], object]]]) -> tuple[dict, dict]:
+    """Build every candidate and run it once (warm-up); (runnable candidates, {name: 'not installed' / 'fails: ...'})."""
+    ok, status = {}, {}
+    for name, make in makers.items():
+        try:
+            fn = make()
+            fn()
+            ok[name] = fn
+        except peers.PeerMissing:
+            status[name] = "not installed"
+        except Exception as err:  # a failing peer is a result, not a crash
+            status[name] = fails(err)
+    return ok, status
+
+
+def ms(sec: float) -> str:
+    return f"{sec * 1e3:.1f} ms" if sec < 1 else f"{sec:.2f} s"
+
+
+def timed(makers: dict, repeats: int, ours: str) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    """Medians of the runnable candidates and rows (name, median or status, × ours)."""
+    ok, status = prepare(makers)
+    t = interleaved_medians(ok, repeats=repeats, warmup=0) if ok else {}
+    rows = [(name, ms(t[name]), f"{t[name] / t[ours]:.2f}" if ours in t else "–") if name in t
+            else (name, status[name], "–") for name in makers]
+    return t, rows
+
+
+# ============================================================================ 1. one HVP
+
+def case_hvp(problem: Problem, repeats: int, lanczos_steps: int) -> tuple[list[tuple], dict[str, float]]:
+    """One gradient against one Hessian-vector product: ours (marginal, and per step of a Lanczos run), from
+    scratch with torch.func (jvp of grad, double backward), and each peer's product."""
+    model, x, y = problem.build()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    g = grad(lambda p: F.cross_entropy(functional_call(model, p, (x,)), y))
+    v_tree = {k: torch.randn_like(p) for k, p in params.items()}
+    op = hvp_operator(model, F.cross_entropy, (x, y))
+    v = torch.randn(op.dim)
+    ours = "htr_utils matvec (marginal)"
+    makers = {
+        "one gradient (torch.func.grad)": lambda: (lambda: g(params)),
+        ours: lambda: (lambda: op.matvec(v)),
+        "htr_utils inside Lanczos (per step)": lambda: (lambda: lanczos(op, lanczos_steps)),
+        "from scratch: jvp of grad": lambda: (lambda: jvp(g, (params,), (v_tree,))),
+        "from scratch: double backward": lambda: (lambda: vjp(g, params)[1](v_tree)),
+        "curvlinops HessianLinearOperator @ v": lambda: peers.curvlinops_hvp(model, x, y, v),
+        "PyHessian hessian_vector_product (stored graph)": lambda: peers.pyhessian_hvp(model, x, y, v),
+        "hessian-eigenthings HessianOperator.matvec": lambda: peers.eigenthings_hvp(model, x, y, v),
+    }
+    ok, status = prepare(makers)
+    peers.release_grads(model)
+    t = interleaved_medians(ok, repeats=repeats, warmup=0)
+    if "htr_utils inside Lanczos (per step)" in t:
+        t["htr_utils inside Lanczos (per step)"] /= lanczos_steps
+    grad_t = t["one gradient (torch.func.grad)"]
+    rows = [(problem.label, name, ms(t[name]), f"{t[name] / grad_t:.2f}", f"{t[name] / t[ours]:.2f}") if name in t
+            else (problem.label, name, status[name], "–", "–") for name in makers]
+    return rows, t
+
+
+# ============================================================================ 2. SLQ density
+
+def exact_eigenvalues(problem: Problem) -> np.ndarray:
+    """All eigenvalues of the Hessian of ``problem`` (float64, from our products with the identity's columns)."""
+    model, x, y = problem.build()
+    model = model.double()
+    op = hvp_operator(model, F.cross_entropy, (x.double(), y))
+    eye = torch.eye(op.dim, dtype=torch.float64)
+    H = torch.cat([op.matmat(eye[:, i:i + 256]) for i in range(0, op.dim, 256)], dim=1)
+    return torch.linalg.eigvalsh((H + H.T) / 2).numpy()
+
+
+def w1_to_exact(grid: np.ndarray, density: np.ndarray, exact: np.ndarray) -> float:
+    """W₁ between a density on a grid (as weights of the grid points) and the exact spectral measure, / its range."""
+    return float(wasserstein_distance(grid, exact, u_weights=np.clip(density, 0, None))) / float(np.ptp(exact))
+
+
+def case_slq(problem: Problem, num_iters: int, repeats: int, exact: np.ndarray | None = None
+             ) -> tuple[list[tuple], dict[str, float]]:
+    """An SLQ density (one probe, ``num_iters`` steps, 1024 grid points, κ = 1.25 for both ours and curvlinops),
+    its time and, where the exact spectrum is known, W₁ to it as a fraction of the spectral range."""
+    model, x, y = problem.build()
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def ours():
+        d = slq_density(hvp_operator(model, F.cross_entropy, (x, y)), num_iters=num_iters)  # includes building op
+        out["htr_utils slq_density"] = (d.grid, d.density)
+
+    def curvlinops():
+        fn = peers.curvlinops_slq(model, x, y, num_iters, kappa=1.25)
+
+        def run():
+            grid, density = fn()
+            out["curvlinops lanczos_approximate_spectrum"] = (np.asarray(grid), np.asarray(density))
+        return run
+
+    def pyhessian():
+        fn = peers.pyhessian_slq(model, x, y, num_iters)
+        return fn
+
+    makers = {"htr_utils slq_density": lambda: ours, "curvlinops lanczos_approximate_spectrum": curvlinops,
+              "PyHessian density": pyhessian}
+    t, rows = timed(makers, repeats, "htr_utils slq_density")
+    peers.release_grads(model)
+    acc = {name: (f"{w1_to_exact(*out[name], exact):.2e}" if exact is not None and name in out else "–")
+           for name in makers}
+    return [(problem.label, *r, acc[r[0]]) for r in rows], t
+
+
+# ============================================================================ 3. Hutchinson trace
+
+def case_trace(problem: Problem, probes: int, repeats: int, exact: float | None = None
+               ) -> tuple[list[tuple], dict[str, float]]:
+    """Hutchinson trace with ``probes`` Rademacher probes: ours batched (16 probes per vmapped product), our
+    matvec in a loop, curvlinops' and PyHessian's estimators; estimates with standard errors."""
+    model, x, y = problem.build()
+    op = hvp_operator(model, F.cross_entropy, (x, y))
+    est: dict[str, str] = {}
+
+    def ours():
+        e = hutchinson_trace(op, probes)
+        est["htr_utils hutchinson_trace (batched)"] = f"{e.mean:.4g} ± {e.stderr:.2g}"
+
+    def loop():
+        gen = torch.Generator().manual_seed(1)
+        vals = []
+        for _ in range(probes):
+            z = torch.randint(0, 2, (op.dim,), generator=gen).to(op.dtype) * 2 - 1
+            vals.append(float(z @ op.matvec(z)))
+        s = np.asarray(vals)
+        est["htr_utils matvec loop"] = f"{s.mean():.4g} ± {s.std(ddof=1) / np.sqrt(len(s)):.2g}"
+
+    def curv():
+        fn = peers.curvlinops_trace(model, x, y, probes)
+
+        def run():
+            est["curvlinops hutchinson_trace"] = f"{fn():.4g} (no stderr)"
+        return run
+
+    def pyh():
+        h = peers.pyhessian_object(model, x, y)
+
+        def run():
+            s = np.asarray(h.trace(maxIter=probes, tol=float("-inf")))  # tol -inf: exactly ``probes`` probes
+            est["PyHessian trace"] = f"{s.mean():.4g} ± {s.std(ddof=1) / np.sqrt(len(s)):.2g}"
+        return run
+
+    makers = {"htr_utils hutchinson_trace (batched)": lambda: ours, "htr_utils matvec loop": lambda: loop,
+              "curvlinops hutchinson_trace": curv, "PyHessian trace": pyh}
+    t, rows = timed(makers, repeats, "htr_utils hutchinson_trace (batched)")
+    peers.release_grads(model)
+    ex = f"{exact:.4g}" if exact is not None else "–"
+    return [(problem.label, *r, est.get(r[0], "–"), ex) for r in rows], t
+
+
+# ============================================================================ 4. every layer's spectrum
+
+def case_layers(problem: Problem, num_iters: int, repeats: int) -> tuple[list[tuple], dict[str, float]]:
+    """Every Conv/Linear weight block's SLQ density: all at once (lockstep Lanczos, batched products) against one
+    layer after another (slq_density on each layer's own operator). Both include building the operators."""
+    model, x, y = problem.build()
+    groups = layer_groups(model)
+    union = [p for names in groups.values() for p in names]
+
+    def lockstep():
+        return layerwise_spectra(hvp_operator(model, F.cross_entropy, (x, y), params=union), groups, num_iters)
+
+    def sequential():
+        return {layer: slq_density(hvp_operator(model, F.cross_entropy, (x, y), params=names), num_iters)
+                for layer, names in groups.items()}
+
+    t = interleaved_medians({"lockstep": lockstep, "sequential": sequential}, repeats=repeats, warmup=0)
+    t["speed-up"] = t["sequential"] / t["lockstep"]
+    return [(f"{problem.label} ({len(groups)} layers)", repeats, ms(t["lockstep"]), ms(t["sequential"]),
+             f"{t['speed-up']:.2f}")], t
+
+
+# ============================================================================ 5. one HTR training step
+
+def case_htr_step(problem: Problem, probes: int, repeats: int) -> tuple[list[tuple], dict[str, float]]:
+    """One SGD step in train mode: plain, with γ·trace_penalty over all parameters, over the middle layers."""
+    torch.manual_seed(0)
+    model = build_model(problem.model, 1, 10, width=problem.width).train()
+    x, y = torch.randn(problem.inputs, 1, 32, 32), torch.randint(0, 10, (problem.inputs,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    named = dict(model.named_parameters())
+    middle = [named[p] for p in middle_layers(layer_groups(model))]
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    def step(penalty_params):
+        def run():
+            opt.zero_grad()
+            if penalty_params and has_bn:  # fused batch norm has no third derivative
+                with composite_batch_norm():
+                    out = model(x)
+            else:
+                out = model(x)
+            loss = F.cross_entropy(out, y)
+            if penalty_params:
+                loss = loss + 0.01 * trace_penalty(loss, penalty_params, probes)
+            loss.backward()
+            opt.step()
+        return run
+
+    t = interleaved_medians({"plain SGD step": step(None), "HTR, all parameters": step(list(model.parameters())),
+                             "HTR, middle layers": step(middle)}, repeats=repeats, warmup=1)
+    n_mid = sum(p.numel() for p in middle)
+    rows = [(problem.label, k, ms(v), f"{v / t['plain SGD step']:.2f}") for k, v in t.items()]
+    t["middle_params"], t["all_params"] = n_mid, sum(p.numel() for p in model.parameters())
+    return rows, t
