@@ -114,9 +114,8 @@ SMOKE = Profile(
 #     per layer): hessian 6.2 s, ggn 5.5 s, residual 4.7 s.
 #   VGG11_bn width 0.125 (145,754 params, 9 weight layers): 34.8 ms/step = 8.2 s per 60k epoch;
 #     eval 1.1 s. Curvature: hessian 35 s, ggn 28 s, residual 54 s (all three: 117 s).
-# Estimated totals: spectra runs ~12.5 min (LeNet 3.1, VGG 8.2, digits 1); regularisation
-# ~40-48 s per LeNet run -> arms x seeds + γ grids (22 runs) ~16 min, sweep (6 more runs) ~4 min,
-# + ~9 min if the notebooks rerun the HTR arms at a γ chosen on validation. Whole study < 60 min.
+# Measured totals from an empty cache: spectra runs 15.2 min; regularisation (6 sweep runs +
+# 7 γ-grid runs + 15 more arm x seed runs = 28 runs, 37-73 s each) 22.6 min; notebooks ~3.5 min.
 _CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, batch_size=256, lr=0.01, epochs=15,
                            curvature_every=1, curvature_kinds=KINDS3, curvature_kinds_epochs=(0, 1, 5, 15),
                            examples_per_class=10, lanczos_iters=128, trace_probes=50)

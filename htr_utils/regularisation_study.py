@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import pandas as pd
 import torch
 from scipy import stats
@@ -343,6 +344,10 @@ def plot_sweep(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]] | Non
             ax.errorbar(r["trace"], r[col], xerr=r["trace_stderr"], fmt="o", color=f"C{i % 10}", capsize=3,
                         label=r["change"])
         ax.set_xscale("log")
+        # ticks at 1, 2, 5 × 10^k, plainly labelled (default minor labels on a short log axis overlap)
+        ax.xaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
         ax.set_xlabel("Hessian trace after the last epoch")
         ax.set_ylabel(name)
         if rho and col in rho:
