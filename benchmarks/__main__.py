@@ -136,6 +136,11 @@ reported as `fails: <error>`, one that is absent as `not installed`; peers are c
 
 {machine()}
 
+Left out on purpose: ResNet18 appears in the HVP case only. One of its products takes seconds on
+a CPU, so a 128-step SLQ density (with curvlinops' extra range estimate), 100 trace probes or a
+layer-by-layer run over its 21 layers, five rounds each, would take hours. No GPU was available
+for this run; the benchmark runs on the CPU.
+
 ## Targets
 
 {chr(10).join(targets)}
