@@ -137,19 +137,22 @@ def case_slq(problem: Problem, num_iters: int, repeats: int, exact: np.ndarray |
         d = slq_density(hvp_operator(model, F.cross_entropy, (x, y)), num_iters=num_iters)  # includes building op
         out["htr_utils slq_density"] = (d.grid, d.density)
 
-    def curvlinops():
-        fn = peers.curvlinops_slq(model, x, y, num_iters, kappa=1.25)
+    def curvlinops(name: str, range_given: bool):
+        def make():
+            fn = peers.curvlinops_slq(model, x, y, num_iters, kappa=1.25, range_given=range_given)
 
-        def run():
-            grid, density = fn()
-            out["curvlinops lanczos_approximate_spectrum"] = (np.asarray(grid), np.asarray(density))
-        return run
+            def run():
+                grid, density = fn()
+                out[name] = (np.asarray(grid), np.asarray(density))
+            return run
+        return make
 
     def pyhessian():
         fn = peers.pyhessian_slq(model, x, y, num_iters)
         return fn
 
-    makers = {"htr_utils slq_density": lambda: ours, "curvlinops lanczos_approximate_spectrum": curvlinops,
+    cl, cl_given = "curvlinops lanczos_approximate_spectrum", "curvlinops, spectral range given (not timed)"
+    makers = {"htr_utils slq_density": lambda: ours, cl: curvlinops(cl, False), cl_given: curvlinops(cl_given, True),
               "PyHessian density": pyhessian}
     t, rows = timed(makers, repeats, "htr_utils slq_density")
     peers.release_grads(model)

@@ -55,10 +55,16 @@ def curvlinops_hvp(model, x, y, v: torch.Tensor):
     return lambda: A @ v
 
 
-def curvlinops_slq(model, x, y, num_iters: int, kappa: float = 3.0):
+def curvlinops_slq(model, x, y, num_iters: int, kappa: float = 3.0, range_given: bool = False):
+    """curvlinops' SLQ; ``range_given``: its spectral-range estimate is computed once, outside the timed call."""
     cl = require("curvlinops")
     A = curvlinops_operator(model, x, y)
-    return lambda: cl.lanczos_approximate_spectrum(A, num_iters, num_points=1024, num_repeats=1, kappa=kappa)
+    bounds = None
+    if range_given:
+        from curvlinops.papyan2020traces.spectrum import approximate_boundaries
+        bounds = approximate_boundaries(A)
+    return lambda: cl.lanczos_approximate_spectrum(A, num_iters, num_points=1024, num_repeats=1, kappa=kappa,
+                                                   boundaries=bounds)
 
 
 def curvlinops_trace(model, x, y, num_probes: int):

@@ -59,7 +59,9 @@ def run_summary(run: Run) -> dict:
     else:
         row.update(trace=math.nan, trace_stderr=math.nan, lambda_max=math.nan)
     pen = m[m["penalty_steps"] > 0]
-    row["step_seconds"] = float(np.average(m["step_seconds"], weights=m["steps"] - m["penalty_steps"]))
+    plain = m[(m["steps"] - m["penalty_steps"]) > 0]  # epochs with at least one plain step
+    row["step_seconds"] = (float(np.average(plain["step_seconds"], weights=plain["steps"] - plain["penalty_steps"]))
+                           if len(plain) else math.nan)
     row["penalty_steps"] = int(m["penalty_steps"].sum())
     row["penalty_step_seconds"] = (float(np.average(pen["penalty_step_seconds"], weights=pen["penalty_steps"]))
                                    if len(pen) else math.nan)
@@ -224,7 +226,7 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
                        rounds: int = 10, data_root: str | Path = "data", gamma: float = 1e-5) -> pd.DataFrame:
     """Seconds per training step: plain, and with the trace penalty over each rule's parameters.
 
-    The steps run in turn (plain, rule 1, rule 2, ...) for ``rounds`` rounds, in one process on the
+    The steps run in turn (plain, rule 1, rule 2, ..., the order rotated every round) for ``rounds`` rounds, in one process on the
     same batches of ``config``'s training set (batch size, probes as in ``config``), after one
     untimed warm-up round; medians and quartiles are reported, with the ratio to the plain step.
     """
@@ -244,7 +246,8 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
         except StopIteration:
             batches = iter(loader)
             x, y = next(batches)
-        for kind in times:
+        kinds = list(times)
+        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotate: no kind always runs first
             t0 = time.perf_counter()
             loss = trainer.loss_fn(model(x), y)
             if kind != "plain":
@@ -330,6 +333,28 @@ def cost_verdict(costs: pd.DataFrame, rules: Sequence[str] = ("middle", "middle_
     if all(r >= 1 for r in ratios):
         return "not reproduced"
     return "inconclusive"
+
+
+def c7_verdict(comparisons: pd.DataFrame, costs: pd.DataFrame, rules: Sequence[str], margin: float,
+               saving: float = 0.1) -> dict:
+    """C7 per middle rule (accuracy and cost of the *same* rule), and overall.
+
+    Each rule: accuracy by :func:`middle_accuracy_verdict` on its own (middle − full) row, cost by
+    :func:`cost_verdict` on its own timing; the rule passes C7 if both parts are reproduced, fails
+    if either is not reproduced, else inconclusive. Overall: reproduced if some rule passes, not
+    reproduced if every rule fails, else inconclusive.
+    """
+    per_rule = {}
+    for rule in rules:
+        row = comparisons[comparisons["arm"] == f"htr_{rule}"]
+        acc, cost = middle_accuracy_verdict(row, margin), cost_verdict(costs, rules=(rule,), saving=saving)
+        both = ("reproduced" if acc == cost == "reproduced" else
+                "not reproduced" if "not reproduced" in (acc, cost) else "inconclusive")
+        per_rule[rule] = {"accuracy": acc, "cost": cost, "C7": both}
+    verdicts = [v["C7"] for v in per_rule.values()]
+    overall = ("reproduced" if "reproduced" in verdicts else
+               "not reproduced" if all(v == "not reproduced" for v in verdicts) else "inconclusive")
+    return {"per_rule": per_rule, "verdict": overall}
 
 
 # ============================================================================ figures

@@ -40,6 +40,8 @@ def test_welch_drops_nan_and_needs_two_values():
     assert w["n_a"] == 2 and math.isfinite(w["lo"])
     w = welch_difference([0.9], [0.8, 0.81])
     assert w["diff"] == pytest.approx(0.095) and math.isnan(w["lo"])
+    w = welch_difference([0.9, 0.9], [0.8, 0.8])  # no spread: no interval, not a zero-width one
+    assert w["diff"] == pytest.approx(0.1) and math.isnan(w["lo"]) and math.isnan(w["p"])
 
 
 def test_bootstrap_interval_covers_the_difference_and_shrinks_with_n():
@@ -80,6 +82,18 @@ def test_verdict_rules():
     assert rs.cost_verdict(costs(1.0, 0.5), rules=("middle",)) == "reproduced"
     assert rs.cost_verdict(costs(1.0, 0.95), rules=("middle",)) == "inconclusive"
     assert rs.cost_verdict(costs(1.0, 1.2), rules=("middle",)) == "not reproduced"
+
+
+def test_c7_needs_one_rule_to_pass_both_parts():
+    comp = pd.DataFrame([{"arm": "htr_middle", "diff": -0.01, "welch_lo": -0.02, "welch_hi": -0.005},   # worse
+                         {"arm": "htr_middle_authors", "diff": 0.0, "welch_lo": -0.001, "welch_hi": 0.001}])
+    costs = pd.DataFrame({"step": ["plain", "all", "middle", "middle_authors"], "median_s": [0.01, 1.0, 0.1, 1.1]})
+    # accuracy passes only for the authors' rule, cost only for the layer rule: not one method
+    v = rs.c7_verdict(comp, costs, ("middle", "middle_authors"), margin=0.003)
+    assert v["per_rule"]["middle"] == {"accuracy": "not reproduced", "cost": "reproduced", "C7": "not reproduced"}
+    assert v["per_rule"]["middle_authors"]["C7"] == "not reproduced" and v["verdict"] == "not reproduced"
+    costs.loc[3, "median_s"] = 0.2
+    assert rs.c7_verdict(comp, costs, ("middle", "middle_authors"), margin=0.003)["verdict"] == "reproduced"
 
 
 # ---------------------------------------------------------------------------- γ on validation
@@ -129,6 +143,8 @@ def test_run_summary_reads_the_run(htr_run):
     assert s["test_acc"] == m["test_acc"].iloc[-1] and s["trace"] == rec["trace"]["mean"]
     assert s["lambda_max"] == rec["top"][0] and s["penalty_steps"] == m["penalty_steps"].sum() > 0
     assert s["penalty_step_seconds"] > 0 and s["train_seconds"] == pytest.approx(m["epoch_seconds"].sum())
+    # epoch 2 has only penalty steps (htr_freq = 1): the plain-step time comes from epoch 1 alone
+    assert (m["steps"] == m["penalty_steps"]).iloc[1] and s["step_seconds"] == pytest.approx(m["step_seconds"].iloc[0])
 
 
 def test_train_accuracy_matches_an_independent_evaluation(htr_run):
