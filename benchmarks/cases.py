@@ -16,10 +16,10 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp
 
-from htr_utils import (hutchinson_trace, hvp_operator, lanczos, layer_groups, layerwise_spectra, middle_layers,
-                       slq_density, trace_penalty)
+from htr_utils import (TraceEstimate, hutchinson_trace, hvp_operator, lanczos, layer_groups, layerwise_spectra, middle_layers,
+                       slq_density)
 from htr_utils.models import build_model
-from htr_utils.training import composite_batch_norm
+from htr_utils.training import sgd_step
 
 from . import peers
 from .timing import interleaved_medians
@@ -181,8 +181,8 @@ def case_trace(problem: Problem, probes: int, repeats: int, exact: float | None 
         for _ in range(probes):
             z = torch.randint(0, 2, (op.dim,), generator=gen).to(op.dtype) * 2 - 1
             vals.append(float(z @ op.matvec(z)))
-        s = np.asarray(vals)
-        est["htr_utils matvec loop"] = f"{s.mean():.4g} ± {s.std(ddof=1) / np.sqrt(len(s)):.2g}"
+        e = TraceEstimate.from_samples(vals)
+        est["htr_utils matvec loop"] = f"{e.mean:.4g} ± {e.stderr:.2g}"
 
     def curv():
         fn = peers.curvlinops_trace(model, x, y, probes)
@@ -195,8 +195,8 @@ def case_trace(problem: Problem, probes: int, repeats: int, exact: float | None 
         h = peers.pyhessian_object(model, x, y)
 
         def run():
-            s = np.asarray(h.trace(maxIter=probes, tol=float("-inf")))  # tol -inf: exactly ``probes`` probes
-            est["PyHessian trace"] = f"{s.mean():.4g} ± {s.std(ddof=1) / np.sqrt(len(s)):.2g}"
+            e = TraceEstimate.from_samples(h.trace(maxIter=probes, tol=float("-inf")))  # tol -inf: exactly ``probes``
+            est["PyHessian trace"] = f"{e.mean:.4g} ± {e.stderr:.2g}"
         return run
 
     makers = {"htr_utils hutchinson_trace (batched)": lambda: ours, "htr_utils matvec loop": lambda: loop,
@@ -239,22 +239,9 @@ def case_htr_step(problem: Problem, probes: int, repeats: int) -> tuple[list[tup
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     named = dict(model.named_parameters())
     middle = [named[p] for p in middle_layers(layer_groups(model))]
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
     def step(penalty_params):
-        def run():
-            opt.zero_grad()
-            if penalty_params and has_bn:  # fused batch norm has no third derivative
-                with composite_batch_norm():
-                    out = model(x)
-            else:
-                out = model(x)
-            loss = F.cross_entropy(out, y)
-            if penalty_params:
-                loss = loss + 0.01 * trace_penalty(loss, penalty_params, probes)
-            loss.backward()
-            opt.step()
-        return run
+        return lambda: sgd_step(model, opt, nn.CrossEntropyLoss(), x, y, penalty_params, 0.01, probes)
 
     t = interleaved_medians({"plain SGD step": step(None), "HTR, all parameters": step(list(model.parameters())),
                              "HTR, middle layers": step(middle)}, repeats=repeats, warmup=1)

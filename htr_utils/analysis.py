@@ -99,11 +99,8 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95
     x, y = (np.asarray(v, dtype=float) for v in (a, b))
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
-    if len(x) < 2 or len(y) < 2:
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):  # no t interval without spread
         return {"diff": diff, "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n_a": len(x), "n_b": len(y)}
-    if np.ptp(x) == 0 and np.ptp(y) == 0:  # no spread in either group: the t interval is undefined
-        return {"diff": diff, "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n_a": len(x),
-                "n_b": len(y)}
     res = ttest_ind(x, y, equal_var=False)
     ci = res.confidence_interval(confidence_level=level)
     return {"diff": diff, "lo": float(ci.low), "hi": float(ci.high), "p": float(res.pvalue), "n_a": len(x),

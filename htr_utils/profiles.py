@@ -14,16 +14,17 @@ A notebook takes one parameter, ``profile``, and reads everything else from
 """
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .curvature import KINDS
 from .training import TrainConfig
 
 PROFILE_ENV = "HTR_PROFILE"
 DEFAULT_PROFILE = "cpu"
-KINDS3 = ("hessian", "ggn", "residual")
+KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 
 
 @dataclass(frozen=True)
@@ -38,26 +39,45 @@ class RegStudy:
     middle_gamma_grid: tuple[float, ...] = ()
     middle_rules: tuple[str, ...] = ("middle", "middle_authors")
 
-    def arms(self, gamma: float | None = None, middle_gamma: float | None = None) -> dict[str, TrainConfig]:
-        """Arm name -> config (seed of ``base``; use ``cfg.replace(seed=s)`` for reruns)."""
-        g = self.gamma if gamma is None else gamma
-        mg = self.middle_gamma if middle_gamma is None else middle_gamma
+    def published_gamma(self, rule: str) -> float:
+        """The paper's γ for penalty rule ``rule`` ("all" or a middle rule)."""
+        return self.gamma if rule == "all" else self.middle_gamma
+
+    def grid(self, rule: str) -> tuple[float, ...]:
+        """The γ candidates compared on the validation split for ``rule``."""
+        return self.gamma_grid if rule == "all" else self.middle_gamma_grid
+
+    def arms(self, gammas: Mapping[str, float] | None = None) -> dict[str, TrainConfig]:
+        """Arm name -> config (seed of ``base``; use ``cfg.replace(seed=s)`` for reruns).
+
+        ``gammas``: penalty rule ("all", or a middle rule) -> γ; a rule not given gets its
+        published γ. "all" serves both SGD + HTR and SGD + L2 + HTR.
+        """
+        g = {rule: self.published_gamma(rule) for rule in ("all", *self.middle_rules)} | dict(gammas or {})
         b = self.base.replace(weight_decay=0.0, htr_gamma=0.0)
-        out = {"sgd": b, "sgd_l2": b.replace(weight_decay=self.l2), "htr": b.replace(htr_gamma=g),
-               "l2_htr": b.replace(weight_decay=self.l2, htr_gamma=g)}
+        out = {"sgd": b, "sgd_l2": b.replace(weight_decay=self.l2), "htr": b.replace(htr_gamma=g["all"]),
+               "l2_htr": b.replace(weight_decay=self.l2, htr_gamma=g["all"])}
         for rule in self.middle_rules:
-            out[f"htr_{rule}"] = b.replace(htr_gamma=mg, htr_params=rule)
+            out[f"htr_{rule}"] = b.replace(htr_gamma=g[rule], htr_params=rule)
         return out
 
+    def grid_configs(self, rule: str) -> dict[float, TrainConfig]:
+        """γ -> config of the validation grid of ``rule`` at the first seed; γ = 0 is the SGD arm (shared cache).
+
+        Each config equals the arm that γ would be chosen for, so the chosen grid run is also that arm's first seed.
+        """
+        arm = "htr" if rule == "all" else f"htr_{rule}"
+        cfgs = {0.0: self.arms()["sgd"]} | {g: self.arms({rule: g})[arm] for g in self.grid(rule)}
+        return {g: c.replace(seed=self.seeds[0]) for g, c in cfgs.items()}
+
     def all_configs(self) -> list[TrainConfig]:
-        """Every config the study trains (arms x seeds, plus the γ grids at the first seed)."""
+        """The arms x seeds at the published γ, plus the γ grids at the first seed (each config once)."""
         cfgs = [c.replace(seed=s) for c in self.arms().values() for s in self.seeds]
-        b = self.base.replace(weight_decay=0.0, seed=self.seeds[0])
-        cfgs += [b.replace(htr_gamma=g) for g in self.gamma_grid]
-        cfgs += [b.replace(htr_gamma=g, htr_params=r) for g in self.middle_gamma_grid for r in self.middle_rules]
+        cfgs += [c for rule in ("all", *self.middle_rules) for c in self.grid_configs(rule).values()]
+        from .runs import config_hash
         unique: dict[str, TrainConfig] = {}
         for c in cfgs:
-            unique.setdefault(json.dumps(c.to_dict(), sort_keys=True), c)
+            unique.setdefault(config_hash(c), c)
         return list(unique.values())
 
 

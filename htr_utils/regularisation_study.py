@@ -17,10 +17,12 @@ Training goes through :func:`htr_utils.runs.train_run`, so every run is cached a
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,16 +33,15 @@ import torch
 from scipy import stats
 
 from .analysis import bootstrap_difference, welch_difference
-from .hutchinson import trace_penalty
+from .data import make_loader
 from .profiles import RegStudy, get_profile
 from .runs import Run, train_run
-from .training import Trainer, TrainConfig, TrainingDiverged, penalty_parameter_names, prepare_data
+from .training import (Trainer, TrainConfig, TrainingDiverged, evaluate, penalty_parameter_names, prepare_data,
+                       sgd_step)
 
 ARM_LABELS = {"sgd": "SGD", "sgd_l2": "SGD + L2", "htr": "SGD + HTR", "l2_htr": "SGD + L2 + HTR",
               "htr_middle": "SGD + middle HTR (layer rule)",
               "htr_middle_authors": "SGD + middle HTR (authors' index rule)"}
-#: the penalised parameters of each HTR rule, as :class:`TrainConfig` ``htr_params`` names them
-RULE_OF_ARM = {"htr": "all", "l2_htr": "all", "htr_middle": "middle", "htr_middle_authors": "middle_authors"}
 
 
 # ============================================================================ one run
@@ -70,18 +71,9 @@ def run_summary(run: Run) -> dict:
     return row
 
 
-@torch.no_grad()
 def train_accuracy(run: Run, data_root: str | Path = "data") -> tuple[float, float]:
     """(loss, accuracy) of the final model on the run's own training set, eval mode."""
-    cfg = run.config.replace(curvature_every=0)
-    data = prepare_data(cfg, str(data_root))
-    model = run.load_model()
-    loss_sum = correct = 0.0
-    for x, y in torch.utils.data.DataLoader(data.train, batch_size=1000, shuffle=False):
-        out = model(x)
-        loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
-        correct += float((out.argmax(1) == y).sum())
-    return loss_sum / len(data.train), correct / len(data.train)
+    return evaluate(run.load_model(), prepare_data(run.config, str(data_root)).train)
 
 
 # ============================================================================ C6 first half: sweep
@@ -128,20 +120,17 @@ def select_gamma(study: RegStudy, rule: str, root: Path, data_root: str | Path =
                  progress: bool = False) -> tuple[pd.DataFrame, float]:
     """Train the γ grid of ``rule`` ("all" or a middle rule) at the first seed; pick γ by validation accuracy.
 
-    The grid is ``study.gamma_grid`` for "all" and ``study.middle_gamma_grid`` for the middle
-    rules; without a grid (or without a validation split) the study's published γ is used.
-    The choice is the γ with the highest final validation accuracy (ties: the smaller γ);
-    diverged runs are shown and never chosen. The SGD run (γ = 0) is listed for reference.
+    The grid is ``study.grid(rule)`` (:meth:`RegStudy.grid_configs`); without a grid (or without a
+    validation split) the study's published γ is used. The choice is the γ with the highest final
+    validation accuracy (ties: the smaller γ); diverged runs are shown and never chosen. The SGD
+    run (γ = 0) is listed for reference.
     """
-    grid = study.gamma_grid if rule == "all" else study.middle_gamma_grid
-    published = study.gamma if rule == "all" else study.middle_gamma
-    base = study.base.replace(weight_decay=0.0, seed=study.seeds[0])
-    if not grid or study.base.val_fraction <= 0:
+    if not study.grid(rule) or study.base.val_fraction <= 0:
+        published = study.published_gamma(rule)
         return pd.DataFrame([{"gamma": published, "val_acc": math.nan, "val_loss": math.nan, "status": "published",
                               "chosen": True}]), published
     rows = []
-    for gamma in (0.0, *grid):
-        cfg = base.replace(htr_gamma=gamma, htr_params=rule if gamma > 0 else "all")
+    for gamma, cfg in study.grid_configs(rule).items():
         run = _train_or_diverge(cfg, root, data_root, progress)
         last = run.metrics.iloc[-1] if run is not None else None
         rows.append({"gamma": gamma, "val_acc": last["val_acc"] if run else math.nan,
@@ -150,26 +139,17 @@ def select_gamma(study: RegStudy, rule: str, root: Path, data_root: str | Path =
     table = pd.DataFrame(rows)
     candidates = table[(table["gamma"] > 0) & table["val_acc"].notna()]
     if candidates.empty:
-        raise RuntimeError(f"every γ in {grid} diverged for rule {rule!r}; lower the grid in the profile")
+        raise RuntimeError(f"every γ in {study.grid(rule)} diverged for rule {rule!r}; lower the grid in the profile")
     best = candidates.sort_values(["val_acc", "gamma"], ascending=[False, True]).iloc[0]["gamma"]
     table["chosen"] = table["gamma"] == best
     return table, float(best)
-
-
-def study_arms(study: RegStudy, gammas: Mapping[str, float]) -> dict[str, TrainConfig]:
-    """The arms' configs (first seed) with γ from ``gammas`` (rule -> γ; "all" also serves L2 + HTR)."""
-    arms = study.arms(gamma=gammas.get("all"))
-    for arm, rule in RULE_OF_ARM.items():
-        if arm in arms and rule in gammas:
-            arms[arm] = arms[arm].replace(htr_gamma=gammas[rule])
-    return arms
 
 
 def train_arms(study: RegStudy, gammas: Mapping[str, float], root: Path, data_root: str | Path = "data",
                arms: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
     """Every arm × seed at the chosen γ: one :func:`run_summary` row each (NaNs and status 'diverged' if it diverged)."""
     rows = []
-    for arm, cfg in study_arms(study, gammas).items():
+    for arm, cfg in study.arms(gammas).items():
         if arms is not None and arm not in arms:
             continue
         for seed in study.seeds:
@@ -208,13 +188,13 @@ def compare_arms(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], column
         b_s = results[results["arm"] == ref].set_index("seed")[column].astype(float)
         w = welch_difference(a_s.to_numpy(), b_s.to_numpy(), level)
         lo, hi = bootstrap_difference(a_s.to_numpy(), b_s.to_numpy(), level)
-        paired = (a_s - b_s).dropna()  # same seed = same initialisation and batch order in both arms
-        half = (stats.t.ppf((1 + level) / 2, len(paired) - 1) * paired.std(ddof=1) / np.sqrt(len(paired))
-                if len(paired) > 1 else math.nan)
+        both = pd.concat([a_s, b_s], axis=1).dropna()  # same seed = same initialisation and batch order
+        paired = (stats.ttest_rel(both.iloc[:, 0], both.iloc[:, 1]).confidence_interval(level)
+                  if len(both) > 1 else SimpleNamespace(low=math.nan, high=math.nan))
         rows.append({"comparison": f"{ARM_LABELS.get(arm, arm)} − {ARM_LABELS.get(ref, ref)}", "arm": arm,
                      "reference": ref, "quantity": column, "diff": w["diff"], "welch_lo": w["lo"],
                      "welch_hi": w["hi"], "welch_p": w["p"], "boot_lo": lo, "boot_hi": hi,
-                     "paired_lo": paired.mean() - half, "paired_hi": paired.mean() + half,
+                     "paired_lo": float(paired.low), "paired_hi": float(paired.high),
                      "n": f"{w['n_a']} vs {w['n_b']}"})
     return pd.DataFrame(rows)
 
@@ -226,40 +206,29 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
                        rounds: int = 10, data_root: str | Path = "data", gamma: float = 1e-5) -> pd.DataFrame:
     """Seconds per training step: plain, and with the trace penalty over each rule's parameters.
 
-    The steps run in turn (plain, rule 1, rule 2, ..., the order rotated every round) for ``rounds`` rounds, in one process on the
-    same batches of ``config``'s training set (batch size, probes as in ``config``), after one
+    The steps run in turn (plain, rule 1, rule 2, ..., the order rotated every round) for
+    ``rounds`` rounds, in one process on the same batches of ``config``'s training set (batch size, probes as in ``config``), after one
     untimed warm-up round; medians and quartiles are reported, with the ratio to the plain step.
     """
-    trainer = Trainer(config.replace(curvature_every=0), data_root=str(data_root))
+    trainer = Trainer(config, data_root=str(data_root))
     model, opt = trainer.model, trainer.optimizer
     named = dict(model.named_parameters())
-    params = {rule: [named[n] for n in penalty_parameter_names(model, rule)] for rule in rules}
-    loader = torch.utils.data.DataLoader(trainer.data.train, batch_size=config.batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0), drop_last=True)
-    batches = iter(loader)
+    params = {"plain": None} | {rule: [named[n] for n in penalty_parameter_names(model, rule)] for rule in rules}
+    batches = itertools.cycle(make_loader(trainer.data.train, config.batch_size, shuffle=True, seed=0, drop_last=True))
     gen = torch.Generator().manual_seed(0)
-    times: dict[str, list[float]] = {k: [] for k in ("plain", *rules)}
+    times: dict[str, list[float]] = {k: [] for k in params}
+    kinds = list(params)
     model.train()
     for r in range(rounds + 1):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        kinds = list(times)
+        x, y = next(batches)
         for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotate: no kind always runs first
             t0 = time.perf_counter()
-            loss = trainer.loss_fn(model(x), y)
-            if kind != "plain":
-                loss = loss + gamma * trace_penalty(loss, params[kind], config.htr_probes, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(model, opt, trainer.loss_fn, x, y, params[kind], gamma, config.htr_probes, gen)
             if r > 0:
                 times[kind].append(time.perf_counter() - t0)
     plain = float(np.median(times["plain"]))
-    return pd.DataFrame([{"step": k, "penalised tensors": len(params[k]) if k in params else 0,
-                          "penalised parameters": sum(p.numel() for p in params[k]) if k in params else 0,
+    return pd.DataFrame([{"step": k, "penalised tensors": len(params[k] or []),
+                          "penalised parameters": sum(p.numel() for p in params[k] or []),
                           "median_s": float(np.median(v)), "q25_s": float(np.quantile(v, 0.25)),
                           "q75_s": float(np.quantile(v, 0.75)), "x_plain": float(np.median(v)) / plain}
                          for k, v in times.items()])
@@ -268,7 +237,7 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
 # ============================================================================ verdict rules
 
 
-def _combine(parts: Sequence[str]) -> str:
+def combine_verdicts(parts: Sequence[str]) -> str:
     """'reproduced' if every part is, 'not reproduced' if every part is, else 'inconclusive'."""
     if parts and all(p == "reproduced" for p in parts):
         return "reproduced"
@@ -383,11 +352,11 @@ def plot_sweep(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]] | Non
 
 
 def plot_gamma_selection(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
-    """Validation accuracy against γ for each penalty rule; dashed: SGD (γ = 0); ringed: the chosen γ."""
+    """Validation accuracy against γ for each (legend label -> selection table); dashed: SGD (γ = 0); ringed: the chosen γ."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     for i, (rule, t) in enumerate(tables.items()):
         g = t[(t["gamma"] > 0) & t["val_acc"].notna()]
-        ax.plot(g["gamma"], g["val_acc"], marker="o", color=f"C{i}", label=f"rule: {rule}")
+        ax.plot(g["gamma"], g["val_acc"], marker="o", color=f"C{i}", label=rule)
         ch = t[t["chosen"] & t["val_acc"].notna()]
         ax.scatter(ch["gamma"], ch["val_acc"], s=160, facecolors="none", edgecolors=f"C{i}", lw=1.5)
         for _, r in t[t["status"] == "diverged"].iterrows():

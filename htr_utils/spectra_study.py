@@ -18,11 +18,12 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from .analysis import outlier_verdict
+from .curvature import KINDS
 from .lanczos import SpectralDensity
 from .plotting import plot_density, plot_top_eigenvalues
 from .spectra import spectral_distance
 
-KINDS3 = ("hessian", "ggn", "residual")
+KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 #: the paper's names of the three curvature kinds (Hess = G + H)
 KIND_LABELS = {"hessian": "Hess", "ggn": "G", "residual": "H"}
 #: log-scale density plots span this many decades below each panel's peak

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import sys
@@ -176,20 +177,17 @@ class DataBundle:
     train: Dataset
     val: Dataset | None
     test: Dataset
-    curvature: tuple[torch.Tensor, torch.Tensor] | None  # None when the config asks for no curvature
 
 
 def prepare_data(config: TrainConfig, root: str = "data") -> DataBundle:
-    """Training / validation / test sets and the class-balanced curvature subset of ``config``."""
+    """Training / validation / test sets of ``config`` (the curvature subset: :attr:`Trainer.curvature_data`)."""
     full = load_dataset(config.dataset, root=root, train=True)
     val = None
     if config.val_fraction > 0:
         full, val = validation_split(full, config.val_fraction, seed=config.data_seed)
     train = subsample(full, config.train_size, seed=config.data_seed)
     test = subsample(load_dataset(config.dataset, root=root, train=False), config.test_size, seed=config.data_seed)
-    curv = (class_balanced_subset(train, config.examples_per_class, seed=config.data_seed)
-            if config.curvature_every > 0 else None)
-    return DataBundle(train, val, test, curv)
+    return DataBundle(train, val, test)
 
 
 def penalty_parameter_names(model: nn.Module, rule: str | tuple[str, ...]) -> list[str]:
@@ -239,6 +237,59 @@ def composite_batch_norm() -> Iterator[None]:
         F.batch_norm = original
 
 
+class NonFiniteLoss(FloatingPointError):
+    """Raised by :func:`sgd_step` before stepping when the objective is NaN/inf; ``what`` names the culprit."""
+
+    def __init__(self, what: str):
+        self.what = what
+        super().__init__(f"non-finite {what}")
+
+
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
+             y: torch.Tensor, penalty_params: list[torch.Tensor] | None = None, gamma: float = 0.0,
+             probes: int = 10, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One optimiser step on loss(model(x), y) [+ γ · trace_penalty over ``penalty_params``].
+
+    On penalty steps, BatchNorm layers use the elementary batch norm (the fused one has no third
+    derivative). Raises :class:`NonFiniteLoss` before touching the parameters if the objective is
+    not finite. Returns (logits, loss, penalty or None), the latter two still attached.
+    """
+    penalised = bool(penalty_params)
+    has_bn = penalised and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    with composite_batch_norm() if has_bn else contextlib.nullcontext():
+        out = model(x)
+    loss = loss_fn(out, y)
+    total, pen = loss, None
+    if penalised:
+        pen = trace_penalty(loss, penalty_params, probes, generator=generator)
+        total = loss + gamma * pen
+    if not math.isfinite(float(total.detach())):
+        raise NonFiniteLoss("loss + htr_gamma * trace penalty" if math.isfinite(float(loss.detach())) else "loss")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return out, loss, pen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 1000,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset`` in eval mode (the model's mode is restored)."""
+    was = model.training
+    model.eval()
+    loss_sum = correct = 0.0
+    try:
+        for x, y in make_loader(dataset, batch_size, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            correct += float((out.argmax(1) == y).sum())
+    finally:
+        model.train(was)
+    return loss_sum / len(dataset), correct / len(dataset)
+
+
 def _progress_disabled(progress: bool) -> bool | None:
     return True if not progress else (None if sys.stderr.isatty() else True)
 
@@ -264,7 +315,6 @@ class Trainer:
         self.groups = layer_groups(self.model)
         named = dict(self.model.named_parameters())
         self.penalty_params = [named[n] for n in penalty_parameter_names(self.model, config.htr_params)]
-        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -304,20 +354,14 @@ class Trainer:
                 t0 = time.perf_counter()
                 x, y = x.to(self.device), y.to(self.device)
                 use_penalty = htr_on and step % cfg.htr_freq == 0
-                with composite_batch_norm() if use_penalty and self._has_bn else contextlib.nullcontext():
-                    out = model(x)
-                loss = self.loss_fn(out, y)
-                total = loss
-                if use_penalty:
-                    pen = trace_penalty(loss, self.penalty_params, cfg.htr_probes, generator=gen)
-                    total = loss + cfg.htr_gamma * pen
+                try:
+                    out, loss, pen = sgd_step(model, self.optimizer, self.loss_fn, x, y,
+                                              self.penalty_params if use_penalty else None, cfg.htr_gamma,
+                                              cfg.htr_probes, gen)
+                except NonFiniteLoss as err:
+                    raise TrainingDiverged(cfg.htr_gamma, epoch, step, err.what) from None
+                if pen is not None:
                     penalties.append(float(pen.detach()))
-                if not math.isfinite(float(total.detach())):
-                    what = "loss + htr_gamma * trace penalty" if math.isfinite(float(loss.detach())) else "loss"
-                    raise TrainingDiverged(cfg.htr_gamma, epoch, step, what)
-                self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                self.optimizer.step()
                 times[use_penalty].append(time.perf_counter() - t0)
                 loss_sum += float(loss.detach()) * len(y)
                 correct += float((out.argmax(1) == y).sum())
@@ -337,23 +381,16 @@ class Trainer:
                 "step_seconds": mean(times[False]), "penalty_step_seconds": mean(times[True]),
                 "eval_seconds": time.perf_counter() - t0, "curvature_seconds": 0.0}
 
-    @torch.no_grad()
     def evaluate(self, dataset: Dataset, batch_size: int = 1000) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy on ``dataset`` in eval mode (the model's mode is restored)."""
-        was = self.model.training
-        self.model.eval()
-        loss_sum = correct = 0.0
-        try:
-            for x, y in make_loader(dataset, batch_size, shuffle=False):
-                x, y = x.to(self.device), y.to(self.device)
-                out = self.model(x)
-                loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-                correct += float((out.argmax(1) == y).sum())
-        finally:
-            self.model.train(was)
-        return loss_sum / len(dataset), correct / len(dataset)
+        """Mean cross-entropy and accuracy of the model on ``dataset`` (:func:`evaluate`)."""
+        return evaluate(self.model, dataset, batch_size, self.device)
 
     # -- curvature -----------------------------------------------------------------------
+    @functools.cached_property
+    def curvature_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed class-balanced training subset the curvature is measured on (built on first use)."""
+        return class_balanced_subset(self.data.train, self.config.examples_per_class, seed=self.config.data_seed)
+
     def curvature(self, epoch: int, kinds: tuple[str, ...] | None = None) -> dict:
         """Spectra, top eigenvalues and traces of the curvature kinds due at ``epoch``.
 
@@ -367,9 +404,7 @@ class Trainer:
         """
         cfg = self.config
         kinds = cfg.kinds_at(epoch) if kinds is None else kinds
-        if self.data.curvature is None:
-            self.data.curvature = class_balanced_subset(self.data.train, cfg.examples_per_class, seed=cfg.data_seed)
-        x, y = (t.to(self.device) for t in self.data.curvature)
+        x, y = (t.to(self.device) for t in self.curvature_data)
         names = [p for ps in self.groups.values() for p in ps]
         k = cfg.top_k or 2 * self.num_classes
         record: dict[str, Any] = {"epoch": epoch, "num_examples": len(y), "params": names,

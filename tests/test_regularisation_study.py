@@ -120,7 +120,7 @@ def test_select_gamma_picks_best_validation_accuracy_never_a_diverged_run(monkey
     val[1e-5] = 0.81
     trained.clear()
     _, mg = rs.select_gamma(study, "middle", tmp_path)
-    assert mg == 1e-5 and trained[-1] == rs.study_arms(study, {"middle": mg})["htr_middle"].replace(seed=3)
+    assert mg == 1e-5 and trained[-1] == study.arms({"middle": mg})["htr_middle"].replace(seed=3)
 
 
 def test_select_gamma_without_grid_uses_the_published_value(tmp_path):

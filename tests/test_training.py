@@ -102,7 +102,7 @@ def test_curvature_record_consistent():
     assert set(rec["kinds"]) == {"hessian", "ggn"}
     hess = rec["kinds"]["hessian"]
     assert hess["full"]["dim"] == sum(v["dim"] for v in hess["layers"].values())
-    op = hvp_operator(trainer.model, nn.CrossEntropyLoss(), trainer.data.curvature, params=rec["params"])
+    op = hvp_operator(trainer.model, nn.CrossEntropyLoss(), trainer.curvature_data, params=rec["params"])
     # the full trace is Hutchinson's with the same probes; layer traces are finite estimates
     full = hutchinson_trace(op, cfg.trace_probes, seed=cfg.seed)
     assert hess["full"]["trace"]["mean"] == pytest.approx(full.mean, rel=1e-4, abs=1e-6)
