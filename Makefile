@@ -14,7 +14,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[study,dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
@@ -37,16 +37,16 @@ test: setup
 	HTR_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
 reproduce: setup
-	$(PY) -m htr_utils.reproduce --profile $(PROFILE)
+	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE)
 
 smoke: setup
-	$(PY) -m htr_utils.reproduce --profile smoke --out build/smoke
+	$(PY) -m htr_utils.study.reproduce --profile smoke --out build/smoke
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup
-	$(PY) -m pip install -q -e '.[dev,peers]'
+	$(PY) -m pip install -q -e '.[study,dev,peers]'
 	$(PY) -m benchmarks
 
 clean:

@@ -18,8 +18,8 @@ from torch.func import functional_call, grad, jvp, vjp
 
 from htr_utils import (TraceEstimate, hutchinson_trace, hvp_operator, lanczos, layer_groups, layerwise_spectra, middle_layers,
                        slq_density)
-from htr_utils.models import build_model
-from htr_utils.training import sgd_step
+from htr_utils.study.models import build_model
+from htr_utils.study.training import sgd_step
 
 from . import peers
 from .timing import interleaved_medians

@@ -2,9 +2,11 @@
 
 Curvature operators (Hessian, Gauss-Newton, residual) on any parameter subset, Lanczos with
 full reorthogonalisation, stochastic Lanczos quadrature, Hutchinson traces and the Hessian
-trace penalty, and distances between spectra.
+trace penalty, distances between spectra, and dense float64 references for testing.
+The reproduction of the paper lives in :mod:`htr_utils.study`, which this library never imports.
 """
 from .curvature import CurvatureOperator, eval_mode, hvp_operator
+from .dense import dense_curvature, dense_ggn, dense_hessian, finite_difference_hessian
 from .hutchinson import TraceEstimate, hutchinson_trace, trace_penalty
 from .lanczos import SpectralDensity, lanczos, lanczos_tridiagonal, slq_density, top_eigenvalues
 from .layers import layer_groups, middle_layers, middle_parameters_authors
@@ -19,5 +21,6 @@ __all__ = [
     "spectral_distance", "atoms_wasserstein", "authors_distance", "exact_spectrum_density", "count_outliers",
     "layer_groups", "middle_layers", "middle_parameters_authors",
     "layerwise_spectra", "layerwise_trace", "lockstep_lanczos",
+    "dense_curvature", "dense_hessian", "dense_ggn", "finite_difference_hessian",
 ]
 __version__ = "0.1.0"

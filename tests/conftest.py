@@ -1,4 +1,4 @@
-"""Small float64 models whose Hessian, GGN and residual can be formed densely with torch.func."""
+"""Small float64 models whose Hessian, GGN and residual are formed densely by htr_utils.dense (see test_dense.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, hessian, jacrev
+
+from htr_utils.dense import dense_ggn, dense_hessian
 
 
 class TinyCNN(nn.Module):
@@ -31,42 +32,12 @@ class Problem:
     x: torch.Tensor
     y: torch.Tensor
 
-    def names(self, params=None) -> list[str]:
-        return [n for n, _ in self.model.named_parameters()] if params is None else list(params)
-
-    def _flat_fn(self, params):
-        names = self.names(params)
-        every = dict(self.model.named_parameters())
-        fixed = {n: p.detach() for n, p in every.items() if n not in names}
-        fixed.update(dict(self.model.named_buffers()))
-        shapes = [every[n].shape for n in names]
-        flat = torch.cat([every[n].detach().reshape(-1) for n in names])
-
-        def logits(theta: torch.Tensor) -> torch.Tensor:
-            chunks, i = {}, 0
-            for n, s in zip(names, shapes):
-                k = int(torch.tensor(s).prod()) if len(s) else 1
-                chunks[n] = theta[i:i + k].view(s)
-                i += k
-            was = self.model.training
-            self.model.eval()
-            try:
-                return functional_call(self.model, {**fixed, **chunks}, (self.x,))
-            finally:
-                self.model.train(was)
-        return logits, flat
-
     def dense_hessian(self, params=None) -> torch.Tensor:
-        logits, flat = self._flat_fn(params)
-        return hessian(lambda t: F.cross_entropy(logits(t), self.y))(flat)
+        return dense_hessian(self.model, F.cross_entropy, self.x, self.y, params)
 
     def dense_ggn(self, params=None) -> torch.Tensor:
-        """G = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i from the Jacobian and the softmax Hessian."""
-        logits, flat = self._flat_fn(params)
-        J = jacrev(logits)(flat)                      # (N, C, P)
-        p = torch.softmax(logits(flat), dim=1)        # (N, C)
-        Hout = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-        return torch.einsum("ncp,ncd,ndq->pq", J, Hout, J) / len(self.x)
+        """G = Jᵀ (∇²_f L) J from the Jacobian of the logits and the loss's Hessian in the logits."""
+        return dense_ggn(self.model, F.cross_entropy, self.x, self.y, params)
 
 
 def make_problem(seed: int = 0, n: int = 7, classes: int = 3, train_mode: bool = False) -> Problem:

@@ -104,8 +104,8 @@ def test_float32_lanczos_past_exhaustion_invents_no_eigenvalues():
     noise and produced spurious Ritz values (here 104 instead of 92).
     """
     import copy
-    from htr_utils.data import class_balanced_subset, load_dataset
-    from htr_utils.models import build_model
+    from htr_utils.study.data import class_balanced_subset, load_dataset
+    from htr_utils.study.models import build_model
     torch.manual_seed(0)
     model = build_model("lenet", 1, 10, width=0.5).eval()
     x, y = class_balanced_subset(load_dataset("digits"), 1, seed=0)

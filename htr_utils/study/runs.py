@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import in_channels, num_classes
-from .lanczos import SpectralDensity, gaussian_density
+from ..lanczos import SpectralDensity, gaussian_density
 from .models import build_model
 from .training import TrainConfig, Trainer, TrainingDiverged, _progress_disabled
 
@@ -196,7 +196,7 @@ def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bo
     training (delete the folder to retry).
     """
     if data_root is None:
-        from .notebook import data_root as repo_data_root
+        from .outputs import data_root as repo_data_root
         data_root = repo_data_root()
     path = run_path(config, root)
     if (path / "done.json").is_file():

@@ -9,13 +9,13 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from htr_utils import reproduce
+from htr_utils.study import reproduce
 
 GOOD = """
 import os
 from pathlib import Path
-from htr_utils.notebook import profile_name, output_dir
-from htr_utils.report import write_verdict
+from htr_utils.study.outputs import profile_name, output_dir
+from htr_utils.study.report import write_verdict
 profile = profile_name(profile)
 out_dir = output_dir("00_good", profile)
 write_verdict(out_dir, "T1", claim="a tiny claim", paper_reports="it holds", measured="it held",

@@ -1,17 +1,17 @@
 """Notebooks 04 (C4, layer vs full spectrum) and 05 (C5, trace and λ_max trends): tables, verdicts, figures.
 
 Both notebooks read the per-epoch curvature records of the shared spectra runs
-(:meth:`htr_utils.runs.Run.curvature`; see :meth:`htr_utils.training.Trainer.curvature` for their
+(:meth:`htr_utils.study.runs.Run.curvature`; see :meth:`htr_utils.study.training.Trainer.curvature` for their
 layout) and turn them into
 
 * C4 — :func:`distance_table` (every epoch × layer, the five distance variants of
-  :func:`htr_utils.analysis.layer_distances`, the raw-axis ones on a grid that resolves both
+  :func:`htr_utils.study.statistics.layer_distances`, the raw-axis ones on a grid that resolves both
   spectra), :func:`closest_layers` (the layer closest to the
   full Hessian, distances summed over epochs, and whether it lies in the middle half),
   :func:`c4_verdict`, and the figures :func:`plot_depth_profiles` / :func:`plot_distance_heatmaps`;
 * C5 — :func:`curvature_series` (full and layer traces with standard errors and largest
   eigenvalues per epoch), :func:`trend_table` (Spearman trend of each quantity over the second
-  half of training, :func:`htr_utils.analysis.decreasing_trend`), :func:`c5_verdict`, and the
+  half of training, :func:`htr_utils.study.statistics.decreasing_trend`), :func:`c5_verdict`, and the
   figure :func:`plot_trends`.
 
 The functions take curvature records (plain dicts), so they are tested on constructed spectra;
@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .analysis import DISTANCE_VARIANTS, closest_layer_is_middle, decreasing_trend, is_middle, layer_distances
-from .lanczos import SpectralDensity
+from .statistics import DISTANCE_VARIANTS, closest_layer_is_middle, decreasing_trend, is_middle, layer_distances
+from ..lanczos import SpectralDensity
 
 #: all distance variants (columns of :func:`distance_table`), in the order of analysis.DISTANCE_VARIANTS
 METRICS: tuple[str, ...] = tuple(DISTANCE_VARIANTS)
@@ -41,7 +41,7 @@ FULL = "full"  # scope name of the whole network in curvature_series / trend_tab
 
 
 def load_records(run: Any, kind: str = "hessian") -> list[dict]:
-    """The curvature records of ``run`` (a :class:`htr_utils.runs.Run`) that contain ``kind``, by epoch."""
+    """The curvature records of ``run`` (a :class:`htr_utils.study.runs.Run`) that contain ``kind``, by epoch."""
     records = [run.curvature(e) for e in run.curvature_epochs()]
     records = [r for r in records if kind in r["kinds"]]
     if not records:
@@ -60,7 +60,7 @@ def _entry(record: Mapping, kind: str) -> Mapping:
 
 
 def layer_distance_table(full: SpectralDensity, layers: Mapping[str, SpectralDensity]) -> pd.DataFrame:
-    """:func:`htr_utils.analysis.layer_distances`: one row per layer, every distance variant to ``full``."""
+    """:func:`htr_utils.study.statistics.layer_distances`: one row per layer, every distance variant to ``full``."""
     return layer_distances(full, layers)
 
 
@@ -99,7 +99,7 @@ def closest_layers(dists: Mapping[str, pd.DataFrame], min_epoch: int = 1, epoch:
     """Per (run, metric): the layer closest to the full spectrum and whether it lies in the middle half.
 
     Distances are summed over the epochs >= ``min_epoch`` (or taken at ``epoch`` when given); the rule is
-    :func:`htr_utils.analysis.closest_layer_is_middle` (middle half: L/4 <= index < 3L/4, ties: first).
+    :func:`htr_utils.study.statistics.closest_layer_is_middle` (middle half: L/4 <= index < 3L/4, ties: first).
     """
     rows = []
     for label, dist in dists.items():
@@ -258,7 +258,7 @@ QUANTITIES = {"trace": "trace", "lambda_max": "λ_max"}
 
 
 def trend_table(series: Mapping[str, pd.DataFrame], from_fraction: float = 0.5, alpha: float = 0.05) -> pd.DataFrame:
-    """One row per (run, scope, quantity): :func:`htr_utils.analysis.decreasing_trend` over the last
+    """One row per (run, scope, quantity): :func:`htr_utils.study.statistics.decreasing_trend` over the last
     (1 − ``from_fraction``) of training, plus ``noise`` = median over that window of stderr / |trace|
     (Hutchinson's relative standard error; NaN for λ_max)."""
     rows = []

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from htr_utils.layers import layer_groups
-from htr_utils.models import MODELS, LeNet, build_model, num_parameters
+from htr_utils.study.models import MODELS, LeNet, build_model, num_parameters
 
 # Small widths keep the test fast; layer structure does not depend on width.
 TEST_WIDTH = {"lenet": 1.0, "mlp": 0.5}

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from htr_utils.data import DATASETS
+from htr_utils.study.data import DATASETS
 from htr_utils.layers import layer_groups
-from htr_utils.models import MODELS, build_model
-from htr_utils.profiles import PROFILES, Profile, get_profile
-from htr_utils.training import TrainConfig
+from htr_utils.study.models import MODELS, build_model
+from htr_utils.study.profiles import PROFILES, Profile, get_profile
+from htr_utils.study.training import TrainConfig
 
 
 def _all_configs(p: Profile) -> list[TrainConfig]:

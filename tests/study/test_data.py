@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from htr_utils import data
+from htr_utils.study import data
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 REAL_DOWNLOAD = data._torchvision_download

@@ -1,7 +1,7 @@
 """Plots shared by the notebooks: spectral densities, top eigenvalues, layer grids, heatmaps, trends.
 
 Every function draws on a given matplotlib Axes (or returns a new figure for grids/heatmaps)
-and leaves saving to :func:`htr_utils.notebook.save_figure`. Call :func:`set_style` once.
+and leaves saving to :func:`htr_utils.study.outputs.save_figure`. Call :func:`set_style` once.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def plot_spectrum_with_exact(ax: plt.Axes, dens: Any, exact_eigenvalues: Sequenc
                              floor: float = DENSITY_FLOOR, label: str = "SLQ estimate") -> plt.Axes:
     """SLQ density beside the exact spectrum: the exact eigenvalues smoothed on the same grid with the
     same Gaussian width (solid), the estimate (dashed), and each exact eigenvalue as a tick at the bottom."""
-    from .spectra import exact_spectrum_density
+    from ..spectra import exact_spectrum_density
 
     ev = np.sort(np.asarray(exact_eigenvalues, dtype=float))
     exact = exact_spectrum_density(ev, grid=dens.grid, sigma=dens.sigma)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from htr_utils import trends_study as ts
-from htr_utils.analysis import layer_distances
+from htr_utils.study import depth_trends as ts
+from htr_utils.study.statistics import layer_distances
 from htr_utils.spectra import exact_spectrum_density, spectral_distance
 
 FULL = np.array([0.0] * 20 + [0.5, 1.0, 2.0, 4.0])

@@ -1,7 +1,7 @@
 """The spectra notebooks' computations and figures: 01 (full spectrum), 02 (Gauss-Newton), 03 (layer spectra).
 
 The notebooks read the curvature records of the profile's spectra runs (see
-:meth:`htr_utils.training.Trainer.curvature`): per epoch and curvature kind ("hessian",
+:meth:`htr_utils.study.training.Trainer.curvature`): per epoch and curvature kind ("hessian",
 "ggn", "residual" = Hess, G, H), the SLQ density, the largest Ritz values ("top", descending,
 2C of them) and the Hutchinson trace, for the full network and for every layer block.
 The functions here turn one record into the numbers behind each verdict rule, and draw the
@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .analysis import outlier_verdict
-from .curvature import KINDS
-from .lanczos import SpectralDensity
+from .statistics import outlier_verdict
+from ..curvature import KINDS
+from ..lanczos import SpectralDensity
 from .plotting import plot_density, plot_top_eigenvalues
-from .spectra import spectral_distance
+from ..spectra import spectral_distance
 
 KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 #: the paper's names of the three curvature kinds (Hess = G + H)
@@ -39,7 +39,7 @@ def spectra_runs(profile: str | None = None, progress: bool = True) -> dict[str,
     The cache (``profile.runs_dir()``, under the repository root) is shared by notebooks 01-05,
     so a run trained by one notebook is read at no cost by the others.
     """
-    from .notebook import data_root
+    from .outputs import data_root
     from .profiles import get_profile
     from .runs import train_run
 
@@ -156,7 +156,7 @@ def full_spectrum_summary(record: Mapping, C: int, kind: str = "hessian", tolera
                           bands: Sequence[float] = (0.01, 0.05)) -> dict:
     """C1's numbers for one curvature record: outlier count by the gap rule and the mass near zero.
 
-    Rule (:func:`htr_utils.analysis.outlier_verdict`): among the top 2C Ritz values, the largest
+    Rule (:func:`htr_utils.study.statistics.outlier_verdict`): among the top 2C Ritz values, the largest
     ratio gap λ_k/λ_{k+1} (positive values only) is at k with |k − C| ≤ ``tolerance``; the top 2C are
     taken by :func:`rule_values` (``rule_values`` = how many). ``bulk_mass_<p>%`` is the SLQ mass at
     |λ| < p % of λ_max (see :func:`bulk_mass`).

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from .lanczos import SpectralDensity
-from .spectra import authors_distance, count_outliers, spectral_distance
+from ..lanczos import SpectralDensity
+from ..spectra import authors_distance, count_outliers, spectral_distance
 
 DISTANCE_VARIANTS: dict[str, dict] = {
     "W1 raw": {"metric": "wasserstein", "rescale": False},

@@ -11,8 +11,8 @@ from torch import nn
 from htr_utils.curvature import hvp_operator
 from htr_utils.hutchinson import hutchinson_trace
 from htr_utils.lanczos import top_eigenvalues
-from htr_utils.models import build_model
-from htr_utils.training import (TIMING_COLUMNS, TrainConfig, Trainer, composite_batch_norm,
+from htr_utils.study.models import build_model
+from htr_utils.study.training import (TIMING_COLUMNS, TrainConfig, Trainer, composite_batch_norm,
                                  penalty_parameter_names)
 
 TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, batch_size=40, lr=0.05,

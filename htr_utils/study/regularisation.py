@@ -11,8 +11,8 @@
   intervals), and :func:`penalty_step_costs` (plain / full / middle penalty steps timed in turn
   in one process, on the same batches).
 
-Training goes through :func:`htr_utils.runs.train_run`, so every run is cached and resumable;
-``python -m htr_utils.regularisation_study --profile cpu`` trains all of them ahead of the notebooks.
+Training goes through :func:`htr_utils.study.runs.train_run`, so every run is cached and resumable;
+``python -m htr_utils.study.regularisation --profile cpu`` trains all of them ahead of the notebooks.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .analysis import bootstrap_difference, welch_difference
+from .statistics import bootstrap_difference, welch_difference
 from .data import make_loader
 from .profiles import RegStudy, get_profile
 from .runs import Run, train_run
@@ -412,7 +412,7 @@ def plot_step_costs(costs: pd.DataFrame) -> plt.Figure:
 
 def train_all(profile: str | None = None, progress: bool = True) -> None:
     """Every run notebooks 06-08 need for ``profile``: the sweep, the γ grids and the arms × seeds."""
-    from .notebook import data_root
+    from .outputs import data_root
     P = get_profile(profile)
     root, droot = P.runs_dir(), data_root()
     for label, cfg in P.sweep_runs.items():

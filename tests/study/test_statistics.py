@@ -1,7 +1,7 @@
 """Verdict-rule helpers on constructed inputs with known answers."""
 import numpy as np
 
-from htr_utils.analysis import (closest_layer_is_middle, decreasing_trend, is_middle, layer_distances, mean_std,
+from htr_utils.study.statistics import (closest_layer_is_middle, decreasing_trend, is_middle, layer_distances, mean_std,
                                 outlier_verdict)
 from htr_utils.spectra import exact_spectrum_density
 

@@ -4,7 +4,7 @@ Every claim notebook ends with :func:`write_verdict`, which writes ``verdict.jso
 notebook's output directory: the claim, what the paper reports, what was measured, the
 verdict (``reproduced`` / ``not reproduced`` / ``inconclusive``), the rule that decided it
 (stated in the notebook before the result) and the data set. The runner
-(:mod:`htr_utils.reproduce`) then gathers them with :func:`write_report` into
+(:mod:`htr_utils.study.reproduce`) then gathers them with :func:`write_report` into
 ``<DIR>/REPORT.md``: one row per notebook, with each notebook's wall time.
 
 Wall times are kept in ``<DIR>/timings.json`` ({notebook: {"wall_s", "status", "error"}}),

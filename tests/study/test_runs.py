@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from htr_utils.lanczos import slq_density
-from htr_utils.runs import (Run, _density_from_json, _density_to_json, config_hash, find_run, load_run, run_path,
+from htr_utils.study.runs import (Run, _density_from_json, _density_to_json, config_hash, find_run, load_run, run_path,
                             train_run)
-from htr_utils.training import TIMING_COLUMNS, TrainConfig, Trainer, TrainingDiverged
+from htr_utils.study.training import TIMING_COLUMNS, TrainConfig, Trainer, TrainingDiverged
 
 CFG = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=200, test_size=80, batch_size=50, lr=0.05,
                   epochs=3, milestones=(2,), curvature_every=1, curvature_kinds=("hessian", "ggn"),

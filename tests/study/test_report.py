@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from htr_utils import notebook, report
+from htr_utils.study import outputs, report
 
 matplotlib.use("Agg")
 
@@ -139,7 +139,8 @@ def test_save_helpers(tmp_path: Path) -> None:
 def test_plots_draw() -> None:
     import matplotlib.pyplot as plt
 
-    from htr_utils import exact_spectrum_density, plotting
+    from htr_utils import exact_spectrum_density
+    from htr_utils.study import plotting
 
     plotting.set_style()
     ev = np.concatenate([np.linspace(-0.1, 0.1, 50), [2.0, 3.0]])

@@ -3,7 +3,7 @@
 Outputs of notebook ``NN_name`` under profile ``p`` go to
 
 * ``$HTR_OUT_DIR`` exactly, when the environment sets it (the runner
-  :mod:`htr_utils.reproduce` sets it to ``<DIR>/<notebook stem>`` for each notebook);
+  :mod:`htr_utils.study.reproduce` sets it to ``<DIR>/<notebook stem>`` for each notebook);
 * else ``<repo>/figures/<p>/<notebook>/`` for the cpu and paper profiles (committed);
 * else ``<repo>/build/smoke/<notebook>/`` for the smoke profile (outside the committed tree).
 
@@ -15,13 +15,12 @@ Typical first cells of a notebook::
     # parameters (cell tagged "parameters")
     profile = None
     # setup
-    from htr_utils.notebook import setup, save_figure, save_table, save_json
+    from htr_utils.study.outputs import setup, save_figure, save_table, save_json
     profile, out_dir = setup("03_layerwise_outliers", profile)
 """
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)
 def repo_root() -> Path:
     """The repository root: the parent of the package directory when it holds pyproject.toml, else
     the first ancestor of the working directory that does (for a non-editable install)."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     if (here / "pyproject.toml").is_file():
         return here
     for d in [Path.cwd().resolve(), *Path.cwd().resolve().parents]:
@@ -113,56 +112,6 @@ def save_table(df: Any, out_dir: str | Path, name: str, index: bool | None = Non
 def save_json(obj: Any, out_dir: str | Path, name: str) -> Path:
     """Save ``obj`` as ``out_dir/name.json`` (numpy / torch values converted; nan/inf become null)."""
     return write_json(obj, Path(out_dir) / f"{name}.json")
-
-
-# --------------------------------------------------------------------------- dense references
-
-
-def dense_curvatures(model: Any, x: Any, y: Any) -> dict[str, Any]:
-    """Dense Hessian, Gauss-Newton and residual of the mean cross-entropy of ``model`` on ``(x, y)``.
-
-    An independent reference for the routines check (notebook 00): the Hessian by
-    ``torch.func.hessian`` of the loss as a function of the flat parameter vector (all trainable
-    parameters, in ``named_parameters`` order, model in eval mode), and
-    G = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i from the logits' Jacobian ``torch.func.jacrev``.
-    Only for small models: memory is O(N · C · P + P²). Returns the three (P, P) matrices under
-    "hessian", "ggn", "residual", the parameter names, and each one's (start, stop) in the flat
-    vector under "slices".
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call, hessian, jacrev
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    names = [n for n, _ in named]
-    shapes = [p.shape for _, p in named]
-    sizes = [p.numel() for _, p in named]
-    fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    fixed.update({n: b for n, b in model.named_buffers()})
-    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
-
-    def logits(theta):
-        chunks = {n: c.view(s) for n, c, s in zip(names, torch.split(theta, sizes), shapes)}
-        return functional_call(model, {**fixed, **chunks}, (x,))
-
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            # torch's first forward-mode AD call loads decompositions with the deprecated torch.jit.script
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
-            hess = hessian(lambda t: F.cross_entropy(logits(t), y))(flat)
-            jac = jacrev(logits)(flat)                                   # (N, C, P)
-            p = torch.softmax(logits(flat), dim=1)                        # (N, C)
-            out_hess = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-            ggn = torch.einsum("ncp,ncd,ndq->pq", jac, out_hess, jac) / len(x)
-    finally:
-        model.train(was_training)
-    hess = (hess + hess.T) / 2
-    ggn = (ggn + ggn.T) / 2
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    slices = {n: (a, a + k) for n, a, k in zip(names, starts, sizes)}
-    return {"hessian": hess, "ggn": ggn, "residual": hess - ggn, "names": names, "slices": slices}
 
 
 # --------------------------------------------------------------------------- committing notebooks

@@ -5,7 +5,7 @@ there, before any step). Everything random is seeded from the config: the model'
 initialisation (global torch RNG, seeded once), the batch order (a fresh loader per epoch
 whose order depends only on (seed, epoch)), and the penalty's probes (a generator seeded
 from (seed, epoch)), so a run resumed from a checkpoint repeats an uninterrupted one exactly.
-File handling (checkpoints, caching) lives in :mod:`htr_utils.runs`.
+File handling (checkpoints, caching) lives in :mod:`htr_utils.study.runs`.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .curvature import KINDS, hvp_operator
+from ..curvature import KINDS, hvp_operator
 from .data import DATASETS, class_balanced_subset, in_channels, load_dataset, make_loader, num_classes, subsample, \
     validation_split
-from .hutchinson import hutchinson_trace, trace_penalty
-from .lanczos import slq_density
-from .layers import layer_groups, middle_layers, middle_parameters_authors
-from .layerwise import layerwise_spectra, layerwise_trace
+from ..hutchinson import hutchinson_trace, trace_penalty
+from ..lanczos import slq_density
+from ..layers import layer_groups, middle_layers, middle_parameters_authors
+from ..layerwise import layerwise_spectra, layerwise_trace
 from .models import MODELS, build_model
 
 HTR_PARAM_RULES = ("all", "middle", "middle_authors")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .curvature import KINDS
+from ..curvature import KINDS
 from .training import TrainConfig
 
 PROFILE_ENV = "HTR_PROFILE"
@@ -93,7 +93,7 @@ class Profile:
 
     def runs_dir(self) -> Path:
         """Absolute folder of this profile's run cache (``runs_root`` under the repository root)."""
-        from .notebook import repo_root
+        from .outputs import repo_root
         return repo_root() / self.runs_root
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy import stats
 
-import htr_utils.regularisation_study as rs
-from htr_utils.analysis import bootstrap_difference, spearman_bootstrap, welch_difference
-from htr_utils.profiles import RegStudy
-from htr_utils.runs import train_run
-from htr_utils.training import TrainConfig, Trainer, penalty_parameter_names
+import htr_utils.study.regularisation as rs
+from htr_utils.study.statistics import bootstrap_difference, spearman_bootstrap, welch_difference
+from htr_utils.study.profiles import RegStudy
+from htr_utils.study.runs import train_run
+from htr_utils.study.training import TrainConfig, Trainer, penalty_parameter_names
 
 TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, val_fraction=0.2,
                    batch_size=40, lr=0.05, epochs=2, htr_freq=1, htr_start_epoch=1, htr_probes=2, curvature_every=2,

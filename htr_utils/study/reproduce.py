@@ -1,12 +1,12 @@
 """Run the study: execute the notebooks in order with papermill and gather their verdicts.
 
-    python -m htr_utils.reproduce --profile {smoke,cpu,paper} [--out DIR] [--only 00 03 ...]
+    python -m htr_utils.study.reproduce --profile {smoke,cpu,paper} [--out DIR] [--only 00 03 ...]
                                   [--timeout S] [--notebooks DIR]
 
 Each ``notebooks/NN_*.ipynb`` is executed (kernel ``python3``, working directory ``notebooks/``,
 parameter ``profile``) into ``DIR/<notebook stem>/<notebook file>``; the kernel sees
 ``HTR_PROFILE=<profile>`` and ``HTR_OUT_DIR=DIR/<notebook stem>``, where the notebook writes its
-figures, tables and ``verdict.json`` (see :func:`htr_utils.notebook.output_dir`). ``DIR`` defaults
+figures, tables and ``verdict.json`` (see :func:`htr_utils.study.outputs.output_dir`). ``DIR`` defaults
 to ``figures/<profile>/`` (smoke: ``build/smoke/``) under the repository root. At the end
 ``DIR/REPORT.md`` gathers the verdicts and wall times; the exit status is 1 when a notebook
 failed (its partially executed copy is kept, and its path and the failing cell's error printed).
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .notebook import PROFILES, UNCOMMITTED_PROFILES, repo_root
+from .outputs import PROFILES, UNCOMMITTED_PROFILES, repo_root
 from .report import VERDICT_FILE, write_report
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
@@ -102,7 +102,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, timeout: float | N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m htr_utils.reproduce",
+    p = argparse.ArgumentParser(prog="python -m htr_utils.study.reproduce",
                                 description="Execute the study's notebooks with papermill and write REPORT.md.")
     p.add_argument("--profile", required=True, choices=PROFILES,
                    help="sizes: smoke (digits, CI), cpu (FashionMNIST, ~1 h on 2 cores), paper (GPU)")
