@@ -5,7 +5,7 @@ Both notebooks read the per-epoch curvature records of the shared spectra runs
 layout) and turn them into
 
 * C4 — :func:`distance_table` (every epoch × layer, the five distance variants of
-  :func:`htr_utils.study.statistics.layer_distances`, the raw-axis ones on a grid that resolves both
+  :func:`layer_distances`, the raw-axis ones on a grid that resolves both
   spectra), :func:`closest_layers` (the layer closest to the
   full Hessian, distances summed over epochs, and whether it lies in the middle half),
   :func:`c4_verdict`, and the figures :func:`plot_depth_profiles` / :func:`plot_distance_heatmaps`;
@@ -26,10 +26,39 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .statistics import DISTANCE_VARIANTS, closest_layer_is_middle, decreasing_trend, is_middle, layer_distances
 from ..lanczos import SpectralDensity
+from ..spectra import authors_distance, spectral_distance
+from .statistics import decreasing_trend
 
-#: all distance variants (columns of :func:`distance_table`), in the order of analysis.DISTANCE_VARIANTS
+DISTANCE_VARIANTS: dict[str, dict] = {
+    "W1 raw": {"metric": "wasserstein", "rescale": False},
+    "W1 [0,1]": {"metric": "wasserstein", "rescale": True},
+    "KL raw": {"metric": "kl", "rescale": False},
+    "KL [0,1]": {"metric": "kl", "rescale": True},
+    "authors": {"authors": True},
+}
+
+
+def layer_distances(full: SpectralDensity, layers: Mapping[str, SpectralDensity]) -> pd.DataFrame:
+    """One row per layer (forward order): its depth, normalised depth (0..1) and every distance variant to ``full``.
+
+    KL is KL(layer ‖ full). "authors" is the public code's density-value variant.
+    """
+    names = list(layers)
+    rows = []
+    for i, name in enumerate(names):
+        row = {"layer": name, "depth": i, "normalised_depth": i / max(len(names) - 1, 1)}
+        for label, kw in DISTANCE_VARIANTS.items():
+            if kw.get("authors"):
+                row[label] = authors_distance(layers[name], full)
+            else:
+                row[label] = spectral_distance(layers[name], full, kw["metric"], rescale=kw["rescale"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+
+#: all distance variants (columns of :func:`distance_table`), in the order of DISTANCE_VARIANTS
 METRICS: tuple[str, ...] = tuple(DISTANCE_VARIANTS)
 #: distances between the spectra as distributions over the eigenvalue axis (the faithful ones)
 FAITHFUL: tuple[str, ...] = ("W1 raw", "W1 [0,1]", "KL raw", "KL [0,1]")
@@ -59,18 +88,25 @@ def _entry(record: Mapping, kind: str) -> Mapping:
 # ============================================================================ C4: layer vs full distances
 
 
-def layer_distance_table(full: SpectralDensity, layers: Mapping[str, SpectralDensity]) -> pd.DataFrame:
-    """:func:`htr_utils.study.statistics.layer_distances`: one row per layer, every distance variant to ``full``."""
-    return layer_distances(full, layers)
+def is_middle(index: int, num_layers: int) -> bool:
+    """The middle half of L layers: indices i with L/4 <= i < 3L/4 (the same rule as layers.middle_layers)."""
+    return num_layers / 4 <= index < 3 * num_layers / 4
+
+
+def closest_layer_is_middle(distances: Sequence[float]) -> tuple[int, bool]:
+    """Rule for C4: the layer with the smallest distance (ties: the first) lies in the middle half."""
+    d = np.asarray(distances, dtype=float)
+    k = int(np.argmin(d))
+    return k, is_middle(k, len(d))
 
 
 def distance_table(records: Iterable[Mapping], kind: str = "hessian") -> pd.DataFrame:
     """One row per (epoch, layer): depth, normalised depth and the five distances of the layer's spectrum
-    to the full spectrum (columns :data:`METRICS`, see :func:`layer_distance_table`)."""
+    to the full spectrum (columns :data:`METRICS`, see :func:`layer_distances`)."""
     frames = []
     for rec in records:
         entry = _entry(rec, kind)
-        table = layer_distance_table(entry["full"]["density"], {l: v["density"] for l, v in entry["layers"].items()})
+        table = layer_distances(entry["full"]["density"], {l: v["density"] for l, v in entry["layers"].items()})
         table.insert(0, "epoch", int(rec["epoch"]))
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
@@ -99,7 +135,7 @@ def closest_layers(dists: Mapping[str, pd.DataFrame], min_epoch: int = 1, epoch:
     """Per (run, metric): the layer closest to the full spectrum and whether it lies in the middle half.
 
     Distances are summed over the epochs >= ``min_epoch`` (or taken at ``epoch`` when given); the rule is
-    :func:`htr_utils.study.statistics.closest_layer_is_middle` (middle half: L/4 <= index < 3L/4, ties: first).
+    :func:`closest_layer_is_middle` (middle half: L/4 <= index < 3L/4, ties: first).
     """
     rows = []
     for label, dist in dists.items():

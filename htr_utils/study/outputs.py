@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .report import write_json
+from .files import write_json
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"

@@ -12,69 +12,19 @@ merged run after run, so a partial rerun (``--only 03``) keeps the other noteboo
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import platform
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from .files import atomic_write, write_json
 
 VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive")
 VERDICT_FILE = "verdict.json"
 TIMINGS_FILE = "timings.json"
 REPORT_FILE = "REPORT.md"
-
-
-# --------------------------------------------------------------------------- JSON
-
-
-def to_jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON types: numpy / torch scalars and arrays, Paths, dataclasses, sets, tuples.
-
-    Non-finite floats (nan, ±inf) become None, so the file is strict JSON.
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj))
-    if hasattr(obj, "to_dict"):  # pandas objects, SpectralDensity, ...
-        return to_jsonable(obj.to_dict())
-    if hasattr(obj, "tolist"):  # torch tensors
-        return to_jsonable(obj.tolist())
-    if hasattr(obj, "item"):
-        return to_jsonable(obj.item())
-    raise TypeError(f"cannot write an object of type {type(obj).__name__} as JSON")
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` (see :func:`to_jsonable`) as indented strict JSON, atomically (temp file, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -224,5 +174,5 @@ def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None
             _format_seconds(wall))) + " |")
     lines += ["", f"Total wall time: {_format_seconds(total)}", ""]
     path = directory / REPORT_FILE
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(path, "\n".join(lines).encode("utf-8"))
     return path

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
+import io
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import in_channels, num_classes
+from .files import atomic_write, read_json, write_json
 from ..lanczos import SpectralDensity, gaussian_density
 from .models import build_model
 from .training import TrainConfig, Trainer, TrainingDiverged, _progress_disabled
@@ -56,33 +55,10 @@ def run_path(config: TrainConfig, root: str | Path = DEFAULT_ROOT) -> Path:
     return Path(root) / config_hash(config)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, allow_nan=True).encode())
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def _torch_save(path: Path, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
@@ -90,7 +66,7 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue().encode())
 
 
 # -- curvature records as JSON -----------------------------------------------------------------
@@ -120,7 +96,7 @@ class Run:
 
     def __init__(self, path: str | Path, config: TrainConfig | None = None):
         self.path = Path(path)
-        self.config = config or TrainConfig.from_dict(_read_json(self.path / "config.json")["config"])
+        self.config = config or TrainConfig.from_dict(read_json(self.path / "config.json")["config"])
 
     def __repr__(self) -> str:
         state = "done" if self.done else f"{len(self.metrics)}/{self.config.epochs} epochs"
@@ -148,7 +124,7 @@ class Run:
         if not path.is_file():
             raise FileNotFoundError(f"no curvature record for epoch {epoch} in {self.path}; "
                                     f"available: {self.curvature_epochs()}")
-        return _map_densities(_read_json(path), _density_from_json)
+        return _map_densities(read_json(path), _density_from_json)
 
     def checkpoint(self) -> dict:
         return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -202,11 +178,11 @@ def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bo
     if (path / "done.json").is_file():
         return Run(path, config)
     if (path / "diverged.json").is_file():
-        info = _read_json(path / "diverged.json")
+        info = read_json(path / "diverged.json")
         raise TrainingDiverged(info["gamma"], info["epoch"], info["step"], info["what"], info["last_good_epoch"])
     if not (path / "config.json").is_file():
-        _write_json(path / "config.json", {"config": config.to_dict(), "version": RUNS_VERSION,
-                                           "hash": config_hash(config)})
+        write_json({"config": config.to_dict(), "version": RUNS_VERSION, "hash": config_hash(config)},
+                   path / "config.json", strict=False)
     trainer = Trainer(config, data_root=str(data_root), device=device)
     metrics: list[dict] = []
     if (path / "checkpoint.pt").is_file():
@@ -224,8 +200,8 @@ def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bo
         try:
             row = trainer.run_epoch(epoch, progress=progress)
         except TrainingDiverged as err:
-            _write_json(path / "diverged.json", {"gamma": err.gamma, "epoch": err.epoch, "step": err.step,
-                                                 "what": err.what, "last_good_epoch": epoch - 1})
+            write_json({"gamma": err.gamma, "epoch": err.epoch, "step": err.step, "what": err.what,
+                        "last_good_epoch": epoch - 1}, path / "diverged.json", strict=False)
             raise TrainingDiverged(err.gamma, err.epoch, err.step, err.what, epoch - 1) from None
         if config.kinds_at(epoch):
             record = trainer.curvature(epoch)
@@ -237,15 +213,16 @@ def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bo
         _save_checkpoint(path, trainer, epoch, metrics)
     bar.close()
     last = metrics[-1]
-    _write_json(path / "done.json", {"epochs": config.epochs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                     "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-                                     "train_seconds": math.fsum(r["epoch_seconds"] for r in metrics),
-                                     "curvature_seconds": math.fsum(r["curvature_seconds"] for r in metrics)})
+    write_json({"epochs": config.epochs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "test_acc": last["test_acc"], "test_loss": last["test_loss"],
+                "train_seconds": math.fsum(r["epoch_seconds"] for r in metrics),
+                "curvature_seconds": math.fsum(r["curvature_seconds"] for r in metrics)}, path / "done.json", strict=False)
     return Run(path, config)
 
 
 def _save_curvature(path: Path, record: dict) -> None:
-    _write_json(path / "curvature" / f"epoch_{record['epoch']:03d}.json", _map_densities(record, _density_to_json))
+    write_json(_map_densities(record, _density_to_json), path / "curvature" / f"epoch_{record['epoch']:03d}.json",
+               strict=False)
 
 
 def _save_checkpoint(path: Path, trainer: Trainer, epoch: int, metrics: list[dict]) -> None:

@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .statistics import outlier_verdict
 from ..curvature import KINDS
 from ..lanczos import SpectralDensity
 from .plotting import plot_density, plot_top_eigenvalues
-from ..spectra import spectral_distance
+from ..spectra import count_outliers, spectral_distance
 
 KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 #: the paper's names of the three curvature kinds (Hess = G + H)
@@ -83,6 +82,18 @@ def describe_runs(runs: Mapping[str, Any]) -> str:
         parts.append(f"{label}: {c.model} (width {c.width:g}) on {c.dataset}, {size}, {c.epochs} epochs, "
                      f"Hessian on {c.examples_per_class}/class, {c.lanczos_iters} Lanczos steps")
     return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- the outlier rule
+
+
+def outlier_verdict(top: Sequence[float], num_classes: int, tolerance: int = 2) -> dict:
+    """Rule for C1/C3: with the top 2C eigenvalues, the largest ratio gap λ_k/λ_{k+1} falls at |k − C| <= tolerance."""
+    values = np.sort(np.asarray(top, dtype=float))[::-1][: 2 * num_classes]
+    k = count_outliers(values)
+    return {"outliers": k, "C": num_classes, "ok": abs(k - num_classes) <= tolerance,
+            "gap_ratio": float(values[k - 1] / values[k]) if 0 < k < len(values) and values[k] > 0 else float("nan")}
+
 
 
 # --------------------------------------------------------------------------- numbers of one spectrum
@@ -156,7 +167,7 @@ def full_spectrum_summary(record: Mapping, C: int, kind: str = "hessian", tolera
                           bands: Sequence[float] = (0.01, 0.05)) -> dict:
     """C1's numbers for one curvature record: outlier count by the gap rule and the mass near zero.
 
-    Rule (:func:`htr_utils.study.statistics.outlier_verdict`): among the top 2C Ritz values, the largest
+    Rule (:func:`outlier_verdict`): among the top 2C Ritz values, the largest
     ratio gap λ_k/λ_{k+1} (positive values only) is at k with |k − C| ≤ ``tolerance``; the top 2C are
     taken by :func:`rule_values` (``rule_values`` = how many). ``bulk_mass_<p>%`` is the SLQ mass at
     |λ| < p % of λ_max (see :func:`bulk_mass`).

@@ -1,55 +1,14 @@
-"""The computations behind the notebooks' verdict rules: distance tables, middle-layer test, trends, outliers.
+"""Statistics behind the verdict rules: mean ± std, Welch and bootstrap intervals, Spearman ρ, trend tests.
 
-Each function states its rule in its docstring, so a notebook can quote it before the result.
+Each function states what it computes in its docstring; the rules that use them live with their
+claims (:mod:`htr_utils.study.claims`) and analyses.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
-from scipy.stats import spearmanr
-
-from ..lanczos import SpectralDensity
-from ..spectra import authors_distance, count_outliers, spectral_distance
-
-DISTANCE_VARIANTS: dict[str, dict] = {
-    "W1 raw": {"metric": "wasserstein", "rescale": False},
-    "W1 [0,1]": {"metric": "wasserstein", "rescale": True},
-    "KL raw": {"metric": "kl", "rescale": False},
-    "KL [0,1]": {"metric": "kl", "rescale": True},
-    "authors": {"authors": True},
-}
-
-
-def layer_distances(full: SpectralDensity, layers: Mapping[str, SpectralDensity]) -> pd.DataFrame:
-    """One row per layer (forward order): its depth, normalised depth (0..1) and every distance variant to ``full``.
-
-    KL is KL(layer ‖ full). "authors" is the public code's density-value variant.
-    """
-    names = list(layers)
-    rows = []
-    for i, name in enumerate(names):
-        row = {"layer": name, "depth": i, "normalised_depth": i / max(len(names) - 1, 1)}
-        for label, kw in DISTANCE_VARIANTS.items():
-            if kw.get("authors"):
-                row[label] = authors_distance(layers[name], full)
-            else:
-                row[label] = spectral_distance(layers[name], full, kw["metric"], rescale=kw["rescale"])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def is_middle(index: int, num_layers: int) -> bool:
-    """The middle half of L layers: indices i with L/4 <= i < 3L/4 (the same rule as layers.middle_layers)."""
-    return num_layers / 4 <= index < 3 * num_layers / 4
-
-
-def closest_layer_is_middle(distances: Sequence[float]) -> tuple[int, bool]:
-    """Rule for C4: the layer with the smallest distance (ties: the first) lies in the middle half."""
-    d = np.asarray(distances, dtype=float)
-    k = int(np.argmin(d))
-    return k, is_middle(k, len(d))
+from scipy.stats import rankdata, spearmanr, ttest_ind
 
 
 def decreasing_trend(epochs: Sequence[float], values: Sequence[float], from_fraction: float = 0.5,
@@ -76,14 +35,6 @@ def decreasing_trend(epochs: Sequence[float], values: Sequence[float], from_frac
             "first": float(v[0]), "peak": float(v[peak]), "peak_epoch": float(e[peak]), "last": float(v[-1])}
 
 
-def outlier_verdict(top: Sequence[float], num_classes: int, tolerance: int = 2) -> dict:
-    """Rule for C1/C3: with the top 2C eigenvalues, the largest ratio gap λ_k/λ_{k+1} falls at |k − C| <= tolerance."""
-    values = np.sort(np.asarray(top, dtype=float))[::-1][: 2 * num_classes]
-    k = count_outliers(values)
-    return {"outliers": k, "C": num_classes, "ok": abs(k - num_classes) <= tolerance,
-            "gap_ratio": float(values[k - 1] / values[k]) if 0 < k < len(values) and values[k] > 0 else float("nan")}
-
-
 def mean_std(values: Sequence[float]) -> str:
     """'mean ± std' (sample std, ddof=1) for a handful of seeds."""
     v = np.asarray(values, dtype=float)
@@ -95,7 +46,6 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95
 
     Needs at least two finite values per group; NaN entries (e.g. diverged runs) are dropped.
     """
-    from scipy.stats import ttest_ind
     x, y = (np.asarray(v, dtype=float) for v in (a, b))
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
@@ -129,7 +79,6 @@ def spearman_bootstrap(x: Sequence[float], y: Sequence[float], level: float = 0.
     idx = rng.integers(0, len(x), (num, len(x)))
     xs, ys = x[idx], y[idx]
     ok = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
-    from scipy.stats import rankdata
     rx, ry = rankdata(xs[ok], axis=1), rankdata(ys[ok], axis=1)  # average ranks: resampling duplicates pairs
     rx -= rx.mean(1, keepdims=True)
     ry -= ry.mean(1, keepdims=True)

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from htr_utils.study import depth_trends as ts
-from htr_utils.study.statistics import layer_distances
 from htr_utils.spectra import exact_spectrum_density, spectral_distance
 
 FULL = np.array([0.0] * 20 + [0.5, 1.0, 2.0, 4.0])
@@ -34,23 +33,11 @@ def _record(epoch, powers, traces=None, lam=None):
     return {"epoch": epoch, "layers": list(layers), "kinds": {"hessian": {"full": full, "layers": layers}}}
 
 
-def test_layer_distance_table_agrees_with_analysis_when_grids_suffice():
-    full = exact_spectrum_density(FULL)
-    layers = {n: exact_spectrum_density(FULL * s) for n, s in zip(LAYERS, [0.3, 0.7, 1.0, 1.5, 3.0])}
-    ours, ref = ts.layer_distance_table(full, layers), layer_distances(full, layers)
-    pd.testing.assert_frame_equal(ours.drop(columns=["W1 raw", "KL raw"]), ref.drop(columns=["W1 raw", "KL raw"]))
-    # same formulas on a finer grid: W1 agrees closely; KL, whose floored cells depend on the grid, to a few %
-    np.testing.assert_allclose(ours["W1 raw"], ref["W1 raw"], rtol=1e-3, atol=1e-9)
-    np.testing.assert_allclose(ours["KL raw"], ref["KL raw"], rtol=5e-2, atol=1e-9)
-    assert ours["W1 raw"].idxmin() == 2 and ours.loc[2, "W1 raw"] < 1e-9
-    assert ours["KL raw"].idxmin() == 2 and ours.loc[2, "KL raw"] < 1e-9
-
-
 def test_narrow_layer_spectrum_is_resolved():
     """A layer spectrum ~1e-7 wide against a full spectrum ~1 wide: the 4096-point common grid misses it."""
     full = exact_spectrum_density(FULL)
     narrow = exact_spectrum_density(FULL * 1e-7)
-    table = ts.layer_distance_table(full, {"narrow": narrow, "same": full})
+    table = ts.layer_distances(full, {"narrow": narrow, "same": full})
     # W1 between ~a point mass at 0 and the full measure = mean |λ| (the Gaussian smoothing adds a little)
     assert table.loc[0, "W1 raw"] == pytest.approx(np.abs(FULL).mean(), rel=0.05)
     # KL(narrow ‖ full) grows like log(1 / width) as the layer spectrum narrows (resolved, not grid-limited)
@@ -153,3 +140,23 @@ def test_figures_build():
     fig = ts.plot_trends(series)
     assert len(fig.axes) == 6 and fig.axes[0].get_yscale() == "log"
     matplotlib.pyplot.close("all")
+
+
+def test_middle_rule():
+    assert [i for i in range(8) if ts.is_middle(i, 8)] == [2, 3, 4, 5]
+    assert [i for i in range(5) if ts.is_middle(i, 5)] == [2, 3]
+    assert ts.closest_layer_is_middle([5, 4, 1, 3, 6]) == (2, True)
+    assert ts.closest_layer_is_middle([1, 4, 2, 3, 6]) == (0, False)
+
+
+def test_layer_distances_find_the_matching_layer():
+    grid = np.linspace(-1, 11, 2048)
+    full = exact_spectrum_density([0, 0, 0, 1, 5, 9], grid=grid, sigma=0.1)
+    # σ proportional to the spectrum's range, as SLQ's kappa rule sets it.
+    layers = {f"l{i}": exact_spectrum_density(np.array([0, 0, 0, 1, 5, 9]) * s, grid=grid * s, sigma=0.1 * s)
+              for i, s in enumerate([0.2, 0.6, 1.0, 0.5, 0.1])}
+    table = ts.layer_distances(full, layers)
+    assert list(table["layer"]) == ["l0", "l1", "l2", "l3", "l4"]
+    assert table["W1 raw"].idxmin() == 2 and table["W1 raw"][2] < 1e-6
+    assert table["W1 [0,1]"].max() < 1e-2  # same shape at every scale
+    assert np.all(table[["W1 raw", "KL raw", "authors"]].to_numpy() >= 0)

@@ -16,6 +16,7 @@ from htr_utils.study.spectra_analysis import (bulk_mass, epochs_with_kinds, full
                                      plot_layer_tops, plot_outlier_history, plot_top_comparison, run_overview,
                                      plot_outlier_counts, relative_top_difference, rule_values, spectral_radius,
                                      spectral_support, top_within_trace, w1_distance)
+from htr_utils.study import spectra_analysis as ss  # noqa: E402
 from htr_utils.study.training import TrainConfig  # noqa: E402
 
 C = 4
@@ -179,3 +180,10 @@ def test_top_within_trace_flags_spurious_ritz_values():
     rec["kinds"]["ggn"]["full"] = dict(rec["kinds"]["ggn"]["full"], top=[1500.0])
     assert not gauss_newton_comparison(rec, C)["ggn_valid"] and gauss_newton_comparison(record(), C)["ggn_valid"]
     assert layer_table(record(), C)["valid"].all()
+
+
+def test_outlier_verdict():
+    top = np.r_[np.linspace(60, 20, 10), np.linspace(2, 1, 10)]
+    v = ss.outlier_verdict(top, 10)
+    assert v["outliers"] == 10 and v["ok"] and v["gap_ratio"] == 10.0
+    assert not ss.outlier_verdict(np.r_[50, np.linspace(2, 1, 19)], 10)["ok"]

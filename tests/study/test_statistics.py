@@ -1,29 +1,11 @@
-"""Verdict-rule helpers on constructed inputs with known answers."""
+"""The statistics behind the verdict rules, on inputs with known answers."""
+import math
+
 import numpy as np
+import pytest
+from scipy import stats
 
-from htr_utils.study.statistics import (closest_layer_is_middle, decreasing_trend, is_middle, layer_distances, mean_std,
-                                outlier_verdict)
-from htr_utils.spectra import exact_spectrum_density
-
-
-def test_middle_rule():
-    assert [i for i in range(8) if is_middle(i, 8)] == [2, 3, 4, 5]
-    assert [i for i in range(5) if is_middle(i, 5)] == [2, 3]
-    assert closest_layer_is_middle([5, 4, 1, 3, 6]) == (2, True)
-    assert closest_layer_is_middle([1, 4, 2, 3, 6]) == (0, False)
-
-
-def test_layer_distances_find_the_matching_layer():
-    grid = np.linspace(-1, 11, 2048)
-    full = exact_spectrum_density([0, 0, 0, 1, 5, 9], grid=grid, sigma=0.1)
-    # σ proportional to the spectrum's range, as SLQ's kappa rule sets it.
-    layers = {f"l{i}": exact_spectrum_density(np.array([0, 0, 0, 1, 5, 9]) * s, grid=grid * s, sigma=0.1 * s)
-              for i, s in enumerate([0.2, 0.6, 1.0, 0.5, 0.1])}
-    table = layer_distances(full, layers)
-    assert list(table["layer"]) == ["l0", "l1", "l2", "l3", "l4"]
-    assert table["W1 raw"].idxmin() == 2 and table["W1 raw"][2] < 1e-6
-    assert table["W1 [0,1]"].max() < 1e-2  # same shape at every scale
-    assert np.all(table[["W1 raw", "KL raw", "authors"]].to_numpy() >= 0)
+from htr_utils.study.statistics import bootstrap_difference, decreasing_trend, mean_std, spearman_bootstrap, welch_difference
 
 
 def test_trend():
@@ -37,12 +19,49 @@ def test_trend():
     assert flat["trend"] in ("no trend", "decreasing", "increasing") and 0 <= flat["p_one_sided"] <= 1
 
 
-def test_outlier_verdict():
-    top = np.r_[np.linspace(60, 20, 10), np.linspace(2, 1, 10)]
-    v = outlier_verdict(top, 10)
-    assert v["outliers"] == 10 and v["ok"] and v["gap_ratio"] == 10.0
-    assert not outlier_verdict(np.r_[50, np.linspace(2, 1, 19)], 10)["ok"]
-
-
 def test_mean_std():
     assert mean_std([1, 2, 3]) == "2 ± 1"
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    a, b = [0.91, 0.93, 0.92, 0.95], [0.90, 0.89, 0.915]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    d = np.mean(a) - np.mean(b)
+    w = welch_difference(a, b)
+    assert w["diff"] == pytest.approx(d, abs=1e-12)
+    assert (w["lo"], w["hi"]) == pytest.approx((d - half, d + half), abs=1e-10)
+    assert w["p"] == pytest.approx(2 * stats.t.sf(abs(d) / math.sqrt(va + vb), df), rel=1e-8)
+
+
+def test_welch_drops_nan_and_needs_two_values():
+    w = welch_difference([0.9, float("nan"), 0.92], [0.8, 0.81])
+    assert w["n_a"] == 2 and math.isfinite(w["lo"])
+    w = welch_difference([0.9], [0.8, 0.81])
+    assert w["diff"] == pytest.approx(0.095) and math.isnan(w["lo"])
+    w = welch_difference([0.9, 0.9], [0.8, 0.8])  # no spread: no interval, not a zero-width one
+    assert w["diff"] == pytest.approx(0.1) and math.isnan(w["lo"]) and math.isnan(w["p"])
+
+
+def test_bootstrap_interval_covers_the_difference_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small = bootstrap_difference(rng.normal(1, 1, 20), rng.normal(0, 1, 20))
+    big = bootstrap_difference(rng.normal(1, 1, 2000), rng.normal(0, 1, 2000))
+    assert big[0] < 1 < big[1] and big[1] - big[0] < 0.2 < small[1] - small[0]
+
+
+def test_spearman_bootstrap():
+    x = np.arange(8.0)
+    perfect = spearman_bootstrap(x, -x ** 3)
+    assert perfect["rho"] == pytest.approx(-1) and perfect["hi"] == pytest.approx(-1)
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=8)
+    r = spearman_bootstrap(x, y)
+    assert r["rho"] == pytest.approx(stats.spearmanr(x, y)[0]) and r["lo"] <= r["rho"] <= r["hi"]
+
+
+# ---------------------------------------------------------------------------- verdict rules
+
+def _comparisons(*rows):
+    return pd.DataFrame([{"diff": d, "welch_lo": lo, "welch_hi": hi} for d, lo, hi in rows])

@@ -1,0 +1,353 @@
+"""The paper's claims as data: each claim's statement, what the paper reports, and its verdict rule, written once.
+
+Each notebook shows its claim's card (:func:`htr_utils.study.outputs.show_claim`) before any
+computation, and :func:`htr_utils.study.report.write_verdict` copies the same texts into
+``verdict.json``, so a rule cannot say one thing in the notebook and another in the verdict.
+A rule changed after a result was seen must say so in its text and keep the earlier version.
+"""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str              # "C0" ... "C7" (C6a / C6b: the two halves of C6)
+    notebook: str        # the notebook's stem
+    title: str
+    summary: str         # one line, for tables and verdict.json
+    statement: str       # the claim in full (markdown)
+    paper_reports: str   # what the paper shows for it (markdown)
+    paper_summary: str   # one line
+    rule: str            # the verdict rule, fixed before the results (markdown)
+
+    def card(self) -> str:
+        """Markdown shown at the top of the claim's notebook."""
+        return (f"**Claim ({self.id}).** {self.statement}\n\n**What the paper reports.** {self.paper_reports}\n\n"
+                f"### Verdict rule (fixed before the results)\n\n{self.rule}")
+
+
+CLAIMS: dict[str, Claim] = {}
+
+
+def _text(block: str) -> str:
+    return textwrap.dedent(block).strip()
+
+
+def _add(claim: Claim) -> None:
+    CLAIMS[claim.id] = claim
+
+
+_add(Claim(
+    id='C0', notebook='00_routines_check',
+    title='00 — Routines check: the Hessian routines are exact',
+    summary='the routines agree with dense linear algebra',
+    statement=_text("""
+    Every numerical routine of `htr_utils` that the other notebooks rely on agrees with
+    dense linear algebra: curvature–vector products (Hessian, Gauss–Newton G, residual H = Hess − G,
+    on all parameters and on one layer's block), Lanczos, top eigenvalues, Hutchinson traces and
+    stochastic Lanczos quadrature (SLQ) densities. This is not a claim of the paper but the
+    precondition for trusting every later figure.
+    """),
+    paper_reports='',
+    paper_summary=_text("""
+    not a paper claim: the design requires products to 1e-10, exact Lanczos at num_iters = dim, Hutchinson within a few standard errors, SLQ close in W1
+    """),
+    rule=_text("""
+    *Reproduced* if all of the following hold, *not reproduced* otherwise:
+
+    1. relative error ‖Op·V − A·V‖ / ‖A·V‖ < 1e-10 for 8 random vectors, for Hessian, GGN and
+       residual on all parameters and for the Hessian block of layer `fc1`;
+    2. Lanczos with `num_iters = dim` recovers the exact spectrum: every exact eigenvalue lies
+       within 1e-8·‖Hess‖ of a Ritz value and every Ritz value within 1e-8·‖Hess‖ of an exact
+       eigenvalue (repeated eigenvalues are found once);
+    3. `top_eigenvalues(op, 10)` matches the 10 largest exact eigenvalues of Hess and of G to
+       1e-6·‖A‖ (its convergence tolerance);
+    4. Hutchinson with 200 Rademacher probes is within 4 standard errors of the exact trace, for
+       Hess and G;
+    5. the SLQ quadrature measure (128 iterations, 4 probes) is within 5 % of the spectral range
+       of the exact spectral measure in Wasserstein-1 distance, for Hess and G.
+    """),
+))
+
+_add(Claim(
+    id='C1', notebook='01_full_spectrum',
+    title='01 — The full Hessian spectrum: a bulk near zero and about C outliers',
+    summary='the full Hessian spectrum is a bulk near zero plus about C outliers',
+    statement=_text("""
+    The eigenvalue spectrum of the full network's Hessian is a bulk near zero plus
+    about C isolated large eigenvalues (outliers), where C is the number of classes.
+    """),
+    paper_reports=_text("""
+    Spectral densities of the Hessian of LeNet, VGG11_bn and ResNet18
+    trained on MNIST, FashionMNIST and CIFAR10 (C = 10), estimated by stochastic Lanczos quadrature
+    (SLQ) and drawn on a log scale: nearly all of the spectral mass sits at λ ≈ 0, and about C
+    eigenvalues stand apart from it.
+    """),
+    paper_summary=_text("""
+    log-scale SLQ densities of LeNet / VGG11_bn / ResNet18 on MNIST, FashionMNIST, CIFAR10: mass concentrated at zero, about C = 10 isolated large eigenvalues
+    """),
+    rule=_text("""
+    For each spectra run, at its final epoch, take the top 2C Ritz values of the full Hessian (at most
+    the upper half of the Ritz values of the Lanczos run, so that none of them estimates the bottom of
+    the spectrum; this only bites below 4C Lanczos steps, i.e. in the smoke profile). The run **shows
+    about C outliers** when the largest ratio gap λ_k/λ_{k+1} among the positive ones falls at
+    |k − C| ≤ 2 (`spectra_analysis.outlier_verdict`, tolerance 2).
+
+    * **reproduced** — the rule holds for every run;
+    * **not reproduced** — it holds for no run;
+    * **inconclusive** — it holds for some runs only (they are named in the verdict).
+
+    Secondary and descriptive (no threshold): the fraction of the SLQ mass at |λ| < 1 % and 5 % of
+    λ_max, and the outlier count at every curvature epoch of training.
+    """),
+))
+
+_add(Claim(
+    id='C2', notebook='02_gauss_newton',
+    title='02 — Gauss–Newton decomposition: the outliers come from G, H makes up the bulk',
+    summary='the spectrum of G is close to that of Hess (outliers from G); H contributes the bulk',
+    statement=_text("""
+    Write Hess = G + H, with G = mean_i J_iᵀ (∇²_f ℓ_i) J_i the Gauss–Newton matrix
+    (J_i: Jacobian of the logits) and H the residual weighted by the loss gradient w.r.t. the logits.
+    The spectrum of G is close to that of Hess — the outliers come from G — while H contributes
+    only to the bulk near zero; this is seen at several epochs of training.
+    """),
+    paper_reports=_text("""
+    The SLQ densities of Hess, G and H of the full network overlaid at
+    several epochs: G's density follows Hess's, outliers included; H's spectrum is a bulk around zero.
+    """),
+    paper_summary=_text("""
+    Hess, G and H densities overlaid at several epochs: G follows Hess including the outliers, H is a bulk around zero
+    """),
+    rule=_text("""
+    At each run's final epoch (which has all three kinds) the run **passes** when all of
+
+    * (a) the median over k = 1..C of |λ_k(G) − λ_k(Hess)| / λ_k(Hess) is ≤ 10 %;
+    * (b) W₁(Hess, G) < 5 % of Hess's spectral range;
+    * (c) max |λ(H)| — both ends of H's spectrum, from its SLQ Ritz values — is < 10 % of λ_max(Hess)
+      (H lies inside the bulk).
+
+    *Validity check.* G is positive semi-definite, so λ_max(G) ≤ tr(G). A run whose final-epoch G
+    has its largest Ritz value above the Hutchinson trace + 3 standard errors (the signature of a
+    Lanczos run that lost orthogonality) is reported as **invalid** and counts neither as pass nor fail.
+
+    **Reproduced** if every valid run passes; **not reproduced** if none does; **inconclusive** if some
+    do (named), or if no run is valid. The earlier epochs are shown and counted in the verdict's text
+    but do not decide it; at initialisation (epoch 0), before any learning, H is not expected to be small.
+    """),
+))
+
+_add(Claim(
+    id='C3', notebook='03_layer_spectra',
+    title='03 — Layer Hessians: about C outliers in every layer, and G_l ≈ Hess_l',
+    summary='every layer Hessian shows about C outliers, and G_l ≈ Hess_l',
+    statement=_text("""
+    Every layer Hessian Hess_l — the diagonal block of Hess for the weight tensor of one
+    Conv2d/Linear layer — also shows about C outliers, and G_l ≈ Hess_l: the layerwise geometry
+    mirrors the full network's.
+    """),
+    paper_reports=_text("""
+    SLQ densities of every layer's Hessian block for LeNet, VGG11_bn and
+    ResNet18, each with a bulk near zero and a few outliers; and the Gauss–Newton decomposition per
+    layer with G_l matching Hess_l.
+    """),
+    paper_summary=_text("""
+    layerwise SLQ densities of LeNet / VGG11_bn / ResNet18 with a bulk near zero and a few outliers per layer; G_l matching Hess_l
+    """),
+    rule=_text("""
+    At each run's final epoch, for every Conv/Linear layer l of every run, apply notebook 01's rule to
+    Hess_l: the largest ratio gap λ_k/λ_{k+1} among its top 2C Ritz values (at most the upper half of
+    its Lanczos Ritz values) falls at |k − C| ≤ 2. With f the fraction of layers, over all runs, that
+    satisfy it:
+
+    * **reproduced** if f ≥ 75 %;
+    * **not reproduced** if f < 25 %;
+    * **inconclusive** otherwise.
+
+    *Validity check.* Here Hess_l = G_l is positive semi-definite, so λ_max(Hess_l) ≤ tr(Hess_l). Layers
+    whose largest Ritz value exceeds the Hutchinson trace + 3 standard errors (a Lanczos run that lost
+    orthogonality) are excluded from f and listed.
+
+    G_l ≈ Hess_l holds by construction (above), so it does not enter the verdict; ‖H_l‖ / λ_max(Hess_l)
+    and W₁(Hess_l, G_l) / range(Hess_l) are reported, and a value above 1e-3 is flagged as a bug.
+    """),
+))
+
+_add(Claim(
+    id='C4', notebook='04_layer_vs_full',
+    title="04 — Layer spectra against the full Hessian's: are the middle layers the closest? (C4)",
+    summary=_text("""
+    the middle layers' Hessian spectra are the closest to the full Hessian's (KL and Wasserstein, distance vs normalised depth minimal in the middle)
+    """),
+    statement=_text("""
+    Comparing each layer's Hessian spectrum with the full network's, as probability
+    distributions, by KL divergence and Wasserstein distance, the *middle* layers are the most similar
+    to the full Hessian: the distance against normalised depth is U-shaped, smallest in the middle,
+    across models and data sets.
+    """),
+    paper_reports=_text("""
+    The distance of each layer's spectrum to the full spectrum, normalised
+    by its maximum per model, against normalised depth: at one epoch per model / data set and summed
+    over epochs, with its minimum in the middle layers. Two weaknesses of the published analysis are
+    addressed here (see `DESIGN.md`): the epoch of the per-model figure (the "peak epoch") was picked by
+    hand, and the public code's distance compares two arrays of transformed *density values*, not two
+    distributions over the eigenvalue axis.
+    """),
+    paper_summary=_text("""
+    distance vs normalised depth U-shaped / minimal in the middle layers, across models and data sets (at a hand-picked epoch per model, and summed over epochs)
+    """),
+    rule=_text("""
+    *Middle half*: layer index i with L/4 ≤ i < 3L/4 of the L weight layers in forward order (LeNet,
+    L = 5: layers 2 and 3; VGG11, L = 9: layers 3–6). A layer picked at random lies there with
+    probability 2/5 (LeNet) or 4/9 (VGG11).
+
+    1. For each run (model + data set) and each **faithful** metric — W₁ raw, W₁ [0,1], KL raw,
+       KL [0,1] — sum each layer's distance over the curvature epochs ≥ 1 (epoch 0, the random
+       initialisation, is shown in the heatmap but not counted). The *closest layer* is the arg-min
+       (ties: the first); the pair *passes* if it lies in the middle half
+       (`depth_trends.closest_layer_is_middle`).
+    2. **Reproduced** if a strict majority of the (run, faithful metric) pairs pass **and** every run
+       passes under at least one faithful metric; **not reproduced** if at most half of the pairs
+       pass; **inconclusive** otherwise (a majority, but some run never has its closest layer in the
+       middle).
+    3. The authors' variant is reported beside the verdict, not in it.
+    4. The single-epoch panel of the figure uses the **final** epoch of each run (a fixed rule instead of
+       a hand-picked "peak" epoch); how often the per-epoch closest layer is in the middle is reported too.
+    """),
+))
+
+_add(Claim(
+    id='C5', notebook='05_trace_trends',
+    title='05 — Trace and largest eigenvalue of the Hessian during training (C5)',
+    summary=_text("""
+    the largest eigenvalue and the trace of the Hessian, full and layerwise, decrease as training progresses
+    """),
+    statement=_text("""
+    The largest eigenvalue and the trace of the Hessian, of the full network and of
+    every layer, decrease as training progresses: training converges to flatter regions.
+    """),
+    paper_reports=_text("""
+    Curves of the trace and of the top eigenvalue against epochs that fall
+    over training, for the full Hessian and the layer Hessians.
+    """),
+    paper_summary='trace and top eigenvalue of the full and layer Hessians fall over the training epochs',
+    rule=_text("""
+    1. For each run and each quantity — full trace, full λ_max, every layer's trace and λ_max — the
+       trend over the **second half of training** (curvature epochs e ≥ e_min + ½ (e_max − e_min)):
+       Spearman ρ against epoch, *decreasing* if ρ < 0 with one-sided p < 0.05, *increasing* if ρ > 0
+       with p < 0.05, else *no trend* (`statistics.decreasing_trend`). This reads "decrease as training
+       progresses" as the later part of training; an **early rise** (the maximum comes before the
+       window and exceeds the epoch-0 value, as in progressive sharpening) is reported separately and
+       does not count against the claim.
+    2. **Inconclusive** if the window of some run holds fewer than 3 curvature epochs (no trend can be
+       tested). Otherwise **reproduced** if the full-network trace and λ_max are decreasing in every
+       run and at least 75 % of the layer quantities (all layers, both quantities, all runs) are
+       decreasing; **not reproduced** if no full-network quantity is decreasing in any run;
+       **inconclusive** otherwise.
+    """),
+))
+
+_add(Claim(
+    id='C6a', notebook='06_trace_generalisation',
+    title='06 — Hessian trace and generalisation (C6, first half)',
+    summary='a lower Hessian trace goes with better generalisation',
+    statement=_text("""
+    A lower Hessian trace goes with better generalisation: among trained
+    networks, those whose loss surface is flatter (smaller tr ∇²L) reach higher test accuracy and a
+    smaller gap between training and test performance.
+    """),
+    paper_reports=_text("""
+    The motivation for Hessian trace regularisation: the trace falls as
+    training converges to flatter regions, and flatter regions generalise better.
+    """),
+    paper_summary='motivation of HTR: flatter (lower-trace) solutions generalise better',
+    rule=_text("""
+    With ρ_acc = Spearman ρ(trace, test accuracy) and ρ_gap = Spearman ρ(trace, train acc. − test
+    acc.) across the runs, each with a 95 % bootstrap interval:
+
+    * **reproduced** if ρ_acc < 0 and ρ_gap > 0 with both intervals excluding 0;
+    * **not reproduced** if both point estimates have the wrong sign (ρ_acc ≥ 0 and ρ_gap ≤ 0);
+    * **inconclusive** otherwise.
+
+    The loss gap is reported beside them but is not part of the rule. Runs that diverge are listed
+    and left out. Caveat stated in advance: learning rate and batch size change the trace directly
+    (SGD cannot stay where λ_max ≫ 2/lr), so the sweep confounds "flatness" with the optimiser
+    setting — as do the paper's own comparisons.
+    """),
+))
+
+_add(Claim(
+    id='C6b', notebook='07_trace_regularisation',
+    title='07 — Hessian trace regularisation against SGD and SGD + L2 (C6, second half)',
+    summary='Hessian trace regularisation improves test accuracy over SGD and SGD + L2',
+    statement=_text("""
+    Penalising the trace — Hessian Trace Regularisation (HTR), training
+    on loss + γ · Hutchinson estimate of tr ∇²L — improves test accuracy over plain SGD and over SGD
+    with L2 weight decay.
+    """),
+    paper_reports=_text("""
+    Test accuracy, mean ± std over 3 reruns, for SGD, SGD + L2 and SGD (+ L2)
+    + HTR; e.g. LeNet + MNIST 98.75 ± 0.03 % (SGD) against 98.847 ± 0.019 % (SGD + L2 + HTR); for
+    LeNet + FashionMNIST γ = 10⁻⁵ from epoch 20.
+    """),
+    paper_summary=_text("""
+    test accuracy mean ± std over 3 reruns, SGD (+ L2) + HTR above SGD and SGD + L2; e.g. LeNet+MNIST 98.75 ± 0.03 % (SGD) vs 98.847 ± 0.019 % (SGD + L2 + HTR)
+    """),
+    rule=_text("""
+    For each regularisation study of the profile, the differences of mean test accuracy
+    **SGD + HTR − SGD** and **SGD + L2 + HTR − SGD + L2**, each with a 95 % Welch interval:
+
+    * **reproduced** if both intervals lie above 0;
+    * **not reproduced** if both mean differences are ≤ 0;
+    * **inconclusive** otherwise (positive but within seed noise, or mixed).
+
+    Across studies: reproduced (not reproduced) if every study is, else inconclusive. Bootstrap
+    intervals and the other pairs (SGD + L2 + HTR − SGD, as in the authors' notes) are shown, not used.
+    Whether HTR lowers the final trace (SGD + HTR − SGD on the trace) is reported beside the verdict.
+    With 3 seeds, "not reproduced" means that no improvement was seen, not that a small one (such as
+    the +0.1 point the authors report for MNIST) is excluded: read the intervals for that.
+    """),
+))
+
+_add(Claim(
+    id='C7', notebook='08_middle_layer_htr',
+    title='08 — Middle-layer trace regularisation: accuracy and cost (C7)',
+    summary=_text("""
+    penalising only the middle layers' trace gives comparable or better test accuracy than the whole network's, at lower compute cost
+    """),
+    statement=_text("""
+    Penalising only the middle layers' trace gives comparable or better test accuracy
+    than penalising the whole network, at a lower compute cost.
+    """),
+    paper_reports=_text("""
+    Middle-layer HTR (for LeNet + FashionMNIST γ = 10⁻⁶) with accuracy on
+    a par with full HTR, motivated by the middle layers' spectra being the closest to the full
+    Hessian's (C4), and cheaper because fewer parameters are penalised.
+    """),
+    paper_summary='middle-layer HTR (γ = 1e-6 for LeNet+FashionMNIST) on a par with full HTR, cheaper',
+    rule=_text("""
+    **Accuracy** (per study): the difference of mean test accuracy *middle HTR − full HTR* for each
+    rule, with a 95 % Welch interval, and a non-inferiority margin δ = 0.3 percentage points (about one
+    seed-to-seed standard deviation of LeNet's test accuracy):
+    reproduced if some rule's interval has its lower end ≥ −δ; not reproduced if every rule's interval
+    lies below 0; inconclusive otherwise.
+
+    **Cost**: from the interleaved timing (a): reproduced if some middle rule's median penalty step is
+    ≤ 0.9 × the full one's (at least 10 % cheaper); not reproduced if every middle rule's median is ≥ the
+    full one's; inconclusive otherwise.
+
+    **C7**, per middle rule: reproduced if *that rule* passes both parts, not reproduced if either of
+    its parts is not, inconclusive otherwise; overall reproduced if some rule is, not reproduced if
+    every rule is not, else inconclusive (across studies as in notebook 07).
+
+    *Amended after review of the first cpu run, and tightened, not loosened:* the first version
+    combined "some rule passes accuracy" with "some rule passes cost", so two different rules could
+    have made one verdict. Under both versions the cpu verdict is the same (inconclusive).
+
+    Reported beside the verdict, not part of it: whether each middle arm lowered the trace at all
+    (middle − SGD on the final trace) — a middle γ so small that the arm is plain SGD would pass the
+    accuracy test trivially.
+    """),
+))
