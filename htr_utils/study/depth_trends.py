@@ -14,7 +14,7 @@ layout) and turn them into
   half of training, :func:`htr_utils.study.statistics.decreasing_trend`), :func:`c5_verdict`, and the
   figure :func:`plot_trends`.
 
-The functions take curvature records (plain dicts), so they are tested on constructed spectra;
+The functions take curvature records (:mod:`htr_utils.study.records`), so they are tested on constructed spectra;
 :func:`load_records` reads them from a run.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..lanczos import SpectralDensity
 from ..spectra import authors_distance, spectral_distance
+from .records import CurvatureRecord, KindCurvature
 from .statistics import decreasing_trend
 
 DISTANCE_VARIANTS: dict[str, dict] = {
@@ -69,19 +70,19 @@ FULL = "full"  # scope name of the whole network in curvature_series / trend_tab
 # ============================================================================ records
 
 
-def load_records(run: Any, kind: str = "hessian") -> list[dict]:
+def load_records(run: Any, kind: str = "hessian") -> list[CurvatureRecord]:
     """The curvature records of ``run`` (a :class:`htr_utils.study.runs.Run`) that contain ``kind``, by epoch."""
     records = [run.curvature(e) for e in run.curvature_epochs()]
-    records = [r for r in records if kind in r["kinds"]]
+    records = [r for r in records if kind in r.kinds]
     if not records:
         raise ValueError(f"{run!r} has no curvature record with kind {kind!r}")
     return records
 
 
-def _entry(record: Mapping, kind: str) -> Mapping:
-    entry = record["kinds"][kind]
-    if not entry.get("layers"):
-        raise ValueError(f"epoch {record['epoch']}: no layer spectra for kind {kind!r} (was the run layerwise?)")
+def _entry(record: CurvatureRecord, kind: str) -> KindCurvature:
+    entry = record.kinds[kind]
+    if not entry.layers:
+        raise ValueError(f"epoch {record.epoch}: no layer spectra for kind {kind!r} (was the run layerwise?)")
     return entry
 
 
@@ -100,14 +101,14 @@ def closest_layer_is_middle(distances: Sequence[float]) -> tuple[int, bool]:
     return k, is_middle(k, len(d))
 
 
-def distance_table(records: Iterable[Mapping], kind: str = "hessian") -> pd.DataFrame:
+def distance_table(records: Iterable[CurvatureRecord], kind: str = "hessian") -> pd.DataFrame:
     """One row per (epoch, layer): depth, normalised depth and the five distances of the layer's spectrum
     to the full spectrum (columns :data:`METRICS`, see :func:`layer_distances`)."""
     frames = []
     for rec in records:
         entry = _entry(rec, kind)
-        table = layer_distances(entry["full"]["density"], {l: v["density"] for l, v in entry["layers"].items()})
-        table.insert(0, "epoch", int(rec["epoch"]))
+        table = layer_distances(entry.full.density, {l: v.density for l, v in entry.layers.items()})
+        table.insert(0, "epoch", rec.epoch)
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
 
@@ -274,7 +275,7 @@ def plot_distance_heatmaps(dists: Mapping[str, pd.DataFrame], metric: str = "W1 
 # ============================================================================ C5: trace and λ_max trends
 
 
-def curvature_series(records: Iterable[Mapping], kind: str = "hessian") -> pd.DataFrame:
+def curvature_series(records: Iterable[CurvatureRecord], kind: str = "hessian") -> pd.DataFrame:
     """Per epoch and scope (``"full"`` and every layer): Hutchinson trace (mean, stderr) and largest eigenvalue.
 
     Columns: epoch, scope, depth (-1 for the full network), trace, trace_stderr, lambda_max.
@@ -282,11 +283,11 @@ def curvature_series(records: Iterable[Mapping], kind: str = "hessian") -> pd.Da
     rows = []
     for rec in records:
         entry = _entry(rec, kind)
-        scopes = [(FULL, -1, entry["full"])] + [(l, i, v) for i, (l, v) in enumerate(entry["layers"].items())]
+        scopes = [(FULL, -1, entry.full)] + [(l, i, v) for i, (l, v) in enumerate(entry.layers.items())]
         for scope, depth, v in scopes:
-            rows.append({"epoch": int(rec["epoch"]), "scope": scope, "depth": depth,
-                         "trace": float(v["trace"]["mean"]), "trace_stderr": float(v["trace"]["stderr"]),
-                         "lambda_max": float(max(v["top"])) if len(v["top"]) else np.nan})
+            rows.append({"epoch": rec.epoch, "scope": scope, "depth": depth,
+                         "trace": v.trace.mean, "trace_stderr": v.trace.stderr,
+                         "lambda_max": float(max(v.top)) if v.top else np.nan})
     return pd.DataFrame(rows).sort_values(["depth", "epoch"], kind="stable").reset_index(drop=True)
 
 

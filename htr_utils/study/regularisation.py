@@ -55,8 +55,8 @@ def run_summary(run: Run) -> dict:
                            "val_loss": last["val_loss"], "train_acc_running": last["train_acc"],
                            "train_loss_running": last["train_loss"]}
     if cfg.epochs in run.curvature_epochs():
-        full = run.curvature(cfg.epochs)["kinds"]["hessian"]["full"]
-        row.update(trace=full["trace"]["mean"], trace_stderr=full["trace"]["stderr"], lambda_max=full["top"][0])
+        full = run.curvature(cfg.epochs).kinds["hessian"].full
+        row.update(trace=full.trace.mean, trace_stderr=full.trace.stderr, lambda_max=full.top[0])
     else:
         row.update(trace=math.nan, trace_stderr=math.nan, lambda_max=math.nan)
     pen = m[m["penalty_steps"] > 0]

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from .data import in_channels, num_classes
 from .files import atomic_write, read_json, write_json
-from ..lanczos import SpectralDensity, gaussian_density
 from .models import build_model
+from .records import CurvatureRecord
 from .training import TrainConfig, Trainer, TrainingDiverged, _progress_disabled
 
 RUNS_VERSION = 2  # bump when training/curvature code changes the numbers a config produces
@@ -69,27 +69,6 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write(path, buf.getvalue().encode())
 
 
-# -- curvature records as JSON -----------------------------------------------------------------
-def _density_to_json(d: SpectralDensity) -> dict:
-    return {"grid_range": [float(d.grid[0]), float(d.grid[-1]), int(len(d.grid))], "nodes": d.nodes.tolist(),
-            "weights": d.weights.tolist(), "sigma": d.sigma, "meta": d.meta}
-
-
-def _density_from_json(d: dict) -> SpectralDensity:
-    lo, hi, n = d["grid_range"]
-    grid = np.linspace(lo, hi, int(n))
-    nodes, weights = np.asarray(d["nodes"], dtype=float), np.asarray(d["weights"], dtype=float)
-    return SpectralDensity(grid, gaussian_density(nodes, weights, grid, d["sigma"]), nodes, weights,
-                           float(d["sigma"]), dict(d["meta"]))
-
-
-def _map_densities(record: dict, fn) -> dict:
-    """Copy of a curvature record with ``fn`` applied to every "density" entry."""
-    if isinstance(record, dict):
-        return {k: fn(v) if k == "density" else _map_densities(v, fn) for k, v in record.items()}
-    return record
-
-
 # -- the Run handle ----------------------------------------------------------------------------
 class Run:
     """A run folder: config, per-epoch metrics, curvature records and checkpoints."""
@@ -118,13 +97,13 @@ class Run:
         folder = self.path / "curvature"
         return sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.json")) if folder.is_dir() else []
 
-    def curvature(self, epoch: int) -> dict:
-        """The curvature record of ``epoch`` (see Trainer.curvature), densities as SpectralDensity."""
+    def curvature(self, epoch: int) -> CurvatureRecord:
+        """The curvature record of ``epoch`` (see Trainer.curvature)."""
         path = self.path / "curvature" / f"epoch_{epoch:03d}.json"
         if not path.is_file():
             raise FileNotFoundError(f"no curvature record for epoch {epoch} in {self.path}; "
                                     f"available: {self.curvature_epochs()}")
-        return _map_densities(read_json(path), _density_from_json)
+        return CurvatureRecord.from_json(read_json(path))
 
     def checkpoint(self) -> dict:
         return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -205,7 +184,7 @@ def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bo
             raise TrainingDiverged(err.gamma, err.epoch, err.step, err.what, epoch - 1) from None
         if config.kinds_at(epoch):
             record = trainer.curvature(epoch)
-            row["curvature_seconds"] = record["seconds"]
+            row["curvature_seconds"] = record.seconds
             _save_curvature(path, record)
         metrics.append(row)
         bar.set_postfix(test_acc=f"{row['test_acc']:.4f}", train_loss=f"{row['train_loss']:.4f}")
@@ -220,9 +199,8 @@ def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bo
     return Run(path, config)
 
 
-def _save_curvature(path: Path, record: dict) -> None:
-    write_json(_map_densities(record, _density_to_json), path / "curvature" / f"epoch_{record['epoch']:03d}.json",
-               strict=False)
+def _save_curvature(path: Path, record: CurvatureRecord) -> None:
+    write_json(record.to_json(), path / "curvature" / f"epoch_{record.epoch:03d}.json", strict=False)
 
 
 def _save_checkpoint(path: Path, trainer: Trainer, epoch: int, metrics: list[dict]) -> None:

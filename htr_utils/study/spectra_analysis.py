@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from ..curvature import KINDS
 from ..lanczos import SpectralDensity
 from .plotting import plot_density, plot_top_eigenvalues
+from .records import BlockCurvature, CurvatureRecord
 from ..spectra import count_outliers, spectral_distance
 
 KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
@@ -133,7 +134,7 @@ def num_ritz_values(dens: SpectralDensity) -> int:
     return n
 
 
-def rule_values(entry: Mapping, C: int) -> np.ndarray:
+def rule_values(entry: BlockCurvature, C: int) -> np.ndarray:
     """The eigenvalue estimates the outlier rule looks at: the top 2C Ritz values of ``entry`` (a record's
     full or layer entry), but at most the upper half of its m Ritz values.
 
@@ -141,11 +142,11 @@ def rule_values(entry: Mapping, C: int) -> np.ndarray:
     (smoke) the lower Ritz values estimate the *bottom* of the spectrum (≈ 0 for a positive
     semi-definite block), and a ratio to such a value would fake a gap at the end of the list.
     """
-    top = np.asarray(entry["top"], dtype=float)
-    return top[: min(2 * C, max(num_ritz_values(entry["density"]) // 2, 1))]
+    top = np.asarray(entry.top, dtype=float)
+    return top[: min(2 * C, max(num_ritz_values(entry.density) // 2, 1))]
 
 
-def top_within_trace(entry: Mapping, nsigma: float = 3.0) -> bool:
+def top_within_trace(entry: BlockCurvature, nsigma: float = 3.0) -> bool:
     """Sanity check of a positive semi-definite block's Lanczos output: λ_max ≤ tr + ``nsigma``·stderr.
 
     For a PSD matrix the largest eigenvalue cannot exceed the trace. A Ritz value above it is a
@@ -154,16 +155,14 @@ def top_within_trace(entry: Mapping, nsigma: float = 3.0) -> bool:
     Applies to G, G_l, and Hess_l of networks piecewise linear in one layer's weights (Hess_l = G_l);
     not to Hess or H, which are indefinite. True when the entry has no trace.
     """
-    trace = entry.get("trace")
-    top = np.asarray(entry.get("top", []), dtype=float)
-    if not trace or not len(top):
+    trace, top = entry.trace, np.asarray(entry.top, dtype=float)
+    if trace is None or not len(top):
         return True
-    stderr = trace.get("stderr")
-    stderr = 0.0 if stderr is None or not np.isfinite(stderr) else float(stderr)
-    return bool(top[0] <= float(trace["mean"]) + nsigma * stderr)
+    stderr = trace.stderr if np.isfinite(trace.stderr) else 0.0
+    return bool(top[0] <= trace.mean + nsigma * stderr)
 
 
-def full_spectrum_summary(record: Mapping, C: int, kind: str = "hessian", tolerance: int = 2,
+def full_spectrum_summary(record: CurvatureRecord, C: int, kind: str = "hessian", tolerance: int = 2,
                           bands: Sequence[float] = (0.01, 0.05)) -> dict:
     """C1's numbers for one curvature record: outlier count by the gap rule and the mass near zero.
 
@@ -172,16 +171,16 @@ def full_spectrum_summary(record: Mapping, C: int, kind: str = "hessian", tolera
     taken by :func:`rule_values` (``rule_values`` = how many). ``bulk_mass_<p>%`` is the SLQ mass at
     |λ| < p % of λ_max (see :func:`bulk_mass`).
     """
-    entry = record["kinds"][kind]["full"]
-    dens, top = entry["density"], rule_values(entry, C)
+    entry = record.kinds[kind].full
+    dens, top = entry.density, rule_values(entry, C)
     v = outlier_verdict(top, C, tolerance)
     lo, hi = spectral_support(dens)
     pos = top[top > 0]
-    row = {"epoch": record["epoch"], "dim": entry["dim"], "C": C, "lambda_max": hi, "lambda_min": lo,
+    row = {"epoch": record.epoch, "dim": entry.dim, "C": C, "lambda_max": hi, "lambda_min": lo,
            "outliers": v["outliers"], "rule_ok": v["ok"], "largest_gap_ratio": v["gap_ratio"],
            "gap_ratio_at_C": float(pos[C - 1] / pos[C]) if len(pos) > C else float("nan"),
            "rule_values": int(len(top)), "positive_top": int(len(pos)),
-           "trace": entry.get("trace", {}).get("mean", float("nan"))}
+           "trace": entry.trace.mean if entry.trace else float("nan")}
     for b in bands:
         row[f"bulk_mass_{b:.0%}"] = bulk_mass(dens, b)
     return row
@@ -212,7 +211,7 @@ def relative_top_difference(top_a: Sequence[float], top_b: Sequence[float], k: i
     return np.abs(b[:n] - a[:n]) / np.maximum(np.abs(a[:n]), 1e-300)
 
 
-def gauss_newton_comparison(record: Mapping, C: int, part: str = "full") -> dict:
+def gauss_newton_comparison(record: CurvatureRecord, C: int, part: str = "full") -> dict:
     """C2's numbers for one record holding all three kinds, on the full network (``part="full"``)
     or on one layer block (``part=<layer name>``).
 
@@ -225,21 +224,17 @@ def gauss_newton_comparison(record: Mapping, C: int, part: str = "full") -> dict
       H's extreme eigenvalues taken from its SLQ Ritz values (both ends of its spectrum);
     - ``ggn_valid``: G's Lanczos output passes :func:`top_within_trace` (λ_max(G) ≤ tr(G) + 3 stderr).
     """
-    def get(kind: str) -> Mapping:
-        entry = record["kinds"][kind]
-        return entry["full"] if part == "full" else entry["layers"][part]
-
-    hess, ggn, res = get("hessian"), get("ggn"), get("residual")
-    lo, hi = spectral_support(hess["density"])
+    hess, ggn, res = (record.kinds[kind].block(part) for kind in ("hessian", "ggn", "residual"))
+    lo, hi = spectral_support(hess.density)
     span = max(hi - lo, 1e-300)
-    w1_g = w1_distance(hess["density"], ggn["density"])
-    w1_h = w1_distance(hess["density"], res["density"])
-    rel = relative_top_difference(hess["top"], ggn["top"], C)
-    lam_max = float(hess["top"][0]) if len(hess["top"]) else hi
-    res_lo, res_hi = spectral_support(res["density"])
+    w1_g = w1_distance(hess.density, ggn.density)
+    w1_h = w1_distance(hess.density, res.density)
+    rel = relative_top_difference(hess.top, ggn.top, C)
+    lam_max = hess.lambda_max if hess.top else hi
+    res_lo, res_hi = spectral_support(res.density)
     scale = max(abs(lam_max), 1e-300)
-    return {"epoch": record["epoch"], "part": part, "lambda_max_hess": lam_max,
-            "lambda_max_ggn": float(ggn["top"][0]), "lambda_max_res": res_hi, "lambda_min_res": res_lo,
+    return {"epoch": record.epoch, "part": part, "lambda_max_hess": lam_max,
+            "lambda_max_ggn": ggn.lambda_max, "lambda_max_res": res_hi, "lambda_min_res": res_lo,
             "hess_range": span, "w1_hess_ggn": w1_g, "w1_hess_ggn_rel": w1_g / span,
             "w1_hess_res_rel": w1_h / span,
             "topC_rel_diff_median": float(np.median(rel)) if len(rel) else float("nan"),
@@ -271,27 +266,26 @@ def gauss_newton_pass(row: Mapping, top_rel: float = 0.10, w1_rel: float = 0.05,
 # --------------------------------------------------------------------------- layers
 
 
-def layer_table(record: Mapping, C: int, tolerance: int = 2) -> pd.DataFrame:
+def layer_table(record: CurvatureRecord, C: int, tolerance: int = 2) -> pd.DataFrame:
     """C3's numbers per layer (forward order) of one record: the outlier rule on the layer's top 2C
     Ritz values of Hess_l (:func:`rule_values`, as :func:`full_spectrum_summary`), λ_max(Hess_l), and, where the record
     holds G and H, W₁(Hess_l, G_l) / range(Hess_l) and ‖H_l‖ = max |λ(H_l)| (absolute and / λ_max(Hess_l)).
     ``valid``: Hess_l's Lanczos output passes :func:`top_within_trace` (Hess_l = G_l is PSD for networks
     piecewise linear in one layer's weights)."""
-    kinds = record["kinds"]
+    kinds = record.kinds
     rows = []
-    for depth, layer in enumerate(kinds["hessian"]["layers"]):
-        h = kinds["hessian"]["layers"][layer]
+    for depth, (layer, h) in enumerate(kinds["hessian"].layers.items()):
         top = rule_values(h, C)
         v = outlier_verdict(top, C, tolerance)
-        lam_max = float(top[0]) if len(top) else spectral_support(h["density"])[1]
-        row = {"layer": layer, "depth": depth, "dim": h["dim"], "lambda_max": lam_max, "outliers": v["outliers"],
+        lam_max = float(top[0]) if len(top) else spectral_support(h.density)[1]
+        row = {"layer": layer, "depth": depth, "dim": h.dim, "lambda_max": lam_max, "outliers": v["outliers"],
                "rule_ok": v["ok"], "largest_gap_ratio": v["gap_ratio"], "valid": top_within_trace(h)}
         if "ggn" in kinds:
-            lo, hi = spectral_support(h["density"])
-            row["w1_hess_ggn_rel"] = w1_distance(h["density"], kinds["ggn"]["layers"][layer]["density"]) \
+            lo, hi = spectral_support(h.density)
+            row["w1_hess_ggn_rel"] = w1_distance(h.density, kinds["ggn"].layers[layer].density) \
                 / max(hi - lo, 1e-300)
         if "residual" in kinds:
-            radius = spectral_radius(kinds["residual"]["layers"][layer]["density"])
+            radius = spectral_radius(kinds["residual"].layers[layer].density)
             row["res_norm"] = radius
             row["res_norm_rel"] = radius / max(abs(lam_max), 1e-300)
         rows.append(row)
@@ -318,15 +312,15 @@ def readable_log_axis(ax: plt.Axes) -> None:
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
-def plot_full_spectrum(ax_density: plt.Axes, ax_top: plt.Axes, entry: Mapping, C: int, title: str,
+def plot_full_spectrum(ax_density: plt.Axes, ax_top: plt.Axes, entry: BlockCurvature, C: int, title: str,
                        tolerance: int = 2) -> None:
     """C1 panel pair: (left) the density on a log scale with the top-C Ritz values ticked in red;
     (right) the positive top-2C Ritz values (:func:`rule_values`) on a log scale, the gap after the C-th
     dashed and, when it differs, the largest gap found by the rule dotted."""
-    dens, top = entry["density"], rule_values(entry, C)
+    dens, top = entry.density, rule_values(entry, C)
     floor = density_floor([dens])
     plot_density(ax_density, dens, floor=floor, color="C0", lw=1.4, label="SLQ density")
-    ticks = np.asarray(entry["top"], dtype=float)[:C]
+    ticks = np.asarray(entry.top, dtype=float)[:C]
     ax_density.vlines(ticks, floor, floor * 10 ** (DECADES / 8), color="C3", lw=1.5,
                       label=f"top {len(ticks)} Ritz values")
     ax_density.set_ylim(floor, float(np.max(dens.density)) * 30)
@@ -370,7 +364,7 @@ def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS
                 ax.set_visible(False)
                 continue
             rec = run.curvature(epochs[label][c])
-            plot_kinds(ax, {KIND_LABELS[k]: rec["kinds"][k]["full"]["density"] for k in kinds},
+            plot_kinds(ax, {KIND_LABELS[k]: rec.kinds[k].full.density for k in kinds},
                        title=f"{label}, epoch {epochs[label][c]}")
             if c > 0:
                 ax.set_ylabel("")
@@ -378,11 +372,11 @@ def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS
     return fig
 
 
-def plot_layer_tops(record: Mapping, C: int, title: str, ncols: int = 5,
+def plot_layer_tops(record: CurvatureRecord, C: int, title: str, ncols: int = 5,
                     panel_size: tuple[float, float] = (3.0, 2.6), tolerance: int = 2) -> plt.Figure:
     """C3 grid: per layer, the positive top-2C Ritz values of Hess_l (:func:`rule_values`; log scale) with C
     marked and the rule's outlier count in the title (✓ when |k − C| ≤ ``tolerance``)."""
-    layers = record["kinds"]["hessian"]["layers"]
+    layers = record.kinds["hessian"].layers
     ncols = max(1, min(ncols, len(layers)))
     nrows = int(np.ceil(len(layers) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
@@ -458,8 +452,8 @@ def plot_top_comparison(runs: Mapping[str, Any], epochs: Mapping[str, int], res_
     lo, hi = np.inf, 0.0
     for i, (label, run) in enumerate(runs.items()):
         C = run_classes(run)
-        kinds = run.curvature(epochs[label])["kinds"]
-        th, tg, tr = (np.asarray(kinds[k]["full"]["top"], dtype=float)[:C] for k in KINDS3)
+        kinds = run.curvature(epochs[label]).kinds
+        th, tg, tr = (np.asarray(kinds[k].full.top, dtype=float)[:C] for k in KINDS3)
         n = min(len(th), len(tg))
         keep = (th[:n] > 0) & (tg[:n] > 0)
         ax0.plot(th[:n][keep], tg[:n][keep], "o", color=f"C{i}", label=f"{label} (epoch {epochs[label]})")

@@ -35,6 +35,7 @@ from ..lanczos import slq_density
 from ..layers import layer_groups, middle_layers, middle_parameters_authors
 from ..layerwise import layerwise_spectra, layerwise_trace
 from .models import MODELS, build_model
+from .records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord
 
 HTR_PARAM_RULES = ("all", "middle", "middle_authors")
 TIMING_COLUMNS = ("epoch_seconds", "step_seconds", "penalty_step_seconds", "eval_seconds", "curvature_seconds")
@@ -391,46 +392,37 @@ class Trainer:
         """The fixed class-balanced training subset the curvature is measured on (built on first use)."""
         return class_balanced_subset(self.data.train, self.config.examples_per_class, seed=self.config.data_seed)
 
-    def curvature(self, epoch: int, kinds: tuple[str, ...] | None = None) -> dict:
+    def curvature(self, epoch: int, kinds: tuple[str, ...] | None = None) -> CurvatureRecord:
         """Spectra, top eigenvalues and traces of the curvature kinds due at ``epoch``.
 
-        Returns ``{"epoch", "seconds", "num_examples", "params", "layers", "kinds": {kind:
-        {"full": {...}, "layers": {layer: {...}}, "seconds"}}}`` where each entry holds
-        ``density`` (a SpectralDensity), ``top`` (largest Ritz values, descending: those of the
-        density's first Lanczos run, i.e. ``top_eigenvalues(op, k, num_iters=lanczos_iters,
-        seed)``) and ``trace`` ({mean, stderr, num_probes}, Hutchinson). With ``layerwise`` the
-        traces come from ``layerwise_trace``, whose full trace uses the same probes as
-        ``hutchinson_trace(op, trace_probes, seed)`` (equal up to rounding).
+        Each block (full, and every layer when ``layerwise``) holds the SLQ density, ``top`` (the
+        largest Ritz values of the density's first Lanczos run, descending, i.e.
+        ``top_eigenvalues(op, k, num_iters=lanczos_iters, seed)``) and the Hutchinson trace. With
+        ``layerwise`` the traces come from ``layerwise_trace``, whose full trace uses the same probes
+        as ``hutchinson_trace(op, trace_probes, seed)`` (equal up to rounding).
         """
         cfg = self.config
         kinds = cfg.kinds_at(epoch) if kinds is None else kinds
         x, y = (t.to(self.device) for t in self.curvature_data)
         names = [p for ps in self.groups.values() for p in ps]
         k = cfg.top_k or 2 * self.num_classes
-        record: dict[str, Any] = {"epoch": epoch, "num_examples": len(y), "params": names,
-                                  "layers": list(self.groups), "kinds": {}}
+        out: dict[str, KindCurvature] = {}
         start = time.perf_counter()
         for kind in kinds:
             t0 = time.perf_counter()
             op = hvp_operator(self.model, self.loss_fn, (x, y), params=names, kind=kind)
             dens = slq_density(op, num_iters=cfg.lanczos_iters, num_probes=cfg.slq_probes, seed=cfg.seed)
-            entry: dict[str, Any] = {"full": {"density": dens, "top": dens.meta["top"][:k], "dim": op.dim},
-                                     "layers": {}}
+            layers: dict[str, BlockCurvature] = {}
             if cfg.layerwise:
                 spectra = layerwise_spectra(op, self.groups, num_iters=cfg.lanczos_iters, num_probes=cfg.slq_probes,
                                             seed=cfg.seed)
                 traces = layerwise_trace(op, self.groups, cfg.trace_probes, seed=cfg.seed)
-                entry["full"]["trace"] = _trace_dict(traces["__all__"])
-                for layer, d in spectra.items():
-                    entry["layers"][layer] = {"density": d, "top": list(d.meta["top"][:k]), "dim": d.meta["dim"],
-                                              "trace": _trace_dict(traces[layer])}
+                full_trace = traces["__all__"]
+                layers = {layer: BlockCurvature(d, tuple(d.meta["top"][:k]), d.meta["dim"],
+                                                TraceRecord.from_estimate(traces[layer]))
+                          for layer, d in spectra.items()}
             else:
-                entry["full"]["trace"] = _trace_dict(hutchinson_trace(op, cfg.trace_probes, seed=cfg.seed))
-            entry["seconds"] = time.perf_counter() - t0
-            record["kinds"][kind] = entry
-        record["seconds"] = time.perf_counter() - start
-        return record
-
-
-def _trace_dict(est) -> dict:
-    return {"mean": float(est.mean), "stderr": float(est.stderr), "num_probes": int(len(est.samples))}
+                full_trace = hutchinson_trace(op, cfg.trace_probes, seed=cfg.seed)
+            full = BlockCurvature(dens, tuple(dens.meta["top"][:k]), op.dim, TraceRecord.from_estimate(full_trace))
+            out[kind] = KindCurvature(full, layers, time.perf_counter() - t0)
+        return CurvatureRecord(epoch, len(y), tuple(names), tuple(self.groups), out, time.perf_counter() - start)

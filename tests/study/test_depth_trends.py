@@ -8,29 +8,27 @@ import pandas as pd
 import pytest
 
 from htr_utils.study import depth_trends as ts
+from htr_utils.study.records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord
 from htr_utils.spectra import exact_spectrum_density, spectral_distance
 
 FULL = np.array([0.0] * 20 + [0.5, 1.0, 2.0, 4.0])
 LAYERS = ("l0", "l1", "l2", "l3", "l4")  # middle half of 5 layers: l2, l3
 
 
-def _entry(eigs, trace=1.0, stderr=0.1):
+def _entry(eigs, trace=1.0, stderr=0.1, top=None):
     eigs = np.asarray(eigs, dtype=float)
-    return {"density": exact_spectrum_density(eigs), "top": sorted(eigs, reverse=True)[:4], "dim": len(eigs),
-            "trace": {"mean": trace, "stderr": stderr, "num_probes": 10}}
+    top = sorted(eigs, reverse=True)[:4] if top is None else top
+    return BlockCurvature(exact_spectrum_density(eigs), tuple(top), len(eigs), TraceRecord(trace, stderr, 10))
 
 
 def _record(epoch, powers, traces=None, lam=None):
     """Layer l's spectrum = FULL ** powers[l] (power 1: identical to the full spectrum; others differ in
     scale and in shape, more so the farther the power is from 1)."""
     traces = traces or [1.0] * len(powers)
-    layers = {name: _entry(FULL ** k, trace=t) for name, k, t in zip(LAYERS, powers, traces)}
-    full = _entry(FULL, trace=sum(traces))
-    if lam is not None:
-        full["top"] = [lam]
-        for v in layers.values():
-            v["top"] = [lam / 2]
-    return {"epoch": epoch, "layers": list(layers), "kinds": {"hessian": {"full": full, "layers": layers}}}
+    layers = {name: _entry(FULL ** k, trace=t, top=None if lam is None else [lam / 2])
+              for name, k, t in zip(LAYERS, powers, traces)}
+    full = _entry(FULL, trace=sum(traces), top=None if lam is None else [lam])
+    return CurvatureRecord(epoch, 24, (), tuple(layers), {"hessian": KindCurvature(full, layers)})
 
 
 def test_narrow_layer_spectrum_is_resolved():

@@ -94,9 +94,9 @@ def htr_run(tmp_path_factory):
 def test_run_summary_reads_the_run(htr_run):
     s = rs.run_summary(htr_run)
     m = htr_run.metrics
-    rec = htr_run.curvature(2)["kinds"]["hessian"]["full"]
+    rec = htr_run.curvature(2).kinds["hessian"].full
     assert s["test_acc"] == m["test_acc"].iloc[-1] and s["trace"] == rec["trace"]["mean"]
-    assert s["lambda_max"] == rec["top"][0] and s["penalty_steps"] == m["penalty_steps"].sum() > 0
+    assert s["lambda_max"] == rec.top[0] and s["penalty_steps"] == m["penalty_steps"].sum() > 0
     assert s["penalty_step_seconds"] > 0 and s["train_seconds"] == pytest.approx(m["epoch_seconds"].sum())
     # epoch 2 has only penalty steps (htr_freq = 1): the plain-step time comes from epoch 1 alone
     assert (m["steps"] == m["penalty_steps"]).iloc[1] and s["step_seconds"] == pytest.approx(m["step_seconds"].iloc[0])

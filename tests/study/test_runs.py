@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from htr_utils.lanczos import slq_density
-from htr_utils.study.runs import (Run, _density_from_json, _density_to_json, config_hash, find_run, load_run, run_path,
+from htr_utils.study.runs import (Run, config_hash, find_run, load_run, run_path,
                             train_run)
 from htr_utils.study.training import TIMING_COLUMNS, TrainConfig, Trainer, TrainingDiverged
 
@@ -44,8 +43,8 @@ def test_run_layout_and_contents(full_run):
     assert list(m["epoch"]) == [1, 2, 3] and list(m["penalty_steps"]) == [0, 2, 2]
     assert m["lr"].tolist() == [0.05, 0.05, 0.0125]
     assert run.curvature_epochs() == [0, 1, 2, 3]
-    assert set(run.curvature(0)["kinds"]) == {"hessian"} and set(run.curvature(3)["kinds"]) == {"hessian", "ggn"}
-    dens = run.curvature(3)["kinds"]["hessian"]["layers"]["fc2"]["density"]
+    assert set(run.curvature(0).kinds) == {"hessian"} and set(run.curvature(3).kinds) == {"hessian", "ggn"}
+    dens = run.curvature(3).kinds["hessian"].layers["fc2"].density
     assert dens.grid.shape == dens.density.shape == (1024,)
     assert abs(np.trapezoid(dens.density, dens.grid) - 1) < 1e-6
     model = run.load_model()
@@ -123,7 +122,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
         train_run(cfg, root=tmp_path, progress=False)
 
 
-def test_keep_checkpoints_and_density_json(tmp_path):
+def test_keep_checkpoints(tmp_path):
     cfg = TrainConfig(dataset="digits", model="mlp", width=0.25, train_size=60, test_size=30, batch_size=30,
                       epochs=2, keep_checkpoints=True)
     run = train_run(cfg, root=tmp_path, progress=False)
@@ -132,13 +131,3 @@ def test_keep_checkpoints_and_density_json(tmp_path):
     assert run.metrics["curvature_seconds"].tolist() == [0.0, 0.0]
     assert run.curvature_epochs() == []
 
-    class Diag:
-        dim, dtype, device = 50, torch.float64, "cpu"
-
-        def matvec(self, v):
-            return torch.linspace(-1, 3, 50, dtype=torch.float64) * v
-    dens = slq_density(Diag(), num_iters=12, num_probes=2)
-    back = _density_from_json(json.loads(json.dumps(_density_to_json(dens))))
-    for attr in ("grid", "density", "nodes", "weights"):
-        assert np.array_equal(getattr(back, attr), getattr(dens, attr))
-    assert back.sigma == dens.sigma and back.meta == dens.meta

@@ -1,4 +1,6 @@
 """The spectra notebooks' helpers (htr_utils.study.spectra_analysis) on constructed records with known answers."""
+from dataclasses import replace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,6 +19,7 @@ from htr_utils.study.spectra_analysis import (bulk_mass, epochs_with_kinds, full
                                      plot_outlier_counts, relative_top_difference, rule_values, spectral_radius,
                                      spectral_support, top_within_trace, w1_distance)
 from htr_utils.study import spectra_analysis as ss  # noqa: E402
+from htr_utils.study.records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord  # noqa: E402
 from htr_utils.study.training import TrainConfig  # noqa: E402
 
 C = 4
@@ -26,23 +29,23 @@ BULK = np.linspace(0.0, 0.05, 60)
 SPECTRUM = np.concatenate([OUTLIERS, BULK])
 
 
-def entry(eigenvalues, k=2 * C):
+def entry(eigenvalues, k=2 * C, top=None):
     ev = np.sort(np.asarray(eigenvalues, dtype=float))[::-1]
-    return {"density": exact_spectrum_density(ev), "top": ev[:k].tolist(), "dim": len(ev),
-            "trace": {"mean": float(ev.sum()), "stderr": 0.0, "num_probes": 1}}
+    top = ev[:k].tolist() if top is None else top
+    return BlockCurvature(exact_spectrum_density(ev), tuple(top), len(ev), TraceRecord(float(ev.sum()), 0.0, 1))
 
 
-def record(epoch=3, ggn_scale=1.0, residual=None, kinds=("hessian", "ggn", "residual")):
+def record(epoch=3, ggn_scale=1.0, residual=None, kinds=("hessian", "ggn", "residual"), ggn_top=None):
     """Hess = SPECTRUM; G = SPECTRUM * ggn_scale; H = ``residual`` eigenvalues (default: small, in ±0.1);
     two layers with Hess_l = G_l and H_l = 0 (as for piecewise-linear networks)."""
     residual = np.linspace(-0.1, 0.1, 8) if residual is None else np.asarray(residual, dtype=float)
     spectra = {"hessian": SPECTRUM, "ggn": SPECTRUM * ggn_scale, "residual": residual}
-    rec = {"epoch": epoch, "layers": ["a", "b"], "kinds": {}}
+    out = {}
     for kind in kinds:
         layer_ev = spectra[kind] if kind != "residual" else np.zeros(1)
-        rec["kinds"][kind] = {"full": entry(spectra[kind]),
-                              "layers": {"a": entry(layer_ev), "b": entry(layer_ev * 0.5)}}
-    return rec
+        out[kind] = KindCurvature(entry(spectra[kind], top=ggn_top if kind == "ggn" else None),
+                                  {"a": entry(layer_ev), "b": entry(layer_ev * 0.5)})
+    return CurvatureRecord(epoch, 64, (), ("a", "b"), out)
 
 
 class FakeRun:
@@ -73,7 +76,7 @@ def test_rule_values_keep_the_upper_half_of_few_ritz_values():
     ritz = np.array([1e-9, 0.01, 0.02, 2.0, 5.0, 9.0])           # 6 Ritz values, padded with the max
     nodes = np.concatenate([ritz, [9.0, 9.0]])[None, :]
     weights = np.array([[0.3, 0.3, 0.2, 0.1, 0.05, 0.05, 0.0, 0.0]])
-    e = {"density": density_from_quadrature(nodes, weights), "top": ritz[::-1].tolist()}
+    e = BlockCurvature(density_from_quadrature(nodes, weights), tuple(ritz[::-1]), 6)
     np.testing.assert_allclose(rule_values(e, C), [9.0, 5.0, 2.0])   # not down to 1e-9 (≈ λ_min)
     assert len(rule_values(entry(SPECTRUM), C)) == 2 * C
 
@@ -149,7 +152,7 @@ def test_layer_table():
 def test_figures_draw():
     rec = record()
     fig, (a, b) = plt.subplots(1, 2)
-    plot_full_spectrum(a, b, rec["kinds"]["hessian"]["full"], C, "test")
+    plot_full_spectrum(a, b, rec.kinds["hessian"].full, C, "test")
     plt.close(fig)
     run = FakeRun(CFG, {e: record(epoch=e, kinds=CFG.kinds_at(e)) for e in range(4)})
     fig = plot_gauss_newton_grid({"r1": run, "r2": run})
@@ -172,12 +175,11 @@ def test_figures_draw():
 def test_top_within_trace_flags_spurious_ritz_values():
     good = entry(SPECTRUM)
     assert top_within_trace(good)
-    bad = dict(good, top=[1500.0] + good["top"][1:])        # a Ritz value above the trace (~91)
+    bad = replace(good, top=(1500.0, *good.top[1:]))        # a Ritz value above the trace (~91)
     assert not top_within_trace(bad)
-    assert top_within_trace(dict(bad, trace={"mean": 1400.0, "stderr": 50.0, "num_probes": 10}))
-    assert top_within_trace({"top": [1.0]})                  # no trace recorded: nothing to check
-    rec = record()
-    rec["kinds"]["ggn"]["full"] = dict(rec["kinds"]["ggn"]["full"], top=[1500.0])
+    assert top_within_trace(replace(bad, trace=TraceRecord(1400.0, 50.0, 10)))
+    assert top_within_trace(replace(good, top=(1.0,), trace=None))   # no trace recorded: nothing to check
+    rec = record(ggn_top=[1500.0])
     assert not gauss_newton_comparison(rec, C)["ggn_valid"] and gauss_newton_comparison(record(), C)["ggn_valid"]
     assert layer_table(record(), C)["valid"].all()
 

@@ -98,22 +98,22 @@ def test_curvature_record_consistent():
     cfg = TINY.replace(curvature_every=1, curvature_kinds=("hessian", "ggn"), top_k=3)
     trainer = Trainer(cfg, device="cpu")
     rec = trainer.curvature(0)
-    assert rec["num_examples"] == 20 and rec["layers"] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
-    assert set(rec["kinds"]) == {"hessian", "ggn"}
-    hess = rec["kinds"]["hessian"]
-    assert hess["full"]["dim"] == sum(v["dim"] for v in hess["layers"].values())
-    op = hvp_operator(trainer.model, nn.CrossEntropyLoss(), trainer.curvature_data, params=rec["params"])
+    assert rec.num_examples == 20 and rec.layers == ("conv1", "conv2", "fc1", "fc2", "fc3")
+    assert set(rec.kinds) == {"hessian", "ggn"}
+    hess = rec.kinds["hessian"]
+    assert hess.full.dim == sum(v.dim for v in hess.layers.values())
+    op = hvp_operator(trainer.model, nn.CrossEntropyLoss(), trainer.curvature_data, params=list(rec.params))
     # the full trace is Hutchinson's with the same probes; layer traces are finite estimates
     full = hutchinson_trace(op, cfg.trace_probes, seed=cfg.seed)
-    assert hess["full"]["trace"]["mean"] == pytest.approx(full.mean, rel=1e-4, abs=1e-6)
-    assert all(math.isfinite(v["trace"]["mean"]) and v["trace"]["num_probes"] == cfg.trace_probes
-               for v in hess["layers"].values())
+    assert hess.full.trace.mean == pytest.approx(full.mean, rel=1e-4, abs=1e-6)
+    assert all(math.isfinite(v.trace.mean) and v.trace.num_probes == cfg.trace_probes
+               for v in hess.layers.values())
     # top values are those of top_eigenvalues with the same Lanczos run
     expected = top_eigenvalues(op, 3, num_iters=cfg.lanczos_iters, seed=cfg.seed)
-    np.testing.assert_allclose(hess["full"]["top"], expected, rtol=1e-6)
-    assert all(len(v["top"]) == 3 for v in hess["layers"].values())
+    np.testing.assert_allclose(hess.full.top, expected, rtol=1e-6)
+    assert all(len(v.top) == 3 for v in hess.layers.values())
     # GGN is positive semi-definite
-    assert min(rec["kinds"]["ggn"]["full"]["top"]) > -1e-6
+    assert min(rec.kinds["ggn"].full.top) > -1e-6
 
 
 def test_top_ritz_values_exclude_padding():
