@@ -191,7 +191,7 @@ _add(Claim(
     The distance of each layer's spectrum to the full spectrum, normalised
     by its maximum per model, against normalised depth: at one epoch per model / data set and summed
     over epochs, with its minimum in the middle layers. Two weaknesses of the published analysis are
-    addressed here (see `DESIGN.md`): the epoch of the per-model figure (the "peak epoch") was picked by
+    addressed here: the epoch of the per-model figure (the "peak epoch") was picked by
     hand, and the public code's distance compares two arrays of transformed *density values*, not two
     distributions over the eigenvalue axis.
     """),

@@ -30,6 +30,7 @@ from ..lanczos import SpectralDensity
 from ..spectra import authors_distance, spectral_distance
 from .records import CurvatureRecord, KindCurvature
 from .statistics import decreasing_trend
+from .verdicts import Verdict, VerdictResult
 
 DISTANCE_VARIANTS: dict[str, dict] = {
     "W1 raw": {"metric": "wasserstein", "rescale": False},
@@ -172,7 +173,7 @@ def middle_fraction_by_epoch(dists: Mapping[str, pd.DataFrame], min_epoch: int =
     return pd.DataFrame(out).T[list(metrics)]
 
 
-def c4_verdict(closest: pd.DataFrame, faithful: Sequence[str] = FAITHFUL) -> dict:
+def c4_verdict(closest: pd.DataFrame, faithful: Sequence[str] = FAITHFUL) -> VerdictResult:
     """The C4 rule on a :func:`closest_layers` table.
 
     With the faithful metrics only: *reproduced* if the closest layer is in the middle half for a strict
@@ -188,16 +189,21 @@ def c4_verdict(closest: pd.DataFrame, faithful: Sequence[str] = FAITHFUL) -> dic
     per_run = fa.groupby("run", sort=False)["middle"].sum().astype(int)
     runs_without = [r for r, n in per_run.items() if n == 0]
     if 2 * passed > total and not runs_without:
-        verdict = "reproduced"
+        verdict = Verdict.REPRODUCED
     elif 2 * passed <= total:
-        verdict = "not reproduced"
+        verdict = Verdict.NOT_REPRODUCED
     else:
-        verdict = "inconclusive"
+        verdict = Verdict.INCONCLUSIVE
     au = closest[closest["metric"] == AUTHORS]
-    return {"verdict": verdict, "pairs_middle": passed, "pairs_total": total,
-            "per_run_middle": {r: int(n) for r, n in per_run.items()}, "runs_never_middle": runs_without,
-            "authors_middle": {r["run"]: bool(r["middle"]) for _, r in au.iterrows()},
-            "authors_pairs_middle": int(au["middle"].sum()), "authors_pairs_total": len(au)}
+    v = {"pairs_middle": passed, "pairs_total": total,
+         "per_run_middle": {r: int(n) for r, n in per_run.items()}, "runs_never_middle": runs_without,
+         "authors_middle": {r["run"]: bool(r["middle"]) for _, r in au.iterrows()},
+         "authors_pairs_middle": int(au["middle"].sum()), "authors_pairs_total": len(au)}
+    per_run_text = "; ".join(f"{r}: {n}/{len(faithful)}" for r, n in v["per_run_middle"].items())
+    measured = (f"closest layer (distance summed over epochs >= 1) in the middle half for {passed}/{total} "
+                f"(run, faithful metric) pairs ({per_run_text}); authors' variant: middle for "
+                f"{v['authors_pairs_middle']}/{v['authors_pairs_total']} runs")
+    return VerdictResult(verdict, measured, {**v, "closest": closest.to_dict("records")})
 
 
 def plot_depth_profiles(dists: Mapping[str, pd.DataFrame], epochs: Mapping[str, int], min_epoch: int = 1,
@@ -313,7 +319,7 @@ def trend_table(series: Mapping[str, pd.DataFrame], from_fraction: float = 0.5, 
     return pd.DataFrame(rows)
 
 
-def c5_verdict(trends: pd.DataFrame, layer_share: float = 0.75, min_points: int = 3) -> dict:
+def c5_verdict(trends: pd.DataFrame, layer_share: float = 0.75, min_points: int = 3) -> VerdictResult:
     """The C5 rule on a :func:`trend_table`.
 
     *inconclusive* if any run has fewer than ``min_points`` curvature epochs in the window (no trend
@@ -327,19 +333,25 @@ def c5_verdict(trends: pd.DataFrame, layer_share: float = 0.75, min_points: int 
     layer_down = float((layer["trend"] == "decreasing").mean()) if len(layer) else float("nan")
     too_short = bool((full["n"] < min_points).any())
     if too_short:
-        verdict = "inconclusive"
+        verdict = Verdict.INCONCLUSIVE
     elif full_down.all() and layer_down >= layer_share:
-        verdict = "reproduced"
+        verdict = Verdict.REPRODUCED
     elif not full_down.any():
-        verdict = "not reproduced"
+        verdict = Verdict.NOT_REPRODUCED
     else:
-        verdict = "inconclusive"
-    return {"verdict": verdict, "too_few_epochs": too_short,
+        verdict = Verdict.INCONCLUSIVE
+    v = {"too_few_epochs": too_short,
             "full_decreasing": int(full_down.sum()), "full_total": len(full),
             "layer_decreasing_share": layer_down, "layer_decreasing": int((layer["trend"] == "decreasing").sum()),
             "layer_total": len(layer), "early_rise": int(trends["early_rise"].sum()), "total": len(trends),
             "full_early_rise": int(full["early_rise"].sum()),
             "increasing": int((trends["trend"] == "increasing").sum())}
+    full_text = "; ".join(f"{r['run']} {r['quantity']}: {r['trend']} (ρ={r['rho']:.2f}, n={r['n']}"
+                          f"{', early rise' if r['early_rise'] else ''})" for _, r in full.iterrows())
+    measured = (f"full network: {v['full_decreasing']}/{v['full_total']} decreasing [{full_text}]; layers: "
+                f"{v['layer_decreasing']}/{v['layer_total']} decreasing; early rise in {v['early_rise']}/{v['total']} "
+                f"quantities" + ("; too few curvature epochs in the window to test a trend" if too_short else ""))
+    return VerdictResult(verdict, measured, {**v, "trends": trends.to_dict("records")})
 
 
 def _plot_series(ax: plt.Axes, x: Any, y: Any, stderr: Any = None, log: bool = True, band_alpha: float = 0.2,

@@ -24,13 +24,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .claims import CLAIMS
 from .files import write_json
-
-PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
-DEFAULT_PROFILE = "cpu"
-#: profiles whose outputs are written outside the committed tree
-UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)
-
+from .profiles import UNCOMMITTED_PROFILES, profile_name
 
 def repo_root() -> Path:
     """The repository root: the parent of the package directory when it holds pyproject.toml, else
@@ -47,15 +43,6 @@ def repo_root() -> Path:
 def data_root() -> Path:
     """Absolute path of the repository's ``data/`` directory (data sets and cached runs)."""
     return repo_root() / "data"
-
-
-def profile_name(default: str | None = None) -> str:
-    """The profile: ``default`` (a notebook's papermill parameter) if given, else $HTR_PROFILE, else "cpu"."""
-    name = default if default is not None else (os.environ.get("HTR_PROFILE") or DEFAULT_PROFILE)
-    name = str(name).strip().lower()
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return name
 
 
 def output_dir(notebook_name: str, profile: str, out: str | Path | None = None, create: bool = True) -> Path:
@@ -83,6 +70,12 @@ def setup(notebook_name: str, profile: str | None = None, out: str | Path | None
         from .plotting import set_style
         set_style()
     return profile, output_dir(notebook_name, profile, out)
+
+
+def show_claim(claim_id: str) -> Any:
+    """The claim's card — statement, what the paper reports, the verdict rule — as Markdown for the notebook."""
+    from IPython.display import Markdown
+    return Markdown(CLAIMS[claim_id].card())
 
 
 def save_figure(fig: Any, out_dir: str | Path, name: str, dpi: int = 150) -> tuple[Path, Path]:

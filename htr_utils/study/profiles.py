@@ -22,8 +22,9 @@ from pathlib import Path
 from ..curvature import KINDS
 from .training import TrainConfig
 
-PROFILE_ENV = "HTR_PROFILE"
+PROFILE_ENV = "HTR_PROFILE"  # the default profile when a notebook's parameter is None (nbval runs smoke this way)
 DEFAULT_PROFILE = "cpu"
+UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)  # outputs written outside the committed tree
 KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 
 
@@ -191,9 +192,14 @@ PAPER = Profile(
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, CPU, PAPER)}
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The profile ``name``; None -> environment variable HTR_PROFILE, else "cpu"."""
-    key = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+def profile_name(name: str | None = None) -> str:
+    """The profile: ``name`` (a notebook's papermill parameter) if given, else $HTR_PROFILE, else "cpu"."""
+    key = str(name if name is not None else (os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)).strip().lower()
     if key not in PROFILES:
-        raise ValueError(f"unknown profile {key!r}; valid profiles: {', '.join(PROFILES)}")
-    return PROFILES[key]
+        raise ValueError(f"unknown profile {key!r}; choose one of {', '.join(PROFILES)}")
+    return key
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The :class:`Profile` named by :func:`profile_name`."""
+    return PROFILES[profile_name(name)]

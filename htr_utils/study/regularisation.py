@@ -36,6 +36,7 @@ from .statistics import bootstrap_difference, welch_difference
 from .data import make_loader
 from .profiles import RegStudy, get_profile
 from .runs import Run, train_run
+from .verdicts import Verdict, VerdictResult, combine
 from .training import (Trainer, TrainConfig, TrainingDiverged, evaluate, penalty_parameter_names, prepare_data,
                        sgd_step)
 
@@ -237,16 +238,7 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
 # ============================================================================ verdict rules
 
 
-def combine_verdicts(parts: Sequence[str]) -> str:
-    """'reproduced' if every part is, 'not reproduced' if every part is, else 'inconclusive'."""
-    if parts and all(p == "reproduced" for p in parts):
-        return "reproduced"
-    if parts and all(p == "not reproduced" for p in parts):
-        return "not reproduced"
-    return "inconclusive"
-
-
-def sweep_verdict(rho_acc: Mapping[str, float], rho_gap: Mapping[str, float]) -> str:
+def sweep_verdict(rho_acc: Mapping[str, float], rho_gap: Mapping[str, float]) -> Verdict:
     """C6, trace vs generalisation, from Spearman ρ with 95 % bootstrap intervals.
 
     Reproduced if ρ(trace, test acc.) < 0 and ρ(trace, acc. gap) > 0 with both intervals excluding
@@ -254,26 +246,26 @@ def sweep_verdict(rho_acc: Mapping[str, float], rho_gap: Mapping[str, float]) ->
     inconclusive otherwise.
     """
     if rho_acc["hi"] < 0 and rho_gap["lo"] > 0:
-        return "reproduced"
+        return Verdict.REPRODUCED
     if rho_acc["rho"] >= 0 and rho_gap["rho"] <= 0:
-        return "not reproduced"
-    return "inconclusive"
+        return Verdict.NOT_REPRODUCED
+    return Verdict.INCONCLUSIVE
 
 
-def improvement_verdict(comparisons: pd.DataFrame) -> str:
+def improvement_verdict(comparisons: pd.DataFrame) -> Verdict:
     """C6, HTR improves test accuracy: every (arm − reference) difference's 95 % Welch interval above 0.
 
     Reproduced if every comparison's interval lies above 0; not reproduced if every mean
     difference is ≤ 0; inconclusive otherwise (positive but within noise, or mixed).
     """
     if (comparisons["welch_lo"] > 0).all():
-        return "reproduced"
+        return Verdict.REPRODUCED
     if (comparisons["diff"] <= 0).all():
-        return "not reproduced"
-    return "inconclusive"
+        return Verdict.NOT_REPRODUCED
+    return Verdict.INCONCLUSIVE
 
 
-def middle_accuracy_verdict(comparisons: pd.DataFrame, margin: float) -> str:
+def middle_accuracy_verdict(comparisons: pd.DataFrame, margin: float) -> Verdict:
     """C7 accuracy: middle − full HTR, non-inferiority with ``margin`` (accuracy, e.g. 0.002 = 0.2 points).
 
     Reproduced if some middle rule's 95 % Welch interval has its lower end ≥ −margin (comparable or
@@ -281,14 +273,14 @@ def middle_accuracy_verdict(comparisons: pd.DataFrame, margin: float) -> str:
     inconclusive otherwise.
     """
     if (comparisons["welch_lo"] >= -margin).any():
-        return "reproduced"
+        return Verdict.REPRODUCED
     if (comparisons["welch_hi"] < 0).all():
-        return "not reproduced"
-    return "inconclusive"
+        return Verdict.NOT_REPRODUCED
+    return Verdict.INCONCLUSIVE
 
 
 def cost_verdict(costs: pd.DataFrame, rules: Sequence[str] = ("middle", "middle_authors"),
-                 saving: float = 0.1) -> str:
+                 saving: float = 0.1) -> Verdict:
     """C7 cost: a middle rule's penalty step at least ``saving`` (10 %) cheaper than the full one.
 
     From :func:`penalty_step_costs` medians: reproduced if some middle rule's median ≤ (1 − saving)
@@ -298,10 +290,10 @@ def cost_verdict(costs: pd.DataFrame, rules: Sequence[str] = ("middle", "middle_
     t = costs.set_index("step")["median_s"]
     ratios = [t[r] / t["all"] for r in rules if r in t]
     if any(r <= 1 - saving for r in ratios):
-        return "reproduced"
+        return Verdict.REPRODUCED
     if all(r >= 1 for r in ratios):
-        return "not reproduced"
-    return "inconclusive"
+        return Verdict.NOT_REPRODUCED
+    return Verdict.INCONCLUSIVE
 
 
 def c7_verdict(comparisons: pd.DataFrame, costs: pd.DataFrame, rules: Sequence[str], margin: float,
@@ -317,13 +309,90 @@ def c7_verdict(comparisons: pd.DataFrame, costs: pd.DataFrame, rules: Sequence[s
     for rule in rules:
         row = comparisons[comparisons["arm"] == f"htr_{rule}"]
         acc, cost = middle_accuracy_verdict(row, margin), cost_verdict(costs, rules=(rule,), saving=saving)
-        both = ("reproduced" if acc == cost == "reproduced" else
-                "not reproduced" if "not reproduced" in (acc, cost) else "inconclusive")
-        per_rule[rule] = {"accuracy": acc, "cost": cost, "C7": both}
-    verdicts = [v["C7"] for v in per_rule.values()]
-    overall = ("reproduced" if "reproduced" in verdicts else
-               "not reproduced" if all(v == "not reproduced" for v in verdicts) else "inconclusive")
-    return {"per_rule": per_rule, "verdict": overall}
+        per_rule[rule] = {"accuracy": acc, "cost": cost, "C7": combine((acc, cost), "all_of")}
+    return {"per_rule": per_rule, "verdict": combine((v["C7"] for v in per_rule.values()), "any_of")}
+
+
+def describe_studies(studies: Mapping[str, RegStudy]) -> str:
+    """One line per regularisation study: model, data, split, schedule, HTR settings, L2 and seeds."""
+    return "; ".join(f"{name}: {s.base.model} on {s.base.dataset}, {s.base.train_size or 'all'} training images after "
+                     f"a {s.base.val_fraction:.0%} validation split, {s.base.epochs} epochs (LR ×{s.base.lr_gamma} at "
+                     f"{', '.join(map(str, s.base.milestones))}), HTR every {s.base.htr_freq} steps after epoch "
+                     f"{s.base.htr_start_epoch} with {s.base.htr_probes} probes, L2 {s.l2:g}, seeds {list(s.seeds)}"
+                     for name, s in studies.items())
+
+
+def describe_sweep(base: TrainConfig) -> str:
+    """The sweep's common setting: model, data, split, epochs, seed and how the trace is measured."""
+    return (f"{base.model} on {base.dataset}, {base.train_size or 'all'} training images "
+            f"(validation {base.val_fraction:.0%} held out), {base.epochs} epochs, seed {base.seed}; trace: "
+            f"{base.trace_probes} probes on {base.examples_per_class}/class")
+
+
+def c6a_verdict(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]], diverged: Mapping[str, str]) -> VerdictResult:
+    """C6, first half, by :func:`sweep_verdict` on the sweep's Spearman correlations (``rho`` by column)."""
+    verdict = sweep_verdict(rho["test_acc"], rho["acc_gap"])
+    f = lambda c: f"ρ = {rho[c]['rho']:.2f} [{rho[c]['lo']:.2f}, {rho[c]['hi']:.2f}]"  # noqa: E731
+    measured = (f"{len(table)} LeNet runs (batch, lr, weight decay varied; {len(diverged)} diverged): "
+                f"trace vs test acc. {f('test_acc')}; vs train−test acc. {f('acc_gap')}; vs test−train loss "
+                f"{f('loss_gap')}; traces {table['trace'].min():.3g}–{table['trace'].max():.3g}, test acc. "
+                f"{table['test_acc'].min():.4f}–{table['test_acc'].max():.4f}")
+    return VerdictResult(verdict, measured, {"rho": dict(rho), "table": table.to_dict("records"),
+                                             "diverged": dict(diverged)})
+
+
+def c6b_verdict(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.DataFrame],
+                gammas: Mapping[str, float], studies: Mapping[str, RegStudy],
+                arms: Sequence[str] = ("sgd", "sgd_l2", "htr", "l2_htr")) -> VerdictResult:
+    """C6, second half: :func:`improvement_verdict` on each study's rule rows (``in_rule``), combined over studies."""
+    per_study, texts = {}, []
+    for name, comp in comparisons.items():
+        rule_rows = comp[comp["in_rule"]]
+        per_study[name] = improvement_verdict(rule_rows)
+        res = results[name]
+        acc = {a: res.loc[res["arm"] == a, "test_acc"].dropna() for a in arms}
+        tr = comp[(comp["quantity"] == "trace") & (comp["arm"] == "htr")].iloc[0]
+        texts.append(f"{name} (γ = {gammas[name]:g}, {len(studies[name].seeds)} seeds): test acc. "
+                     + ", ".join(f"{a} {100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f} %" for a, v in acc.items())
+                     + "; " + "; ".join(f"{r['comparison']} = {100 * r['diff']:+.2f} pts [{100 * r['welch_lo']:+.2f}, "
+                                        f"{100 * r['welch_hi']:+.2f}]" for _, r in rule_rows.iterrows())
+                     + f"; final trace HTR − SGD = {tr['diff']:+.3g} [{tr['welch_lo']:+.3g}, {tr['welch_hi']:+.3g}]"
+                     + f" → {per_study[name]}")
+    return VerdictResult(combine(per_study.values()), " | ".join(texts),
+                         {"per_study": per_study, "gammas": dict(gammas),
+                          "comparisons": {n: c.to_dict("records") for n, c in comparisons.items()},
+                          "results": {n: r.to_dict("records") for n, r in results.items()}})
+
+
+def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.DataFrame],
+              costs: Mapping[str, pd.DataFrame], gammas: Mapping[str, Mapping[str, float]],
+              studies: Mapping[str, RegStudy], margin: float, rounds: int) -> VerdictResult:
+    """C7 per study by :func:`c7_verdict` (the same middle rule must pass accuracy and cost), combined over studies."""
+    per_study, texts = {}, []
+    for name, comp in comparisons.items():
+        study = studies[name]
+        v = c7_verdict(comp[comp["in_rule"]], costs[name], study.middle_rules, margin)
+        per_study[name] = {**v["per_rule"], "C7": v["verdict"]}
+        res, c = results[name], costs[name].set_index("step")
+        acc = res.groupby("arm", sort=False)["test_acc"].agg(["mean", "std"])
+        trace_vs_sgd = comp[(comp["quantity"] == "trace") & (comp["reference"] == "sgd")]
+        parts = []
+        for rule in study.middle_rules:
+            r = comp[comp["in_rule"] & (comp["arm"] == f"htr_{rule}")].iloc[0]
+            t = trace_vs_sgd[trace_vs_sgd["arm"] == f"htr_{rule}"].iloc[0]
+            pr = v["per_rule"][rule]
+            parts.append(f"{rule} (γ = {gammas[name][rule]:g}): middle − full {100 * r['diff']:+.2f} pts "
+                         f"[{100 * r['welch_lo']:+.2f}, {100 * r['welch_hi']:+.2f}] → accuracy {pr['accuracy']}; "
+                         f"penalty step {c.loc[rule, 'median_s'] / c.loc['all', 'median_s']:.2f}× full → cost "
+                         f"{pr['cost']}; trace − SGD {t['diff']:+.3g} [{t['welch_lo']:+.3g}, {t['welch_hi']:+.3g}]")
+        texts.append(f"{name}: test acc. " + ", ".join(f"{a} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %"
+                                                       for a, r in acc.iterrows())
+                     + f"; full penalty step {c.loc['all', 'median_s']:.3g} s, plain {c.loc['plain', 'median_s']:.3g} s"
+                     + f" (median of {rounds}); " + "; ".join(parts))
+    return VerdictResult(combine(v["C7"] for v in per_study.values()), " | ".join(texts),
+                         {"per_study": per_study, "gammas": {n: dict(g) for n, g in gammas.items()},
+                          "costs": {n: c.to_dict("records") for n, c in costs.items()},
+                          "comparisons": {n: c.to_dict("records") for n, c in comparisons.items()}})
 
 
 # ============================================================================ figures

@@ -19,9 +19,11 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
+from .claims import CLAIMS
 from .files import atomic_write, write_json
+from .profiles import PROFILE_ENV
+from .verdicts import VerdictResult
 
-VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive")
 VERDICT_FILE = "verdict.json"
 TIMINGS_FILE = "timings.json"
 REPORT_FILE = "REPORT.md"
@@ -30,34 +32,32 @@ REPORT_FILE = "REPORT.md"
 # --------------------------------------------------------------------------- verdicts
 
 
-def write_verdict(out_dir: str | Path, claim_id: str, claim: str, paper_reports: str, measured: str,
-                  verdict: str, rule: str, data: str, extra: Mapping[str, Any] | None = None,
+def write_verdict(out_dir: str | Path, claim_id: str, result: VerdictResult, data: str,
                   profile: str | None = None) -> Path:
     """Write ``out_dir/verdict.json`` and return its path.
 
-    ``verdict`` must be one of :data:`VERDICTS`. ``rule`` is the decision rule as written in the
-    notebook before the result; ``data`` names the data set(s) (and model); ``extra`` holds any
-    numbers behind the verdict. ``profile`` defaults to the environment's HTR_PROFILE.
+    The claim's statement, what the paper reports and the rule come from :data:`CLAIMS`
+    (written before the result); ``result`` is what the rule returned; ``data`` names the
+    data set(s) and models; ``profile`` defaults to the environment's profile variable.
     """
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-    for name, value in (("claim_id", claim_id), ("claim", claim), ("paper_reports", paper_reports),
-                        ("measured", measured), ("rule", rule), ("data", data)):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if claim_id not in CLAIMS:
+        raise ValueError(f"unknown claim {claim_id!r}; known: {', '.join(CLAIMS)}")
+    if not isinstance(data, str) or not data.strip():
+        raise ValueError(f"data must name the data set(s) and models, got {data!r}")
+    claim = CLAIMS[claim_id]
     out_dir = Path(out_dir)
     record = {
         "notebook": out_dir.name,
         "claim_id": claim_id,
-        "claim": claim,
-        "paper_reports": paper_reports,
-        "measured": measured,
-        "verdict": verdict,
-        "rule": rule,
+        "claim": claim.summary,
+        "paper_reports": claim.paper_summary,
+        "measured": result.measured,
+        "verdict": result.verdict,
+        "rule": claim.rule,
         "data": data,
-        "profile": profile if profile is not None else os.environ.get("HTR_PROFILE"),
+        "profile": profile if profile is not None else os.environ.get(PROFILE_ENV),
         "written": _dt.datetime.now().isoformat(timespec="seconds"),
-        "extra": dict(extra or {}),
+        "extra": result.details,
     }
     return write_json(record, out_dir / VERDICT_FILE)
 

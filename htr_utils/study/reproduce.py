@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .outputs import PROFILES, UNCOMMITTED_PROFILES, repo_root
+from .outputs import repo_root
+from .profiles import PROFILE_ENV, PROFILES, UNCOMMITTED_PROFILES
 from .report import VERDICT_FILE, write_report
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
@@ -86,8 +87,8 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, timeout: float | N
     if stale.exists():
         stale.unlink()  # a verdict must come from this run
     target = out_dir / notebook.name
-    saved = {k: os.environ.get(k) for k in ("HTR_PROFILE", "HTR_OUT_DIR")}
-    os.environ["HTR_PROFILE"], os.environ["HTR_OUT_DIR"] = profile, str(out_dir)
+    saved = {k: os.environ.get(k) for k in (PROFILE_ENV, "HTR_OUT_DIR")}
+    os.environ[PROFILE_ENV], os.environ["HTR_OUT_DIR"] = profile, str(out_dir)
     try:
         pm.execute_notebook(str(notebook), str(target), parameters={"profile": profile}, kernel_name=KERNEL,
                             cwd=str(cwd or notebook.parent), progress_bar=False, log_output=False,

@@ -21,6 +21,7 @@ from ..curvature import KINDS
 from ..lanczos import SpectralDensity
 from .plotting import plot_density, plot_top_eigenvalues
 from .records import BlockCurvature, CurvatureRecord
+from .verdicts import Verdict, VerdictResult
 from ..spectra import count_outliers, spectral_distance
 
 KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
@@ -243,15 +244,17 @@ def gauss_newton_comparison(record: CurvatureRecord, C: int, part: str = "full")
             "ggn_valid": top_within_trace(ggn)}
 
 
-def gauss_newton_table(runs: Mapping[str, Any]) -> pd.DataFrame:
+def gauss_newton_table(runs: Mapping[str, Any], top_rel: float = 0.10, w1_rel: float = 0.05,
+                       res_rel: float = 0.10) -> pd.DataFrame:
     """:func:`gauss_newton_comparison` of the full network at every epoch with all three kinds, one row
-    per (run, epoch); ``final`` marks each run's last such epoch."""
+    per (run, epoch); ``final`` marks each run's last such epoch, ``passes`` applies :func:`gauss_newton_pass`."""
     rows = []
     for label, run in runs.items():
         epochs = epochs_with_kinds(run)
         for e in epochs:
-            rows.append({"run": label, **gauss_newton_comparison(run.curvature(e), run_classes(run)),
-                         "final": e == epochs[-1]})
+            row = gauss_newton_comparison(run.curvature(e), run_classes(run))
+            rows.append({"run": label, **row, "final": e == epochs[-1],
+                         "passes": gauss_newton_pass(row, top_rel, w1_rel, res_rel)})
     return pd.DataFrame(rows)
 
 
@@ -493,3 +496,52 @@ def plot_outlier_history(history: pd.DataFrame, tolerance: int = 2) -> plt.Figur
     ax1.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- verdicts (rules: claims.py)
+
+
+def c1_verdict(summary: pd.DataFrame, history: pd.DataFrame) -> VerdictResult:
+    """C1 from :func:`full_spectrum_summary` rows at each run's final epoch (``summary``) and at every epoch."""
+    ok = summary.set_index("run")["rule_ok"]
+    verdict = Verdict.from_counts(int(ok.sum()), len(ok))
+    per_run = "; ".join(f"{r.run}: k = {r.outliers} (C = {r.C}, largest gap λ_k/λ_k+1 = {r.largest_gap_ratio:.3g}, "
+                        f"λ_C/λ_C+1 = {r.gap_ratio_at_C:.3g}), {r['bulk_mass_1%']:.1%} of the SLQ mass at |λ| < 1 % "
+                        f"λ_max" for _, r in summary.iterrows())
+    measured = f"rule holds for {int(ok.sum())}/{len(ok)} runs" + (
+        f" (not for {', '.join(ok.index[~ok])})" if verdict is Verdict.INCONCLUSIVE else "") + ". " + per_run
+    return VerdictResult(verdict, measured, {"final": summary.to_dict("records"), "history": history.to_dict("records")})
+
+
+def c2_verdict(table: pd.DataFrame) -> VerdictResult:
+    """C2 from :func:`gauss_newton_table`: each run's final epoch decides (column ``passes``)."""
+    final_rows = table[table["final"]].set_index("run")
+    invalid = list(final_rows.index[~final_rows["ggn_valid"]])
+    ok = final_rows["passes"][final_rows["ggn_valid"]]
+    verdict = Verdict.from_counts(int(ok.sum()), len(ok))
+    later = table[(table["epoch"] > 0) & table["ggn_valid"]]
+    per_run = "; ".join(f"{run} (epoch {r.epoch}): top-C rel. diff. median {r.topC_rel_diff_median:.1%}, "
+                        f"W1(Hess,G) = {r.w1_hess_ggn_rel:.2%} of the range, max|λ(H)| = {r.res_radius_rel:.1%} "
+                        f"of λ_max(Hess)" for run, r in final_rows.iterrows())
+    measured = (f"final epoch: {int(ok.sum())}/{len(ok)} valid runs pass" +
+                (f" (not {', '.join(ok.index[~ok])})" if verdict is Verdict.INCONCLUSIVE and not ok.empty else "") +
+                (f"; INVALID (λ_max(G) > tr(G) + 3 stderr: Lanczos lost orthogonality): {', '.join(invalid)}"
+                 if invalid else "") +
+                f"; all valid epochs after initialisation: {int(later['passes'].sum())}/{len(later)} pass. " + per_run)
+    return VerdictResult(verdict, measured, {"table": table.to_dict("records")})
+
+
+def c3_verdict(table: pd.DataFrame, reproduced_at: float = 0.75, not_reproduced_below: float = 0.25) -> VerdictResult:
+    """C3 from the :func:`layer_table` rows of every run's final epoch: the share f of valid layers with C ± 2 outliers."""
+    valid = table[table["valid"]]
+    invalid = [f"{r.run}: {r.layer}" for r in table[~table["valid"]].itertuples()]
+    frac = float(valid["rule_ok"].mean()) if len(valid) else float("nan")
+    verdict = (Verdict.INCONCLUSIVE if not len(valid) else Verdict.REPRODUCED if frac >= reproduced_at
+               else Verdict.NOT_REPRODUCED if frac < not_reproduced_below else Verdict.INCONCLUSIVE)
+    per_run = "; ".join(f"{run}: {int(g['rule_ok'].sum())}/{len(g)} layers (k = {', '.join(map(str, g['outliers']))})"
+                        for run, g in valid.groupby("run", sort=False))
+    measured = (f"{int(valid['rule_ok'].sum())}/{len(valid)} valid layers ({frac:.0%}) show C ± 2 outliers; {per_run}"
+                + (f"; INVALID (λ_max > trace + 3 stderr, excluded): {', '.join(invalid)}" if invalid else "") + ". "
+                f"G_l = Hess_l: max ‖H_l‖/λ_max(Hess_l) = {table['res_norm_rel'].max():.1e}, "
+                f"max W1(Hess_l, G_l)/range = {table['w1_hess_ggn_rel'].max():.1e} (zero by construction)")
+    return VerdictResult(verdict, measured, {"layers": table.to_dict("records"), "fraction": frac, "invalid": invalid})

@@ -66,7 +66,7 @@ def test_distance_table_and_closest_layers():
     assert table.loc["m", "W1 raw"] == "2 (l2): yes" and list(table.columns) == list(ts.METRICS)
     frac = ts.middle_fraction_by_epoch({"m": dist})
     assert frac.loc["m", "W1 raw"] == 1.0
-    assert ts.c4_verdict(closest)["verdict"] == "reproduced"
+    assert ts.c4_verdict(closest).verdict == "reproduced"
 
 
 def _closest(rows):
@@ -77,17 +77,18 @@ def test_c4_verdict_branches():
     f = ts.FAITHFUL
     good = _closest([(r, m, True) for r in "ab" for m in f] + [("a", "authors", False), ("b", "authors", True)])
     v = ts.c4_verdict(good)
-    assert v["verdict"] == "reproduced" and v["pairs_middle"] == 8 and v["authors_middle"] == {"a": False, "b": True}
+    assert v.verdict == "reproduced" and v.details["pairs_middle"] == 8
+    assert v.details["authors_middle"] == {"a": False, "b": True} and "8/8" in v.measured
     # majority, but run b never in the middle -> inconclusive
     mixed = _closest([("a", m, True) for m in f] + [("b", m, False) for m in f] + [("c", m, True) for m in f])
-    assert ts.c4_verdict(mixed)["verdict"] == "inconclusive"
-    assert ts.c4_verdict(mixed)["runs_never_middle"] == ["b"]
+    assert ts.c4_verdict(mixed).verdict == "inconclusive"
+    assert ts.c4_verdict(mixed).details["runs_never_middle"] == ["b"]
     # exactly half -> not reproduced
     half = _closest([("a", m, i < 2) for i, m in enumerate(f)])
-    assert ts.c4_verdict(half)["verdict"] == "not reproduced"
+    assert ts.c4_verdict(half).verdict == "not reproduced"
     # the authors' variant does not count
     only_authors = _closest([("a", m, False) for m in f] + [("a", "authors", True)])
-    assert ts.c4_verdict(only_authors)["verdict"] == "not reproduced"
+    assert ts.c4_verdict(only_authors).verdict == "not reproduced"
 
 
 def _trend_records(full_trace, layer_trace_sign=-1, epochs=11):
@@ -117,14 +118,14 @@ def test_trend_table_and_c5_verdict():
     assert np.isfinite(trends.loc[trends["quantity"] == "trace", "noise"]).all()
     assert trends.loc[trends["quantity"] == "λ_max", "noise"].isna().all()
     v = ts.c5_verdict(trends)
-    assert v["verdict"] == "reproduced" and v["layer_decreasing_share"] == 1.0 and v["full_early_rise"] == 2
+    assert v.verdict == "reproduced" and v.details["layer_decreasing_share"] == 1.0 and v.details["full_early_rise"] == 2
 
     rising = ts.trend_table({"r": ts.curvature_series(_trend_records(lambda e: 1.0 + e, layer_trace_sign=1))})
-    assert ts.c5_verdict(rising)["verdict"] == "not reproduced"
+    assert ts.c5_verdict(rising).verdict == "not reproduced"
     both = pd.concat([trends, rising.assign(run="r2")], ignore_index=True)
-    assert ts.c5_verdict(both)["verdict"] == "inconclusive"
+    assert ts.c5_verdict(both).verdict == "inconclusive"
     short = ts.trend_table({"r": ts.curvature_series(_trend_records(lambda e: 10.0 - e, epochs=4))})
-    assert ts.c5_verdict(short)["verdict"] == "inconclusive" and ts.c5_verdict(short)["too_few_epochs"]
+    assert ts.c5_verdict(short).verdict == "inconclusive" and ts.c5_verdict(short).details["too_few_epochs"]
 
 
 def test_figures_build():

@@ -20,7 +20,11 @@ TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, 
                    curvature_init=False, lanczos_iters=8, examples_per_class=2, trace_probes=4)
 
 
-# ---------------------------------------------------------------------------- statistics
+# ---------------------------------------------------------------------------- verdict rules
+
+def _comparisons(*rows):
+    return pd.DataFrame([{"diff": d, "welch_lo": lo, "welch_hi": hi} for d, lo, hi in rows])
+
 
 def test_verdict_rules():
     rho = lambda r, lo, hi: {"rho": r, "lo": lo, "hi": hi}  # noqa: E731
@@ -95,7 +99,7 @@ def test_run_summary_reads_the_run(htr_run):
     s = rs.run_summary(htr_run)
     m = htr_run.metrics
     rec = htr_run.curvature(2).kinds["hessian"].full
-    assert s["test_acc"] == m["test_acc"].iloc[-1] and s["trace"] == rec["trace"]["mean"]
+    assert s["test_acc"] == m["test_acc"].iloc[-1] and s["trace"] == rec.trace.mean
     assert s["lambda_max"] == rec.top[0] and s["penalty_steps"] == m["penalty_steps"].sum() > 0
     assert s["penalty_step_seconds"] > 0 and s["train_seconds"] == pytest.approx(m["epoch_seconds"].sum())
     # epoch 2 has only penalty steps (htr_freq = 1): the plain-step time comes from epoch 1 alone

@@ -8,16 +8,16 @@ import matplotlib
 import numpy as np
 import pytest
 
-from htr_utils.study import outputs, report
+from htr_utils.study import outputs, profiles, report
+from htr_utils.study.claims import CLAIMS
+from htr_utils.study.verdicts import VerdictResult
 
 matplotlib.use("Agg")
 
 
-def _verdict(out: Path, verdict: str = "reproduced", **kw) -> Path:
-    args = dict(claim_id="C1", claim="bulk plus C outliers", paper_reports="about 10 outliers",
-                measured="9 outliers", verdict=verdict, rule="count in [C-2, C+2]", data="FashionMNIST, LeNet")
-    args.update(kw)
-    return report.write_verdict(out, **args)
+def _verdict(out: Path, verdict: str = "reproduced", claim_id: str = "C1", measured: str = "9 outliers",
+             extra: dict | None = None, data: str = "FashionMNIST, LeNet", profile: str | None = None) -> Path:
+    return report.write_verdict(out, claim_id, VerdictResult(verdict, measured, extra or {}), data, profile)
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -37,14 +37,20 @@ def test_write_verdict_fields_and_json_safety(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["yes", "Reproduced", "", None])
 def test_write_verdict_rejects_unknown_verdicts(tmp_path: Path, bad) -> None:
-    with pytest.raises(ValueError, match="verdict must be one of"):
+    with pytest.raises(ValueError, match="not a valid Verdict"):
         _verdict(tmp_path / "x", verdict=bad)
     assert not (tmp_path / "x" / "verdict.json").exists()
 
 
-def test_write_verdict_requires_the_texts(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="rule"):
-        _verdict(tmp_path / "x", rule="  ")
+def test_write_verdict_requires_a_known_claim_and_the_texts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown claim 'C9'"):
+        _verdict(tmp_path / "x", claim_id="C9")
+    with pytest.raises(ValueError, match="data must name"):
+        _verdict(tmp_path / "x", data="  ")
+    with pytest.raises(ValueError, match="non-empty measured"):
+        _verdict(tmp_path / "x", measured=" ")
+    rec = json.loads(_verdict(tmp_path / "y", claim_id="C4").read_text())
+    assert rec["rule"] == CLAIMS["C4"].rule and rec["claim"] == CLAIMS["C4"].summary  # the rule is written once
 
 
 def test_profile_defaults_to_environment(tmp_path: Path, monkeypatch) -> None:
@@ -57,8 +63,8 @@ def test_profile_defaults_to_environment(tmp_path: Path, monkeypatch) -> None:
 
 def test_report_table(tmp_path: Path) -> None:
     _verdict(tmp_path / "01_full_spectrum", profile="cpu")
-    _verdict(tmp_path / "04_layer_vs_full", verdict="not reproduced", claim="middle | layers closest",
-             measured="minimum at\nthe last layer", profile="cpu")
+    _verdict(tmp_path / "04_layer_vs_full", verdict="not reproduced", claim_id="C4",
+             measured="minimum at\nthe | last layer", profile="cpu")
     (tmp_path / "00_routines_check").mkdir()  # ran, no verdict
     path = report.write_report(tmp_path, {"00_routines_check": 12.0, "01_full_spectrum": 30.5,
                                           "04_layer_vs_full": 300.0, "05_trace": 1.0},
@@ -72,9 +78,9 @@ def test_report_table(tmp_path: Path) -> None:
     assert all(line.count(" | ") == 6 for line in lines)  # 7 cells, pipes in texts escaped
     assert "no verdict" in lines[0] and "12.0 s" in lines[0]
     cells = [c.strip() for c in lines[1].split(" | ")]
-    assert cells[1:] == ["C1: bulk plus C outliers", "about 10 outliers", "9 outliers", "**reproduced**",
+    assert cells[1:] == [f"C1: {CLAIMS['C1'].summary}", CLAIMS["C1"].paper_summary, "9 outliers", "**reproduced**",
                          "FashionMNIST, LeNet", "30.5 s |"]
-    assert "middle \\| layers closest" in lines[2] and "minimum at the last layer" in lines[2]
+    assert "minimum at the \\| last layer" in lines[2]
     assert "**not reproduced**" in lines[2] and "5.0 min" in lines[2]
     assert "**FAILED**: cell 3: RuntimeError: out of memory" in lines[3]
 
@@ -93,25 +99,25 @@ def test_report_keeps_earlier_timings_and_collects(tmp_path: Path) -> None:
 
 def test_profile_name(monkeypatch) -> None:
     monkeypatch.delenv("HTR_PROFILE", raising=False)
-    assert notebook.profile_name() == "cpu"
+    assert profiles.profile_name() == "cpu"
     monkeypatch.setenv("HTR_PROFILE", "smoke")
-    assert notebook.profile_name() == "smoke"
-    assert notebook.profile_name("paper") == "paper"  # the papermill parameter wins
+    assert profiles.profile_name() == "smoke"
+    assert profiles.profile_name("paper") == "paper"  # the papermill parameter wins
     with pytest.raises(ValueError, match="unknown profile"):
-        notebook.profile_name("huge")
+        profiles.profile_name("huge")
 
 
 def test_output_dir(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HTR_OUT_DIR", raising=False)
-    root = notebook.repo_root()
-    assert (root / "pyproject.toml").is_file() and notebook.data_root() == root / "data"
+    root = outputs.repo_root()
+    assert (root / "pyproject.toml").is_file() and outputs.data_root() == root / "data"
     monkeypatch.chdir(tmp_path)  # resolution does not depend on the working directory
-    assert notebook.output_dir("01_x", "cpu", create=False) == root / "figures" / "cpu" / "01_x"
-    assert notebook.output_dir("01_x", "paper", create=False) == root / "figures" / "paper" / "01_x"
-    assert notebook.output_dir("01_x", "smoke", create=False) == root / "build" / "smoke" / "01_x"
+    assert outputs.output_dir("01_x", "cpu", create=False) == root / "figures" / "cpu" / "01_x"
+    assert outputs.output_dir("01_x", "paper", create=False) == root / "figures" / "paper" / "01_x"
+    assert outputs.output_dir("01_x", "smoke", create=False) == root / "build" / "smoke" / "01_x"
     monkeypatch.setenv("HTR_OUT_DIR", str(tmp_path / "runner" / "01_x"))
-    assert notebook.output_dir("01_x", "cpu", create=False) == tmp_path / "runner" / "01_x"
-    assert notebook.output_dir("01_x", "cpu", out=tmp_path / "mine", create=False) == tmp_path / "mine"
+    assert outputs.output_dir("01_x", "cpu", create=False) == tmp_path / "runner" / "01_x"
+    assert outputs.output_dir("01_x", "cpu", out=tmp_path / "mine", create=False) == tmp_path / "mine"
 
 
 def test_save_helpers(tmp_path: Path) -> None:
@@ -121,14 +127,14 @@ def test_save_helpers(tmp_path: Path) -> None:
 
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    png, pdf = notebook.save_figure(fig, tmp_path / "o", "fig")
+    png, pdf = outputs.save_figure(fig, tmp_path / "o", "fig")
     plt.close(fig)
     assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
-    csv = notebook.save_table(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}), tmp_path / "o", "t")
+    csv = outputs.save_table(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}), tmp_path / "o", "t")
     assert csv.read_text().splitlines() == ["a,b", "1,0.5", "2,0.25"]
     named = pd.DataFrame({"v": [1.0]}, index=pd.Index(["fc1"], name="layer"))
-    assert notebook.save_table(named, tmp_path / "o", "n").read_text().splitlines()[0] == "layer,v"
-    js = notebook.save_json({"t": torch.tensor([1.0, 2.0]), "x": np.float32(0.5), "p": tmp_path,
+    assert outputs.save_table(named, tmp_path / "o", "n").read_text().splitlines()[0] == "layer,v"
+    js = outputs.save_json({"t": torch.tensor([1.0, 2.0]), "x": np.float32(0.5), "p": tmp_path,
                              "inf": np.inf}, tmp_path / "o", "j")
     assert json.loads(js.read_text()) == {"t": [1.0, 2.0], "x": 0.5, "p": str(tmp_path), "inf": None}
 
@@ -177,7 +183,7 @@ def test_clean_notebook_strips_every_output(tmp_path: Path) -> None:
     nb = new_notebook(cells=[new_markdown_cell("# t"), a, b])
     nb.metadata["papermill"] = {"parameters": {}}
     nbformat.write(nb, path)
-    notebook.clean_notebook(path)
+    outputs.clean_notebook(path)
     nb = nbformat.read(path, as_version=4)
     assert [c.get("outputs", []) for c in nb.cells[1:]] == [[], []]
     assert [c.execution_count for c in nb.cells[1:]] == [None, None]

@@ -14,13 +14,14 @@ from htr_utils.study import reproduce
 GOOD = """
 import os
 from pathlib import Path
-from htr_utils.study.outputs import profile_name, output_dir
+from htr_utils.study.outputs import output_dir
+from htr_utils.study.profiles import profile_name
 from htr_utils.study.report import write_verdict
+from htr_utils.study.verdicts import VerdictResult
 profile = profile_name(profile)
 out_dir = output_dir("00_good", profile)
-write_verdict(out_dir, "T1", claim="a tiny claim", paper_reports="it holds", measured="it held",
-              verdict="reproduced", rule="always", data="none",
-              extra={"cwd": str(Path.cwd()), "env_out": os.environ.get("HTR_OUT_DIR"), "profile": profile})
+write_verdict(out_dir, "C0", VerdictResult("reproduced", "it held", {"cwd": str(Path.cwd()),
+              "env_out": os.environ.get("HTR_OUT_DIR"), "profile": profile}), data="none")
 """
 BAD = 'x = 1\nraise RuntimeError("boom from the bad notebook")'
 
@@ -101,7 +102,7 @@ def test_run_writes_outputs_report_and_fails_on_error(notebooks: Path, tmp_path:
     report = (out / "REPORT.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| 0")}
     assert set(rows) == {"00_good", "01_bad"}
-    assert "**reproduced**" in rows["00_good"] and "T1: a tiny claim" in rows["00_good"]
+    assert "**reproduced**" in rows["00_good"] and "C0: the routines agree" in rows["00_good"]
     assert "FAILED" in rows["01_bad"] and "boom from the bad notebook" in rows["01_bad"]
     assert "stale" not in rows["01_bad"]
     assert "profile `smoke`" in report

@@ -59,9 +59,3 @@ def test_spearman_bootstrap():
     y = rng.normal(size=8)
     r = spearman_bootstrap(x, y)
     assert r["rho"] == pytest.approx(stats.spearmanr(x, y)[0]) and r["lo"] <= r["rho"] <= r["hi"]
-
-
-# ---------------------------------------------------------------------------- verdict rules
-
-def _comparisons(*rows):
-    return pd.DataFrame([{"diff": d, "welch_lo": lo, "welch_hi": hi} for d, lo, hi in rows])
