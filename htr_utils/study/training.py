@@ -16,13 +16,13 @@ import math
 import random
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -223,19 +223,36 @@ def _batch_norm_elementary(input: torch.Tensor, running_mean: torch.Tensor | Non
     return out + bias.view(shape) if bias is not None else out
 
 
+def _elementary_forward(self: nn.modules.batchnorm._BatchNorm, input: torch.Tensor) -> torch.Tensor:
+    """``_BatchNorm.forward`` with :func:`_batch_norm_elementary` in place of ``F.batch_norm`` (same arguments)."""
+    self._check_input_dim(input)
+    momentum = 0.0 if self.momentum is None else self.momentum
+    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+    bn_training = self.training or (self.running_mean is None and self.running_var is None)
+    buffers = not self.training or self.track_running_stats
+    return _batch_norm_elementary(input, self.running_mean if buffers else None, self.running_var if buffers else None,
+                                  self.weight, self.bias, bn_training, momentum, self.eps)
+
+
 @contextlib.contextmanager
-def composite_batch_norm() -> Iterator[None]:
-    """Within the block, BatchNorm layers use :func:`_batch_norm_elementary`.
+def composite_batch_norm(model: nn.Module) -> Iterator[None]:
+    """Within the block, the BatchNorm layers of ``model`` (and of no other model) use :func:`_batch_norm_elementary`.
 
     The gradient of the trace penalty needs third derivatives, which PyTorch's fused
-    batch_norm does not provide ("batch_norm does not support 3rd+ order derivatives").
+    batch_norm does not provide ("batch_norm does not support 3rd+ order derivatives"). The
+    swap is an instance attribute on each BatchNorm module, so ``torch.nn.functional`` and
+    other models in the process (other threads included) are untouched.
     """
-    original = F.batch_norm
-    F.batch_norm = _batch_norm_elementary
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.forward = types.MethodType(_elementary_forward, m)
     try:
         yield
     finally:
-        F.batch_norm = original
+        for m in layers:
+            del m.forward
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -258,7 +275,7 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Mod
     """
     penalised = bool(penalty_params)
     has_bn = penalised and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    with composite_batch_norm() if has_bn else contextlib.nullcontext():
+    with composite_batch_norm(model) if has_bn else contextlib.nullcontext():
         out = model(x)
     loss = loss_fn(out, y)
     total, pen = loss, None

@@ -6,13 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from htr_utils.curvature import hvp_operator
 from htr_utils.hutchinson import hutchinson_trace
 from htr_utils.lanczos import top_eigenvalues
 from htr_utils.study.models import build_model
-from htr_utils.study.training import (TIMING_COLUMNS, TrainConfig, Trainer, composite_batch_norm,
+from htr_utils.study.training import (TIMING_COLUMNS, TrainConfig, Trainer, composite_batch_norm, sgd_step,
                                  penalty_parameter_names)
 
 TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, batch_size=40, lr=0.05,
@@ -144,10 +145,36 @@ def test_htr_works_with_batch_norm():
     native = bn(x)
     stats = bn.running_mean.clone(), bn.running_var.clone()
     bn.reset_running_stats()
-    with composite_batch_norm():
+    with composite_batch_norm(bn):
         composite = bn(x)
     torch.testing.assert_close(composite, native, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close((bn.running_mean, bn.running_var), stats)
+    assert int(bn.num_batches_tracked) == 1 and "forward" not in vars(bn)  # counted like the native one; swap undone
     cfg = TINY.replace(model="vgg11_bn", width=0.125, htr_gamma=0.1, htr_freq=2, htr_probes=1)
     row = Trainer(cfg, device="cpu").run_epoch(1, progress=False)
     assert row["penalty_steps"] == 2 and math.isfinite(row["train_loss"])
+
+
+
+def test_penalty_steps_leave_torch_functional_and_other_models_alone():
+    """The elementary batch norm is swapped in on the trained model's BatchNorm modules only: seen from
+    elsewhere during a penalty step (a hook inside the forward pass), F.batch_norm is the original and
+    another model's BatchNorm runs the fused kernel."""
+    original = F.batch_norm
+    torch.manual_seed(0)
+    model = build_model("vgg11_bn", in_channels=1, num_classes=10, width=0.125)
+    other = nn.BatchNorm2d(3).eval()
+    x_other = torch.randn(4, 3, 5, 5)
+    seen = []
+
+    def spy(module, args, output):
+        fused = original(x_other, other.running_mean, other.running_var, other.weight, other.bias, False, 0.0, other.eps)
+        seen.append((F.batch_norm is original, torch.equal(other(x_other), fused)))
+    model.features[0].register_forward_hook(spy)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    params = [p for p in model.parameters() if p.requires_grad]
+    sgd_step(model, opt, nn.CrossEntropyLoss(), x, y, params, gamma=0.1, probes=1,
+             generator=torch.Generator().manual_seed(0))
+    assert seen == [(True, True)] and F.batch_norm is original
+    assert not any("forward" in vars(m) for m in model.modules())
