@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -57,7 +56,6 @@ def layer_distances(full: SpectralDensity, layers: Mapping[str, SpectralDensity]
                 row[label] = spectral_distance(layers[name], full, kw["metric"], rescale=kw["rescale"])
         rows.append(row)
     return pd.DataFrame(rows)
-
 
 
 #: all distance variants (columns of :func:`distance_table`), in the order of DISTANCE_VARIANTS
@@ -206,78 +204,6 @@ def c4_verdict(closest: pd.DataFrame, faithful: Sequence[str] = FAITHFUL) -> Ver
     return VerdictResult(verdict, measured, {**v, "closest": closest.to_dict("records")})
 
 
-def plot_depth_profiles(dists: Mapping[str, pd.DataFrame], epochs: Mapping[str, int], min_epoch: int = 1,
-                        metrics: Sequence[str] = METRICS, panel_size: tuple[float, float] = (3.3, 2.9)) -> plt.Figure:
-    """Distance to the full spectrum (÷ its max over layers, per run and metric) against normalised depth.
-
-    Row (a): at ``epochs[run]``; row (b): summed over the epochs >= ``min_epoch``. One column per
-    metric, one line per run; filled markers = layers in the middle half, a star = the closest layer.
-    """
-    fig, axes = plt.subplots(2, len(metrics), figsize=(panel_size[0] * len(metrics), panel_size[1] * 2),
-                             sharex=True, sharey=True, squeeze=False)
-    for row, which in enumerate(("epoch", "sum")):
-        for col, metric in enumerate(metrics):
-            ax = axes[row, col]
-            for i, (label, dist) in enumerate(dists.items()):
-                table = epoch_distances(dist, epochs[label]) if which == "epoch" else summed_distances(dist, min_epoch)
-                _profile(ax, table, metric, f"C{i}", label)
-            ax.axhline(1.0, color="0.8", lw=0.8, zorder=0)
-            ax.set_title(metric if row == 0 else "")
-            ax.set_xlabel("normalised depth" if row == 1 else "")
-        axes[row, 0].set_ylabel(("(a) at epoch " + ", ".join(sorted({str(e) for e in epochs.values()}))
-                                 if which == "epoch" else f"(b) summed, epochs ≥ {min_epoch}") + "\ndistance / max")
-    axes[0, 0].set_ylim(bottom=0)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], ls="", marker="*", ms=13, color="0.6", mec="black", mew=0.8))
-    labels.append("closest layer")
-    handles.append(plt.Line2D([], [], ls="", marker="o", color="0.3", mfc="0.3"))
-    labels.append("middle-half layer (filled)")
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.01), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
-
-
-def _profile(ax: plt.Axes, table: pd.DataFrame, metric: str, colour: str, label: str) -> None:
-    x = table["normalised_depth"].to_numpy()
-    d = table[metric].to_numpy(dtype=float)
-    y = d / d.max() if d.max() > 0 else d
-    L = len(d)
-    mid = np.array([is_middle(i, L) for i in range(L)])
-    ax.plot(x, y, "-", color=colour, lw=1.5, label=label)
-    ax.plot(x[mid], y[mid], "o", color=colour, ms=5)
-    ax.plot(x[~mid], y[~mid], "o", color=colour, mfc="white", ms=5)
-    k = int(np.argmin(d))
-    ax.plot(x[k], y[k], "*", color=colour, mec="black", mew=0.8, ms=15, zorder=5)
-
-
-def plot_distance_heatmaps(dists: Mapping[str, pd.DataFrame], metric: str = "W1 [0,1]",
-                           annotate_max_cols: int = 25) -> plt.Figure:
-    """Layer × epoch heatmap of one distance, one panel per run (stacked); the closest layer of each epoch
-    is boxed and middle-half layers are marked "(mid)"."""
-    from matplotlib.patches import Rectangle
-
-    from .plotting import plot_heatmap
-
-    sizes = [(d["epoch"].nunique(), d["layer"].nunique()) for d in dists.values()]
-    width = max(6.0, 0.62 * max(e for e, _ in sizes) + 3.5)
-    heights = [0.36 * l + 1.0 for _, l in sizes]
-    fig, axes = plt.subplots(len(dists), 1, figsize=(width, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, (label, dist) in zip(axes.flat, dists.items()):
-        m = dist.pivot(index="depth", columns="epoch", values=metric).sort_index()
-        layers = dist.drop_duplicates("depth").sort_values("depth")["layer"].tolist()
-        rows = [f"{l} (mid)" if is_middle(i, len(layers)) else l for i, l in enumerate(layers)]
-        plot_heatmap(m.to_numpy(), rows, [str(c) for c in m.columns], ax=ax, title=label,
-                     annot=m.shape[1] <= annotate_max_cols, fmt=".3f", cmap="mako_r", cbar_label=metric,
-                     annot_kws={"fontsize": 7})
-        for j, k in enumerate(np.nanargmin(m.to_numpy(), axis=0)):
-            ax.add_patch(Rectangle((j, k), 1, 1, fill=False, edgecolor="crimson", lw=2))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("")
-    fig.tight_layout()
-    return fig
-
-
 # ============================================================================ C5: trace and λ_max trends
 
 
@@ -354,72 +280,3 @@ def c5_verdict(trends: pd.DataFrame, layer_share: float = 0.75, min_points: int 
     return VerdictResult(verdict, measured, {**v, "trends": trends.to_dict("records")})
 
 
-def _plot_series(ax: plt.Axes, x: Any, y: Any, stderr: Any = None, log: bool = True, band_alpha: float = 0.2,
-                 **kw) -> None:
-    """A quantity against epochs with a ±stderr band. With ``log``, estimates <= 0 (a Hutchinson trace
-    near zero can come out negative) are left off the line and marked by a hollow triangle at the bottom."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    shown = np.where(y > 0, y, np.nan) if log else y
-    (line,) = ax.plot(x, shown, marker="o", ms=3.5, **kw)
-    if stderr is not None:
-        s = np.asarray(stderr, dtype=float)
-        lo = np.maximum(y - s, np.where(y > 0, y, np.inf).min() / 10) if log else y - s
-        ax.fill_between(x, lo, y + s, color=line.get_color(), alpha=band_alpha, lw=0)
-    if log:
-        ax.set_yscale("log")
-        bad = ~(y > 0)
-        if bad.any():
-            ax.plot(x[bad], np.full(bad.sum(), 0.03), "v", mfc="none", color=line.get_color(), ms=7,
-                    transform=ax.get_xaxis_transform(), clip_on=False)
-
-
-def _tidy_log_axis(ax: plt.Axes) -> None:
-    """Plain tick labels (0.5, 2, 50) on a log y axis; minor ticks at 2 and 5 × 10^k, labelled only when the
-    axis spans less than two decades (else the major labels suffice)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    if ax.get_yscale() != "log":
-        return
-    lo, hi = ax.get_ylim()
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_locator(LogLocator(base=10))
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
-    ax.yaxis.set_minor_formatter(plain if np.log10(hi / lo) < 2 else NullFormatter())
-    ax.set_ylim(lo, hi)
-
-
-def plot_trends(series: Mapping[str, pd.DataFrame], from_fraction: float = 0.5,
-                panel_size: tuple[float, float] = (4.3, 3.1)) -> plt.Figure:
-    """One row per run: (1) full-network trace (± stderr) and λ_max, log y; (2) each layer's trace ÷ its
-    largest |trace| over epochs (± stderr, linear y); (3) each layer's λ_max, log y. The window of the
-    trend rule (the second half of training) is shaded; ▽ at the bottom of a log panel marks an estimate <= 0."""
-    fig, axes = plt.subplots(len(series), 3, figsize=(panel_size[0] * 3, panel_size[1] * len(series)), squeeze=False)
-    for r, (label, s) in enumerate(series.items()):
-        row = axes[r]
-        e_min, e_max = s["epoch"].min(), s["epoch"].max()
-        for ax in row:
-            ax.axvspan(e_min + from_fraction * (e_max - e_min), e_max, color="0.92", zorder=0)
-        full = s[s["scope"] == FULL]
-        _plot_series(row[0], full["epoch"], full["trace"], full["trace_stderr"], label="trace (± s.e.)", color="C0")
-        _plot_series(row[0], full["epoch"], full["lambda_max"], label="λ_max", color="C3")
-        row[0].legend(loc="best")
-        row[0].set_title(f"{label}: full network")
-        layers = s[s["scope"] != FULL]
-        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, layers["depth"].nunique()))
-        for c, (_, g) in zip(colours, layers.groupby("depth", sort=True)):
-            scale = g["trace"].abs().max() or 1.0
-            _plot_series(row[1], g["epoch"], g["trace"] / scale, g["trace_stderr"] / scale, log=False,
-                         band_alpha=0.1, color=c, lw=1.3)
-            _plot_series(row[2], g["epoch"], g["lambda_max"], label=g["scope"].iloc[0], color=c, lw=1.3)
-        row[1].axhline(0, color="0.5", lw=0.8)
-        row[1].set_title("layer traces ÷ max |trace| (± s.e.)")
-        row[2].set_title("layer λ_max")
-        row[2].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
-        for ax in (row[0], row[2]):
-            _tidy_log_axis(ax)
-        for ax in row:
-            ax.set_xlabel("epoch" if r == len(series) - 1 else "")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    return fig

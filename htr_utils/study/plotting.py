@@ -1,19 +1,32 @@
-"""Plots shared by the notebooks: spectral densities, top eigenvalues, layer grids, heatmaps, trends.
+"""Every figure of the study: spectral densities, top eigenvalues, layer grids, heatmaps, trends, arms.
 
-Every function draws on a given matplotlib Axes (or returns a new figure for grids/heatmaps)
-and leaves saving to :func:`htr_utils.study.outputs.save_figure`. Call :func:`set_style` once.
+Functions draw on a given matplotlib Axes or return a new figure, and leave saving to
+:func:`htr_utils.study.outputs.save_figure`. Call :func:`set_style` once. The numbers they
+draw come from the analyses (spectra_analysis, depth_trends, regularisation); no rule is
+decided here.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
+import pandas as pd
 from matplotlib import transforms
+
+from ..lanczos import SpectralDensity
+from .depth_trends import FULL, METRICS, epoch_distances, is_middle, summed_distances
+from .records import BlockCurvature, CurvatureRecord
+from .regularisation import ARM_LABELS
+from .spectra_analysis import KIND_LABELS, KINDS3, epochs_with_kinds, outlier_verdict, rule_values, run_classes
 
 #: densities are drawn on a log axis down to this value (SLQ densities are ~0 between atoms)
 DENSITY_FLOOR = 1e-6
+#: log-scale density plots span this many decades below each panel's peak
+DECADES = 9.0
 PALETTE = "colorblind"
 
 
@@ -24,6 +37,22 @@ def set_style(context: str = "notebook", font_scale: float = 1.0) -> None:
     sns.set_theme(context=context, style="whitegrid", palette=PALETTE, font_scale=font_scale)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "figure.figsize": (6.4, 4.0),
                          "axes.titlesize": "medium", "legend.fontsize": "small", "pdf.fonttype": 42})
+
+
+def log_axis(ax: plt.Axes, axis: str = "y") -> None:
+    """Log scale on ``axis`` ("x" or "y") with ticks at 1, 2, 5 × 10^k labelled as plain numbers.
+
+    The study's one log-axis style: matplotlib's default minor labels crowd a short log axis.
+    """
+    scale, lim = (ax.set_yscale, ax.get_ylim) if axis == "y" else (ax.set_xscale, ax.get_xlim)
+    was_log, limits = (ax.get_yscale() if axis == "y" else ax.get_xscale()) == "log", lim()
+    scale("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_minor_locator(mticker.NullLocator())
+    target.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    if was_log:  # keep limits already chosen on a log axis
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
 
 
 def _floored(density: np.ndarray, floor: float) -> np.ndarray:
@@ -151,33 +180,398 @@ def plot_heatmap(matrix: Any, row_labels: Sequence[str] | None = None, col_label
     return fig, ax
 
 
-def plot_trend(ax: plt.Axes, epochs: Sequence[float], mean: Sequence[float], stderr: Sequence[float] | None = None,
-               label: str | None = None, log: bool = False, **kw) -> plt.Axes:
-    """A quantity against epochs with a ±stderr band (e.g. a Hutchinson trace or the top eigenvalue)."""
-    x, y = np.asarray(epochs, dtype=float), np.asarray(mean, dtype=float)
-    (line,) = ax.plot(x, y, marker="o", ms=3.5, label=label, **kw)
+def density_floor(densities: Sequence[SpectralDensity], decades: float = DECADES) -> float:
+    """A log-axis floor ``decades`` below the highest peak of ``densities`` (SLQ densities are ~0 between
+    atoms; a fixed absolute floor would hide the outliers of spectra with a large range)."""
+    peak = max(float(np.max(d.density)) for d in densities)
+    return peak * 10.0 ** (-decades) if peak > 0 else 1e-12
+
+
+def plot_full_spectrum(ax_density: plt.Axes, ax_top: plt.Axes, entry: BlockCurvature, C: int, title: str,
+                       tolerance: int = 2) -> None:
+    """C1 panel pair: (left) the density on a log scale with the top-C Ritz values ticked in red;
+    (right) the positive top-2C Ritz values (:func:`rule_values`) on a log scale, the gap after the C-th
+    dashed and, when it differs, the largest gap found by the rule dotted."""
+    dens, top = entry.density, rule_values(entry, C)
+    floor = density_floor([dens])
+    plot_density(ax_density, dens, floor=floor, color="C0", lw=1.4, label="SLQ density")
+    ticks = np.asarray(entry.top, dtype=float)[:C]
+    ax_density.vlines(ticks, floor, floor * 10 ** (DECADES / 8), color="C3", lw=1.5,
+                      label=f"top {len(ticks)} Ritz values")
+    ax_density.set_ylim(floor, float(np.max(dens.density)) * 30)
+    ax_density.set_title(title)
+    ax_density.legend(loc="upper right")
+    pos = top[top > 0]
+    plot_top_eigenvalues(ax_top, pos, C=C, log=True, label="Ritz values")
+    k = outlier_verdict(top, C, tolerance)["outliers"]
+    if k != C and 0 < k < len(pos):
+        ax_top.axvline(k + 0.5, color="C2", ls=":", lw=1.5, label=f"largest gap (k = {k})")
+        ax_top.legend(loc="upper right")
+    ax_top.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+    ax_top.set_title(f"top {len(top)} Ritz values (positive: {len(pos)})")
+
+
+def plot_kinds(ax: plt.Axes, densities: Mapping[str, SpectralDensity], title: str | None = None) -> plt.Axes:
+    """Overlay densities of several kinds ({label: density}) on a log scale with a common floor."""
+    floor = density_floor(list(densities.values()))
+    styles = ["-", "--", ":", "-."]
+    for i, (label, dens) in enumerate(densities.items()):
+        plot_density(ax, dens, label=label, floor=floor, color=f"C{i}", ls=styles[i % 4], lw=1.8 - 0.3 * i)
+    ax.set_ylim(floor, max(float(np.max(d.density)) for d in densities.values()) * 30)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper right")
+    return ax
+
+
+def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS3,
+                           panel_size: tuple[float, float] = (4.2, 3.0)) -> plt.Figure:
+    """C2 grid: one row per run, one column per epoch with all three kinds; each panel overlays the
+    full-network densities of Hess, G and H."""
+    epochs = {label: epochs_with_kinds(run, kinds) for label, run in runs.items()}
+    ncols = max(1, max(len(e) for e in epochs.values()))
+    fig, axes = plt.subplots(len(runs), ncols, figsize=(panel_size[0] * ncols, panel_size[1] * len(runs)),
+                             squeeze=False)
+    for r, (label, run) in enumerate(runs.items()):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(epochs[label]):
+                ax.set_visible(False)
+                continue
+            rec = run.curvature(epochs[label][c])
+            plot_kinds(ax, {KIND_LABELS[k]: rec.kinds[k].full.density for k in kinds},
+                       title=f"{label}, epoch {epochs[label][c]}")
+            if c > 0:
+                ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_tops(record: CurvatureRecord, C: int, title: str, ncols: int = 5,
+                    panel_size: tuple[float, float] = (3.0, 2.6), tolerance: int = 2) -> plt.Figure:
+    """C3 grid: per layer, the positive top-2C Ritz values of Hess_l (:func:`rule_values`; log scale) with C
+    marked and the rule's outlier count in the title (✓ when |k − C| ≤ ``tolerance``)."""
+    layers = record.kinds["hessian"].layers
+    ncols = max(1, min(ncols, len(layers)))
+    nrows = int(np.ceil(len(layers) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
+    for ax, (layer, entry) in zip(axes.flat, layers.items()):
+        top = rule_values(entry, C)
+        v = outlier_verdict(top, C, tolerance)
+        pos = top[top > 0]
+        if len(pos):
+            rank = np.arange(1, len(pos) + 1)
+            ax.plot(rank, pos, "o-", ms=3.5, lw=1, color="C0")
+            ax.plot(rank[:C], pos[:C], "o", ms=4, color="C3")
+            log_axis(ax)
+        ax.axvline(C + 0.5, color="0.3", ls="--", lw=1)
+        if v["outliers"] != C:
+            ax.axvline(v["outliers"] + 0.5, color="C2", ls=":", lw=1.5)
+        ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        ax.set_title(f"{layer}: k = {v['outliers']} {'✓' if v['ok'] else '✗'}")
+        ax.set_xlabel("rank")
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("eigenvalue of Hess$_l$")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_outlier_counts(ax: plt.Axes, table: pd.DataFrame, C: int, tolerance: int = 2) -> plt.Axes:
+    """C3 bars: the rule's outlier count per layer (x: layer, hue: run), with the band C ± ``tolerance``."""
+    import seaborn as sns
+
+    data = table.assign(name=table["run"] + ": " + table["layer"]).reset_index(drop=True)
+    sns.barplot(data=data, x="name", y="outliers", hue="run", ax=ax, dodge=False)
+    ax.set_xticks(range(len(data)), data["layer"], rotation=45, ha="right")
+    ax.axhspan(C - tolerance, C + tolerance, color="C2", alpha=0.15, lw=0, label=f"C ± {tolerance}")
+    ax.axhline(C, color="C2", ls="--", lw=1.2, label=f"C = {C}")
+    ax.set_xlabel("layer (forward order; colour: run)")
+    ax.set_ylabel("outliers k (largest gap)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def plot_gauss_newton_trends(table: pd.DataFrame, top_rel: float = 0.10, w1_rel: float = 0.05,
+                             res_rel: float = 0.10) -> plt.Figure:
+    """C2 over training, one line per run (rows of :func:`gauss_newton_table`): (left) W₁(Hess, G) and,
+    dashed, W₁(Hess, H), both / range(Hess); (middle) median relative difference of the top-C eigenvalues
+    of G and Hess; (right) max |λ(H)| / λ_max(Hess). The rule's thresholds are grey lines."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    panels = [("w1_hess_ggn_rel", "W$_1$ / range(Hess)", w1_rel), ("topC_rel_diff_median",
+              "median |λ$_k$(G) − λ$_k$(Hess)| / λ$_k$(Hess), k ≤ C", top_rel),
+              ("res_radius_rel", "max |λ(H)| / λ$_{max}$(Hess)", res_rel)]
+    for i, (label, group) in enumerate(table.groupby("run", sort=False)):
+        for ax, (col, ylabel, thr) in zip(axes, panels):
+            ax.plot(group["epoch"], group[col], "o-", color=f"C{i}", label=f"{label}" + (": Hess vs G" if
+                    col == "w1_hess_ggn_rel" else ""))
+            ax.set_ylabel(ylabel)
+        axes[0].plot(group["epoch"], group["w1_hess_res_rel"], "s--", color=f"C{i}", alpha=0.6,
+                     label=f"{label}: Hess vs H")
+    for ax, (_, _, thr) in zip(axes, panels):
+        ax.axhline(thr, color="0.4", ls=":", lw=1.5, label=f"threshold {thr:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize="x-small")
+    axes[1].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_comparison(runs: Mapping[str, Any], epochs: Mapping[str, int], res_rel: float | None = None) -> plt.Figure:
+    """C2 at one epoch per run: (left) the top-C eigenvalues of G against those of Hess (log-log, with the
+    diagonal); (right) the top-C eigenvalues of H and of G divided by λ_max(Hess), against rank k, with
+    ±``res_rel`` (the rule's bound on H) as grey dotted lines when given."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.4))
+    lo, hi = np.inf, 0.0
+    for i, (label, run) in enumerate(runs.items()):
+        C = run_classes(run)
+        kinds = run.curvature(epochs[label]).kinds
+        th, tg, tr = (np.asarray(kinds[k].full.top, dtype=float)[:C] for k in KINDS3)
+        n = min(len(th), len(tg))
+        keep = (th[:n] > 0) & (tg[:n] > 0)
+        ax0.plot(th[:n][keep], tg[:n][keep], "o", color=f"C{i}", label=f"{label} (epoch {epochs[label]})")
+        if keep.any():
+            lo, hi = min(lo, th[:n][keep].min(), tg[:n][keep].min()), max(hi, th[:n][keep].max(), tg[:n][keep].max())
+        ax1.plot(np.arange(1, len(tr) + 1), tr / th[0], "s-", color=f"C{i}", label=f"{label}: H")
+        ax1.plot(np.arange(1, len(tg) + 1), tg / th[0], "o:", color=f"C{i}", alpha=0.6, label=f"{label}: G")
+    if hi > 0:
+        ax0.plot([lo / 1.5, hi * 1.5], [lo / 1.5, hi * 1.5], color="0.4", ls="--", lw=1, label="G = Hess")
+    ax0.set(xscale="log", yscale="log", xlabel="λ$_k$(Hess)", ylabel="λ$_k$(G)",
+            title="top-C eigenvalues: G against Hess")
+    ax0.legend(fontsize="small")
+    ax1.axhline(0.0, color="0.6", lw=0.8)
+    if res_rel is not None:
+        for sign in (1, -1):
+            ax1.axhline(sign * res_rel, color="0.4", ls=":", lw=1.5,
+                        label=f"±{res_rel:g} (bound on H)" if sign > 0 else None)
+    ax1.set(xlabel="rank k", ylabel="λ$_k$ / λ$_{max}$(Hess)", title="top-C eigenvalues of H and G, relative")
+    ax1.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_outlier_history(history: pd.DataFrame, tolerance: int = 2) -> plt.Figure:
+    """C1 during training, one line per run (rows of :func:`full_spectrum_summary` per epoch): (left) the
+    rule's outlier count k with the band C ± ``tolerance``; (right) the SLQ mass at |λ| < 1 % of λ_max."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for i, (label, g) in enumerate(history.groupby("run", sort=False)):
+        ax0.plot(g["epoch"], g["outliers"], "o-", color=f"C{i}", label=label)
+        ax1.plot(g["epoch"], g["bulk_mass_1%"], "o-", color=f"C{i}", label=label)
+    C = int(history["C"].iloc[0])
+    ax0.axhspan(C - tolerance, C + tolerance, color="C2", alpha=0.15, lw=0, label=f"C ± {tolerance}")
+    ax0.axhline(C, color="C2", ls="--", lw=1.2)
+    ax0.set(xlabel="epoch", ylabel="outliers k (largest gap)", title="outlier count of the full Hessian")
+    ax1.set(xlabel="epoch", ylabel="mass at |λ| < 1 % λ$_{max}$", title="spectral mass near zero (SLQ)")
+    ax0.legend(fontsize="small")
+    ax1.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- notebooks 04-05 (depth_trends)
+
+
+def plot_depth_profiles(dists: Mapping[str, pd.DataFrame], epochs: Mapping[str, int], min_epoch: int = 1,
+                        metrics: Sequence[str] = METRICS, panel_size: tuple[float, float] = (3.3, 2.9)) -> plt.Figure:
+    """Distance to the full spectrum (÷ its max over layers, per run and metric) against normalised depth.
+
+    Row (a): at ``epochs[run]``; row (b): summed over the epochs >= ``min_epoch``. One column per
+    metric, one line per run; filled markers = layers in the middle half, a star = the closest layer.
+    """
+    fig, axes = plt.subplots(2, len(metrics), figsize=(panel_size[0] * len(metrics), panel_size[1] * 2),
+                             sharex=True, sharey=True, squeeze=False)
+    for row, which in enumerate(("epoch", "sum")):
+        for col, metric in enumerate(metrics):
+            ax = axes[row, col]
+            for i, (label, dist) in enumerate(dists.items()):
+                table = epoch_distances(dist, epochs[label]) if which == "epoch" else summed_distances(dist, min_epoch)
+                _profile(ax, table, metric, f"C{i}", label)
+            ax.axhline(1.0, color="0.8", lw=0.8, zorder=0)
+            ax.set_title(metric if row == 0 else "")
+            ax.set_xlabel("normalised depth" if row == 1 else "")
+        axes[row, 0].set_ylabel(("(a) at epoch " + ", ".join(sorted({str(e) for e in epochs.values()}))
+                                 if which == "epoch" else f"(b) summed, epochs ≥ {min_epoch}") + "\ndistance / max")
+    axes[0, 0].set_ylim(bottom=0)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], ls="", marker="*", ms=13, color="0.6", mec="black", mew=0.8))
+    labels.append("closest layer")
+    handles.append(plt.Line2D([], [], ls="", marker="o", color="0.3", mfc="0.3"))
+    labels.append("middle-half layer (filled)")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.01), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def _profile(ax: plt.Axes, table: pd.DataFrame, metric: str, colour: str, label: str) -> None:
+    x = table["normalised_depth"].to_numpy()
+    d = table[metric].to_numpy(dtype=float)
+    y = d / d.max() if d.max() > 0 else d
+    L = len(d)
+    mid = np.array([is_middle(i, L) for i in range(L)])
+    ax.plot(x, y, "-", color=colour, lw=1.5, label=label)
+    ax.plot(x[mid], y[mid], "o", color=colour, ms=5)
+    ax.plot(x[~mid], y[~mid], "o", color=colour, mfc="white", ms=5)
+    k = int(np.argmin(d))
+    ax.plot(x[k], y[k], "*", color=colour, mec="black", mew=0.8, ms=15, zorder=5)
+
+
+def plot_distance_heatmaps(dists: Mapping[str, pd.DataFrame], metric: str = "W1 [0,1]",
+                           annotate_max_cols: int = 25) -> plt.Figure:
+    """Layer × epoch heatmap of one distance, one panel per run (stacked); the closest layer of each epoch
+    is boxed and middle-half layers are marked "(mid)"."""
+    from matplotlib.patches import Rectangle
+
+    from .plotting import plot_heatmap
+
+    sizes = [(d["epoch"].nunique(), d["layer"].nunique()) for d in dists.values()]
+    width = max(6.0, 0.62 * max(e for e, _ in sizes) + 3.5)
+    heights = [0.36 * l + 1.0 for _, l in sizes]
+    fig, axes = plt.subplots(len(dists), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (label, dist) in zip(axes.flat, dists.items()):
+        m = dist.pivot(index="depth", columns="epoch", values=metric).sort_index()
+        layers = dist.drop_duplicates("depth").sort_values("depth")["layer"].tolist()
+        rows = [f"{l} (mid)" if is_middle(i, len(layers)) else l for i, l in enumerate(layers)]
+        plot_heatmap(m.to_numpy(), rows, [str(c) for c in m.columns], ax=ax, title=label,
+                     annot=m.shape[1] <= annotate_max_cols, fmt=".3f", cmap="mako_r", cbar_label=metric,
+                     annot_kws={"fontsize": 7})
+        for j, k in enumerate(np.nanargmin(m.to_numpy(), axis=0)):
+            ax.add_patch(Rectangle((j, k), 1, 1, fill=False, edgecolor="crimson", lw=2))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_series(ax: plt.Axes, x: Any, y: Any, stderr: Any = None, log: bool = True, band_alpha: float = 0.2,
+                 **kw) -> None:
+    """A quantity against epochs with a ±stderr band. With ``log``, estimates <= 0 (a Hutchinson trace
+    near zero can come out negative) are left off the line and marked by a hollow triangle at the bottom."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    shown = np.where(y > 0, y, np.nan) if log else y
+    (line,) = ax.plot(x, shown, marker="o", ms=3.5, **kw)
     if stderr is not None:
         s = np.asarray(stderr, dtype=float)
-        ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, lw=0)
+        lo = np.maximum(y - s, np.where(y > 0, y, np.inf).min() / 10) if log else y - s
+        ax.fill_between(x, lo, y + s, color=line.get_color(), alpha=band_alpha, lw=0)
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    if label:
-        ax.legend()
-    return ax
+        bad = ~(y > 0)
+        if bad.any():
+            ax.plot(x[bad], np.full(bad.sum(), 0.03), "v", mfc="none", color=line.get_color(), ms=7,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
 
 
-def plot_bars(ax: plt.Axes, labels: Sequence[str], means: Sequence[float], stds: Sequence[float] | None = None,
-              ylabel: str | None = None, fmt: str = "{:.2f}") -> plt.Axes:
-    """Bars with ±std error bars and their values written on top (e.g. test accuracy per method)."""
-    x = np.arange(len(labels))
-    m = np.asarray(means, dtype=float)
-    s = np.zeros_like(m) if stds is None else np.asarray(stds, dtype=float)
-    ax.bar(x, m, yerr=None if stds is None else s, capsize=4, color=[f"C{i % 10}" for i in range(len(labels))])
-    for xi, mi, si in zip(x, m, s):  # value above the error bar
-        ax.annotate(fmt.format(mi), (xi, mi + si), xytext=(0, 3), textcoords="offset points", ha="center",
-                    va="bottom", fontsize="small")
-    ax.set_xticks(x, labels)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    return ax
+def plot_trends(series: Mapping[str, pd.DataFrame], from_fraction: float = 0.5,
+                panel_size: tuple[float, float] = (4.3, 3.1)) -> plt.Figure:
+    """One row per run: (1) full-network trace (± stderr) and λ_max, log y; (2) each layer's trace ÷ its
+    largest |trace| over epochs (± stderr, linear y); (3) each layer's λ_max, log y. The window of the
+    trend rule (the second half of training) is shaded; ▽ at the bottom of a log panel marks an estimate <= 0."""
+    fig, axes = plt.subplots(len(series), 3, figsize=(panel_size[0] * 3, panel_size[1] * len(series)), squeeze=False)
+    for r, (label, s) in enumerate(series.items()):
+        row = axes[r]
+        e_min, e_max = s["epoch"].min(), s["epoch"].max()
+        for ax in row:
+            ax.axvspan(e_min + from_fraction * (e_max - e_min), e_max, color="0.92", zorder=0)
+        full = s[s["scope"] == FULL]
+        _plot_series(row[0], full["epoch"], full["trace"], full["trace_stderr"], label="trace (± s.e.)", color="C0")
+        _plot_series(row[0], full["epoch"], full["lambda_max"], label="λ_max", color="C3")
+        row[0].legend(loc="best")
+        row[0].set_title(f"{label}: full network")
+        layers = s[s["scope"] != FULL]
+        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, layers["depth"].nunique()))
+        for c, (_, g) in zip(colours, layers.groupby("depth", sort=True)):
+            scale = g["trace"].abs().max() or 1.0
+            _plot_series(row[1], g["epoch"], g["trace"] / scale, g["trace_stderr"] / scale, log=False,
+                         band_alpha=0.1, color=c, lw=1.3)
+            _plot_series(row[2], g["epoch"], g["lambda_max"], label=g["scope"].iloc[0], color=c, lw=1.3)
+        row[1].axhline(0, color="0.5", lw=0.8)
+        row[1].set_title("layer traces ÷ max |trace| (± s.e.)")
+        row[2].set_title("layer λ_max")
+        row[2].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+        for ax in (row[0], row[2]):
+            log_axis(ax)
+        for ax in row:
+            ax.set_xlabel("epoch" if r == len(series) - 1 else "")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- notebooks 06-08 (regularisation)
+
+
+def plot_sweep(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]] | None = None) -> plt.Figure:
+    """Final Hessian trace (± stderr, log axis) against test accuracy and against the two generalisation gaps."""
+    panels = [("test_acc", "test accuracy"), ("acc_gap", "train acc. − test acc."), ("loss_gap", "test loss − train loss")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), constrained_layout=True)
+    for ax, (col, name) in zip(axes, panels):
+        for i, r in table.reset_index(drop=True).iterrows():
+            ax.errorbar(r["trace"], r[col], xerr=r["trace_stderr"], fmt="o", color=f"C{i % 10}", capsize=3,
+                        label=r["change"])
+        log_axis(ax, "x")
+        ax.set_xlabel("Hessian trace after the last epoch")
+        ax.set_ylabel(name)
+        if rho and col in rho:
+            c = rho[col]
+            ax.set_title(f"Spearman ρ = {c['rho']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]", fontsize="medium")
+    axes[0].legend(fontsize="small", title="run")
+    return fig
+
+
+def plot_gamma_selection(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
+    """Validation accuracy against γ for each (legend label -> selection table); dashed: SGD (γ = 0); ringed: the chosen γ."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    for i, (rule, t) in enumerate(tables.items()):
+        g = t[(t["gamma"] > 0) & t["val_acc"].notna()]
+        ax.plot(g["gamma"], g["val_acc"], marker="o", color=f"C{i}", label=rule)
+        ch = t[t["chosen"] & t["val_acc"].notna()]
+        ax.scatter(ch["gamma"], ch["val_acc"], s=160, facecolors="none", edgecolors=f"C{i}", lw=1.5)
+        for _, r in t[t["status"] == "diverged"].iterrows():
+            ax.axvline(r["gamma"], color=f"C{i}", ls=":", lw=1)
+    sgd = next((t.loc[t["gamma"] == 0, "val_acc"] for t in tables.values() if (t["gamma"] == 0).any()), None)
+    if sgd is not None and len(sgd):
+        ax.axhline(float(sgd.iloc[0]), color="k", ls="--", lw=1, label="SGD (γ = 0)")
+    ax.set_xscale("log")
+    ax.set_xlabel("γ")
+    ax.set_ylabel("validation accuracy (seed 0)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_arms(results: pd.DataFrame, columns: Sequence[tuple[str, str]] = (("test_acc", "test accuracy"),
+                                                                             ("trace", "final Hessian trace"))
+              ) -> plt.Figure:
+    """One panel per column: each seed as a dot, mean ± std as a bar, one row per arm."""
+    import seaborn as sns
+    done = results[results["status"] == "done"].copy()
+    done["arm label"] = done["arm"].map(lambda a: ARM_LABELS.get(a, a))
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.5 + 3.6 * len(columns), 0.5 * done["arm"].nunique() + 1.8),
+                             constrained_layout=True, squeeze=False, sharey=True)
+    for i, (ax, (col, name)) in enumerate(zip(axes[0], columns)):
+        sns.pointplot(data=done, x=col, y="arm label", errorbar="sd", capsize=0.3, linestyle="none", color="k",
+                      markers="d", ax=ax)
+        sns.stripplot(data=done, x=col, y="arm label", hue="seed", palette="deep", size=6, jitter=False, ax=ax,
+                      legend=i == len(columns) - 1)
+        ax.set_xlabel(f"{name}\n(dots: seeds; ◆ mean ± std)")
+        ax.set_ylabel("")
+        v = done[col].dropna()
+        if col == "trace" and len(v) and v.min() > 0 and v.max() / v.min() > 20:
+            ax.set_xscale("log")
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), title="seed", frameon=False)
+    return fig
+
+
+def plot_step_costs(costs: pd.DataFrame) -> plt.Figure:
+    """Median seconds per training step (interquartile bars) for plain SGD and each penalty rule."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), constrained_layout=True)
+    y = np.arange(len(costs))
+    ax.barh(y, costs["median_s"], xerr=[costs["median_s"] - costs["q25_s"], costs["q75_s"] - costs["median_s"]],
+            color=[f"C{i}" for i in range(len(costs))], capsize=3)
+    ax.set_yticks(y, [f"{r['step']} ({r['x_plain']:.1f}× plain)" for _, r in costs.iterrows()])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per training step (median, IQR)")
+    return fig

@@ -26,8 +26,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import pandas as pd
 import torch
 from scipy import stats
@@ -396,84 +394,6 @@ def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.
 
 
 # ============================================================================ figures
-
-
-def plot_sweep(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]] | None = None) -> plt.Figure:
-    """Final Hessian trace (± stderr, log axis) against test accuracy and against the two generalisation gaps."""
-    panels = [("test_acc", "test accuracy"), ("acc_gap", "train acc. − test acc."), ("loss_gap", "test loss − train loss")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), constrained_layout=True)
-    for ax, (col, name) in zip(axes, panels):
-        for i, r in table.reset_index(drop=True).iterrows():
-            ax.errorbar(r["trace"], r[col], xerr=r["trace_stderr"], fmt="o", color=f"C{i % 10}", capsize=3,
-                        label=r["change"])
-        ax.set_xscale("log")
-        # ticks at 1, 2, 5 × 10^k, plainly labelled (default minor labels on a short log axis overlap)
-        ax.xaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-        ax.set_xlabel("Hessian trace after the last epoch")
-        ax.set_ylabel(name)
-        if rho and col in rho:
-            c = rho[col]
-            ax.set_title(f"Spearman ρ = {c['rho']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]", fontsize="medium")
-    axes[0].legend(fontsize="small", title="run")
-    return fig
-
-
-def plot_gamma_selection(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
-    """Validation accuracy against γ for each (legend label -> selection table); dashed: SGD (γ = 0); ringed: the chosen γ."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
-    for i, (rule, t) in enumerate(tables.items()):
-        g = t[(t["gamma"] > 0) & t["val_acc"].notna()]
-        ax.plot(g["gamma"], g["val_acc"], marker="o", color=f"C{i}", label=rule)
-        ch = t[t["chosen"] & t["val_acc"].notna()]
-        ax.scatter(ch["gamma"], ch["val_acc"], s=160, facecolors="none", edgecolors=f"C{i}", lw=1.5)
-        for _, r in t[t["status"] == "diverged"].iterrows():
-            ax.axvline(r["gamma"], color=f"C{i}", ls=":", lw=1)
-    sgd = next((t.loc[t["gamma"] == 0, "val_acc"] for t in tables.values() if (t["gamma"] == 0).any()), None)
-    if sgd is not None and len(sgd):
-        ax.axhline(float(sgd.iloc[0]), color="k", ls="--", lw=1, label="SGD (γ = 0)")
-    ax.set_xscale("log")
-    ax.set_xlabel("γ")
-    ax.set_ylabel("validation accuracy (seed 0)")
-    ax.legend(fontsize="small")
-    return fig
-
-
-def plot_arms(results: pd.DataFrame, columns: Sequence[tuple[str, str]] = (("test_acc", "test accuracy"),
-                                                                             ("trace", "final Hessian trace"))
-              ) -> plt.Figure:
-    """One panel per column: each seed as a dot, mean ± std as a bar, one row per arm."""
-    import seaborn as sns
-    done = results[results["status"] == "done"].copy()
-    done["arm label"] = done["arm"].map(lambda a: ARM_LABELS.get(a, a))
-    fig, axes = plt.subplots(1, len(columns), figsize=(2.5 + 3.6 * len(columns), 0.5 * done["arm"].nunique() + 1.8),
-                             constrained_layout=True, squeeze=False, sharey=True)
-    for i, (ax, (col, name)) in enumerate(zip(axes[0], columns)):
-        sns.pointplot(data=done, x=col, y="arm label", errorbar="sd", capsize=0.3, linestyle="none", color="k",
-                      markers="d", ax=ax)
-        sns.stripplot(data=done, x=col, y="arm label", hue="seed", palette="deep", size=6, jitter=False, ax=ax,
-                      legend=i == len(columns) - 1)
-        ax.set_xlabel(f"{name}\n(dots: seeds; ◆ mean ± std)")
-        ax.set_ylabel("")
-        v = done[col].dropna()
-        if col == "trace" and len(v) and v.min() > 0 and v.max() / v.min() > 20:
-            ax.set_xscale("log")
-    if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), title="seed", frameon=False)
-    return fig
-
-
-def plot_step_costs(costs: pd.DataFrame) -> plt.Figure:
-    """Median seconds per training step (interquartile bars) for plain SGD and each penalty rule."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), constrained_layout=True)
-    y = np.arange(len(costs))
-    ax.barh(y, costs["median_s"], xerr=[costs["median_s"] - costs["q25_s"], costs["q75_s"] - costs["median_s"]],
-            color=[f"C{i}" for i in range(len(costs))], capsize=3)
-    ax.set_yticks(y, [f"{r['step']} ({r['x_plain']:.1f}× plain)" for _, r in costs.iterrows()])
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds per training step (median, IQR)")
-    return fig
 
 
 # ============================================================================ pre-training

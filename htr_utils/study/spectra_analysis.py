@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
 from ..curvature import KINDS
 from ..lanczos import SpectralDensity
-from .plotting import plot_density, plot_top_eigenvalues
 from .records import BlockCurvature, CurvatureRecord
 from .verdicts import Verdict, VerdictResult
 from ..spectra import count_outliers, spectral_distance
@@ -27,8 +24,6 @@ from ..spectra import count_outliers, spectral_distance
 KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 #: the paper's names of the three curvature kinds (Hess = G + H)
 KIND_LABELS = {"hessian": "Hess", "ggn": "G", "residual": "H"}
-#: log-scale density plots span this many decades below each panel's peak
-DECADES = 9.0
 
 
 # --------------------------------------------------------------------------- runs and records
@@ -95,7 +90,6 @@ def outlier_verdict(top: Sequence[float], num_classes: int, tolerance: int = 2) 
     k = count_outliers(values)
     return {"outliers": k, "C": num_classes, "ok": abs(k - num_classes) <= tolerance,
             "gap_ratio": float(values[k - 1] / values[k]) if 0 < k < len(values) and values[k] > 0 else float("nan")}
-
 
 
 # --------------------------------------------------------------------------- numbers of one spectrum
@@ -296,206 +290,6 @@ def layer_table(record: CurvatureRecord, C: int, tolerance: int = 2) -> pd.DataF
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def density_floor(densities: Sequence[SpectralDensity], decades: float = DECADES) -> float:
-    """A log-axis floor ``decades`` below the highest peak of ``densities`` (SLQ densities are ~0 between
-    atoms; a fixed absolute floor would hide the outliers of spectra with a large range)."""
-    peak = max(float(np.max(d.density)) for d in densities)
-    return peak * 10.0 ** (-decades) if peak > 0 else 1e-12
-
-
-def readable_log_axis(ax: plt.Axes) -> None:
-    """Log-scale y axis with ticks at 1, 2, 5 × 10^n labelled in plain numbers (no crowded minor labels)."""
-    from matplotlib import ticker
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_minor_locator(ticker.NullLocator())
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
-
-
-def plot_full_spectrum(ax_density: plt.Axes, ax_top: plt.Axes, entry: BlockCurvature, C: int, title: str,
-                       tolerance: int = 2) -> None:
-    """C1 panel pair: (left) the density on a log scale with the top-C Ritz values ticked in red;
-    (right) the positive top-2C Ritz values (:func:`rule_values`) on a log scale, the gap after the C-th
-    dashed and, when it differs, the largest gap found by the rule dotted."""
-    dens, top = entry.density, rule_values(entry, C)
-    floor = density_floor([dens])
-    plot_density(ax_density, dens, floor=floor, color="C0", lw=1.4, label="SLQ density")
-    ticks = np.asarray(entry.top, dtype=float)[:C]
-    ax_density.vlines(ticks, floor, floor * 10 ** (DECADES / 8), color="C3", lw=1.5,
-                      label=f"top {len(ticks)} Ritz values")
-    ax_density.set_ylim(floor, float(np.max(dens.density)) * 30)
-    ax_density.set_title(title)
-    ax_density.legend(loc="upper right")
-    pos = top[top > 0]
-    plot_top_eigenvalues(ax_top, pos, C=C, log=True, label="Ritz values")
-    k = outlier_verdict(top, C, tolerance)["outliers"]
-    if k != C and 0 < k < len(pos):
-        ax_top.axvline(k + 0.5, color="C2", ls=":", lw=1.5, label=f"largest gap (k = {k})")
-        ax_top.legend(loc="upper right")
-    ax_top.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_top.set_title(f"top {len(top)} Ritz values (positive: {len(pos)})")
-
-
-def plot_kinds(ax: plt.Axes, densities: Mapping[str, SpectralDensity], title: str | None = None) -> plt.Axes:
-    """Overlay densities of several kinds ({label: density}) on a log scale with a common floor."""
-    floor = density_floor(list(densities.values()))
-    styles = ["-", "--", ":", "-."]
-    for i, (label, dens) in enumerate(densities.items()):
-        plot_density(ax, dens, label=label, floor=floor, color=f"C{i}", ls=styles[i % 4], lw=1.8 - 0.3 * i)
-    ax.set_ylim(floor, max(float(np.max(d.density)) for d in densities.values()) * 30)
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="upper right")
-    return ax
-
-
-def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS3,
-                           panel_size: tuple[float, float] = (4.2, 3.0)) -> plt.Figure:
-    """C2 grid: one row per run, one column per epoch with all three kinds; each panel overlays the
-    full-network densities of Hess, G and H."""
-    epochs = {label: epochs_with_kinds(run, kinds) for label, run in runs.items()}
-    ncols = max(1, max(len(e) for e in epochs.values()))
-    fig, axes = plt.subplots(len(runs), ncols, figsize=(panel_size[0] * ncols, panel_size[1] * len(runs)),
-                             squeeze=False)
-    for r, (label, run) in enumerate(runs.items()):
-        for c in range(ncols):
-            ax = axes[r, c]
-            if c >= len(epochs[label]):
-                ax.set_visible(False)
-                continue
-            rec = run.curvature(epochs[label][c])
-            plot_kinds(ax, {KIND_LABELS[k]: rec.kinds[k].full.density for k in kinds},
-                       title=f"{label}, epoch {epochs[label][c]}")
-            if c > 0:
-                ax.set_ylabel("")
-    fig.tight_layout()
-    return fig
-
-
-def plot_layer_tops(record: CurvatureRecord, C: int, title: str, ncols: int = 5,
-                    panel_size: tuple[float, float] = (3.0, 2.6), tolerance: int = 2) -> plt.Figure:
-    """C3 grid: per layer, the positive top-2C Ritz values of Hess_l (:func:`rule_values`; log scale) with C
-    marked and the rule's outlier count in the title (✓ when |k − C| ≤ ``tolerance``)."""
-    layers = record.kinds["hessian"].layers
-    ncols = max(1, min(ncols, len(layers)))
-    nrows = int(np.ceil(len(layers) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
-    for ax, (layer, entry) in zip(axes.flat, layers.items()):
-        top = rule_values(entry, C)
-        v = outlier_verdict(top, C, tolerance)
-        pos = top[top > 0]
-        if len(pos):
-            rank = np.arange(1, len(pos) + 1)
-            ax.plot(rank, pos, "o-", ms=3.5, lw=1, color="C0")
-            ax.plot(rank[:C], pos[:C], "o", ms=4, color="C3")
-            readable_log_axis(ax)
-        ax.axvline(C + 0.5, color="0.3", ls="--", lw=1)
-        if v["outliers"] != C:
-            ax.axvline(v["outliers"] + 0.5, color="C2", ls=":", lw=1.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{layer}: k = {v['outliers']} {'✓' if v['ok'] else '✗'}")
-        ax.set_xlabel("rank")
-    for ax in axes.flat[len(layers):]:
-        ax.set_visible(False)
-    axes[0, 0].set_ylabel("eigenvalue of Hess$_l$")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_outlier_counts(ax: plt.Axes, table: pd.DataFrame, C: int, tolerance: int = 2) -> plt.Axes:
-    """C3 bars: the rule's outlier count per layer (x: layer, hue: run), with the band C ± ``tolerance``."""
-    import seaborn as sns
-
-    data = table.assign(name=table["run"] + ": " + table["layer"]).reset_index(drop=True)
-    sns.barplot(data=data, x="name", y="outliers", hue="run", ax=ax, dodge=False)
-    ax.set_xticks(range(len(data)), data["layer"], rotation=45, ha="right")
-    ax.axhspan(C - tolerance, C + tolerance, color="C2", alpha=0.15, lw=0, label=f"C ± {tolerance}")
-    ax.axhline(C, color="C2", ls="--", lw=1.2, label=f"C = {C}")
-    ax.set_xlabel("layer (forward order; colour: run)")
-    ax.set_ylabel("outliers k (largest gap)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return ax
-
-
-def plot_gauss_newton_trends(table: pd.DataFrame, top_rel: float = 0.10, w1_rel: float = 0.05,
-                             res_rel: float = 0.10) -> plt.Figure:
-    """C2 over training, one line per run (rows of :func:`gauss_newton_table`): (left) W₁(Hess, G) and,
-    dashed, W₁(Hess, H), both / range(Hess); (middle) median relative difference of the top-C eigenvalues
-    of G and Hess; (right) max |λ(H)| / λ_max(Hess). The rule's thresholds are grey lines."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
-    panels = [("w1_hess_ggn_rel", "W$_1$ / range(Hess)", w1_rel), ("topC_rel_diff_median",
-              "median |λ$_k$(G) − λ$_k$(Hess)| / λ$_k$(Hess), k ≤ C", top_rel),
-              ("res_radius_rel", "max |λ(H)| / λ$_{max}$(Hess)", res_rel)]
-    for i, (label, group) in enumerate(table.groupby("run", sort=False)):
-        for ax, (col, ylabel, thr) in zip(axes, panels):
-            ax.plot(group["epoch"], group[col], "o-", color=f"C{i}", label=f"{label}" + (": Hess vs G" if
-                    col == "w1_hess_ggn_rel" else ""))
-            ax.set_ylabel(ylabel)
-        axes[0].plot(group["epoch"], group["w1_hess_res_rel"], "s--", color=f"C{i}", alpha=0.6,
-                     label=f"{label}: Hess vs H")
-    for ax, (_, _, thr) in zip(axes, panels):
-        ax.axhline(thr, color="0.4", ls=":", lw=1.5, label=f"threshold {thr:g}")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-    axes[0].legend(fontsize="x-small")
-    axes[1].legend(fontsize="x-small")
-    fig.tight_layout()
-    return fig
-
-
-def plot_top_comparison(runs: Mapping[str, Any], epochs: Mapping[str, int], res_rel: float | None = None) -> plt.Figure:
-    """C2 at one epoch per run: (left) the top-C eigenvalues of G against those of Hess (log-log, with the
-    diagonal); (right) the top-C eigenvalues of H and of G divided by λ_max(Hess), against rank k, with
-    ±``res_rel`` (the rule's bound on H) as grey dotted lines when given."""
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.4))
-    lo, hi = np.inf, 0.0
-    for i, (label, run) in enumerate(runs.items()):
-        C = run_classes(run)
-        kinds = run.curvature(epochs[label]).kinds
-        th, tg, tr = (np.asarray(kinds[k].full.top, dtype=float)[:C] for k in KINDS3)
-        n = min(len(th), len(tg))
-        keep = (th[:n] > 0) & (tg[:n] > 0)
-        ax0.plot(th[:n][keep], tg[:n][keep], "o", color=f"C{i}", label=f"{label} (epoch {epochs[label]})")
-        if keep.any():
-            lo, hi = min(lo, th[:n][keep].min(), tg[:n][keep].min()), max(hi, th[:n][keep].max(), tg[:n][keep].max())
-        ax1.plot(np.arange(1, len(tr) + 1), tr / th[0], "s-", color=f"C{i}", label=f"{label}: H")
-        ax1.plot(np.arange(1, len(tg) + 1), tg / th[0], "o:", color=f"C{i}", alpha=0.6, label=f"{label}: G")
-    if hi > 0:
-        ax0.plot([lo / 1.5, hi * 1.5], [lo / 1.5, hi * 1.5], color="0.4", ls="--", lw=1, label="G = Hess")
-    ax0.set(xscale="log", yscale="log", xlabel="λ$_k$(Hess)", ylabel="λ$_k$(G)",
-            title="top-C eigenvalues: G against Hess")
-    ax0.legend(fontsize="small")
-    ax1.axhline(0.0, color="0.6", lw=0.8)
-    if res_rel is not None:
-        for sign in (1, -1):
-            ax1.axhline(sign * res_rel, color="0.4", ls=":", lw=1.5,
-                        label=f"±{res_rel:g} (bound on H)" if sign > 0 else None)
-    ax1.set(xlabel="rank k", ylabel="λ$_k$ / λ$_{max}$(Hess)", title="top-C eigenvalues of H and G, relative")
-    ax1.legend(fontsize="x-small", ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def plot_outlier_history(history: pd.DataFrame, tolerance: int = 2) -> plt.Figure:
-    """C1 during training, one line per run (rows of :func:`full_spectrum_summary` per epoch): (left) the
-    rule's outlier count k with the band C ± ``tolerance``; (right) the SLQ mass at |λ| < 1 % of λ_max."""
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 3.8))
-    for i, (label, g) in enumerate(history.groupby("run", sort=False)):
-        ax0.plot(g["epoch"], g["outliers"], "o-", color=f"C{i}", label=label)
-        ax1.plot(g["epoch"], g["bulk_mass_1%"], "o-", color=f"C{i}", label=label)
-    C = int(history["C"].iloc[0])
-    ax0.axhspan(C - tolerance, C + tolerance, color="C2", alpha=0.15, lw=0, label=f"C ± {tolerance}")
-    ax0.axhline(C, color="C2", ls="--", lw=1.2)
-    ax0.set(xlabel="epoch", ylabel="outliers k (largest gap)", title="outlier count of the full Hessian")
-    ax1.set(xlabel="epoch", ylabel="mass at |λ| < 1 % λ$_{max}$", title="spectral mass near zero (SLQ)")
-    ax0.legend(fontsize="small")
-    ax1.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
 
 
 # --------------------------------------------------------------------------- verdicts (rules: claims.py)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from htr_utils.study import depth_trends as ts
+from htr_utils.study import plotting
 from htr_utils.study.records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord
 from htr_utils.spectra import exact_spectrum_density, spectral_distance
 
@@ -130,13 +131,13 @@ def test_trend_table_and_c5_verdict():
 
 def test_figures_build():
     dist = {"m": ts.distance_table(_records_middle_wins())}
-    fig = ts.plot_depth_profiles(dist, {"m": 3})
+    fig = plotting.plot_depth_profiles(dist, {"m": 3})
     assert len(fig.axes) == 2 * len(ts.METRICS)
-    fig = ts.plot_distance_heatmaps(dist, "W1 [0,1]")
+    fig = plotting.plot_distance_heatmaps(dist, "W1 [0,1]")
     assert fig.axes[0].get_title() == "m"
     series = {"r": ts.curvature_series(_trend_records(lambda e: 10.0 - e)),
               "q": ts.curvature_series(_trend_records(lambda e: e - 1.0))}  # a trace <= 0 at epochs 0, 1
-    fig = ts.plot_trends(series)
+    fig = plotting.plot_trends(series)
     assert len(fig.axes) == 6 and fig.axes[0].get_yscale() == "log"
     matplotlib.pyplot.close("all")
 

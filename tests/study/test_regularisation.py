@@ -1,14 +1,10 @@
 """C6/C7 study helpers: statistics against textbook formulas, γ selection, run summaries, verdict rules."""
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
-from scipy import stats
 
 import htr_utils.study.regularisation as rs
 from htr_utils.study.profiles import RegStudy

@@ -165,8 +165,11 @@ def test_plots_draw() -> None:
     fig, ax = plotting.plot_heatmap(np.eye(2), ["a", "b"], ["x", "y"], title="t")
     plt.close(fig)
     fig, ax = plt.subplots()
-    plotting.plot_trend(ax, [1, 2, 3], [3.0, 2.0, 1.0], [0.1, 0.1, 0.1], label="trace")
-    plotting.plot_bars(ax, ["SGD", "HTR"], [98.7, 98.8], [0.03, 0.02])
+    ax.plot([1, 10, 100], [0.5, 5, 50])
+    plotting.log_axis(ax, "x")
+    plotting.log_axis(ax, "y")
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert ax.yaxis.get_major_formatter()(2.0, 0) == "2"  # plain labels, not 2×10⁰
     plt.close(fig)
 
 

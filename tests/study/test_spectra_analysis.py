@@ -12,12 +12,12 @@ import pytest  # noqa: E402
 
 from htr_utils.lanczos import density_from_quadrature  # noqa: E402
 from htr_utils.spectra import exact_spectrum_density, spectral_distance  # noqa: E402
+from htr_utils.study.plotting import (plot_full_spectrum, plot_gauss_newton_grid, plot_gauss_newton_trends,  # noqa: E402
+                                      plot_layer_tops, plot_outlier_counts, plot_outlier_history, plot_top_comparison)
 from htr_utils.study.spectra_analysis import (bulk_mass, epochs_with_kinds, full_spectrum_summary,  # noqa: E402
-                                     gauss_newton_comparison, gauss_newton_pass, gauss_newton_table, layer_table,
-                                     plot_full_spectrum, plot_gauss_newton_grid, plot_gauss_newton_trends,
-                                     plot_layer_tops, plot_outlier_history, plot_top_comparison, run_overview,
-                                     plot_outlier_counts, relative_top_difference, rule_values, spectral_radius,
-                                     spectral_support, top_within_trace, w1_distance)
+                                              gauss_newton_comparison, gauss_newton_pass, gauss_newton_table,
+                                              layer_table, relative_top_difference, rule_values, run_overview,
+                                              spectral_radius, spectral_support, top_within_trace, w1_distance)
 from htr_utils.study import spectra_analysis as ss  # noqa: E402
 from htr_utils.study.records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord  # noqa: E402
 from htr_utils.study.training import TrainConfig  # noqa: E402
