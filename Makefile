@@ -36,6 +36,10 @@ test: setup
 	$(PY) -m pytest -q tests
 	HTR_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
+# The unit tests without the slow ones (training, papermill, benchmarks): a quick check while editing.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
 reproduce: setup
 	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE)
 

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from benchmarks.__main__ import HEADINGS, main
+
+pytestmark = pytest.mark.slow  # runs the benchmark harness
 
 
 def test_quick_benchmark_writes_every_case(tmp_path, monkeypatch):

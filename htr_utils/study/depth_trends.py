@@ -1,4 +1,4 @@
-"""Notebooks 04 (C4, layer vs full spectrum) and 05 (C5, trace and λ_max trends): tables, verdicts, figures.
+"""Notebooks 04 (C4, layer vs full spectrum) and 05 (C5, trace and λ_max trends): tables and verdicts.
 
 Both notebooks read the per-epoch curvature records of the shared spectra runs
 (:meth:`htr_utils.study.runs.Run.curvature`; see :meth:`htr_utils.study.training.Trainer.curvature` for their
@@ -8,11 +8,10 @@ layout) and turn them into
   :func:`layer_distances`, the raw-axis ones on a grid that resolves both
   spectra), :func:`closest_layers` (the layer closest to the
   full Hessian, distances summed over epochs, and whether it lies in the middle half),
-  :func:`c4_verdict`, and the figures :func:`plot_depth_profiles` / :func:`plot_distance_heatmaps`;
+  and :func:`c4_verdict`;
 * C5 — :func:`curvature_series` (full and layer traces with standard errors and largest
   eigenvalues per epoch), :func:`trend_table` (Spearman trend of each quantity over the second
-  half of training, :func:`htr_utils.study.statistics.decreasing_trend`), :func:`c5_verdict`, and the
-  figure :func:`plot_trends`.
+  half of training, :func:`htr_utils.study.statistics.decreasing_trend`) and :func:`c5_verdict`.
 
 The functions take curvature records (:mod:`htr_utils.study.records`), so they are tested on constructed spectra;
 :func:`load_records` reads them from a run.

@@ -1,4 +1,4 @@
-"""Small helpers the notebooks call: the profile, where outputs go, saving figures / tables / JSON.
+"""Small helpers the notebooks call: where outputs go, the claim card, saving figures / tables / JSON.
 
 Outputs of notebook ``NN_name`` under profile ``p`` go to
 
@@ -15,8 +15,9 @@ Typical first cells of a notebook::
     # parameters (cell tagged "parameters")
     profile = None
     # setup
-    from htr_utils.study.outputs import setup, save_figure, save_table, save_json
-    profile, out_dir = setup("03_layerwise_outliers", profile)
+    from htr_utils.study.outputs import setup, show_claim, save_figure, save_table, save_json
+    profile, out_dir = setup("03_layer_spectra", profile)
+    show_claim("C3")
 """
 from __future__ import annotations
 

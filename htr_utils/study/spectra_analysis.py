@@ -1,11 +1,11 @@
-"""The spectra notebooks' computations and figures: 01 (full spectrum), 02 (Gauss-Newton), 03 (layer spectra).
+"""The spectra notebooks' computations and verdicts: 01 (full spectrum), 02 (Gauss-Newton), 03 (layer spectra).
 
 The notebooks read the curvature records of the profile's spectra runs (see
 :meth:`htr_utils.study.training.Trainer.curvature`): per epoch and curvature kind ("hessian",
 "ggn", "residual" = Hess, G, H), the SLQ density, the largest Ritz values ("top", descending,
 2C of them) and the Hutchinson trace, for the full network and for every layer block.
-The functions here turn one record into the numbers behind each verdict rule, and draw the
-notebooks' figure grids; every rule they apply is stated in the docstring.
+The functions here turn records into the numbers behind each verdict rule (stated in
+:mod:`htr_utils.study.claims`) and into the verdicts; the figures are in :mod:`htr_utils.study.plotting`.
 """
 from __future__ import annotations
 

@@ -78,6 +78,7 @@ def test_select_gamma_picks_best_validation_accuracy_never_a_diverged_run(monkey
     assert mg == 1e-5 and trained[-1] == study.arms({"middle": mg})["htr_middle"].replace(seed=3)
 
 
+@pytest.mark.slow
 def test_select_gamma_without_grid_uses_the_published_value(tmp_path):
     study = RegStudy(base=TINY, seeds=(0,), l2=1e-4, gamma=2e-5, middle_gamma=1e-6)
     table, gamma = rs.select_gamma(study, "all", tmp_path)
@@ -91,6 +92,7 @@ def htr_run(tmp_path_factory):
     return train_run(TINY.replace(htr_gamma=1e-3), root=tmp_path_factory.mktemp("runs"), progress=False)
 
 
+@pytest.mark.slow
 def test_run_summary_reads_the_run(htr_run):
     s = rs.run_summary(htr_run)
     m = htr_run.metrics
@@ -102,6 +104,7 @@ def test_run_summary_reads_the_run(htr_run):
     assert (m["steps"] == m["penalty_steps"]).iloc[1] and s["step_seconds"] == pytest.approx(m["step_seconds"].iloc[0])
 
 
+@pytest.mark.slow
 def test_train_accuracy_matches_an_independent_evaluation(htr_run):
     loss, acc = rs.train_accuracy(htr_run)
     trainer = Trainer(htr_run.config)  # same data split, fresh model: load the trained weights
@@ -111,6 +114,7 @@ def test_train_accuracy_matches_an_independent_evaluation(htr_run):
     assert len(trainer.data.train) == 120
 
 
+@pytest.mark.slow
 def test_penalty_step_costs_rows():
     costs = rs.penalty_step_costs(TINY, ("all", "middle"), rounds=2)
     assert costs["step"].tolist() == ["plain", "all", "middle"]

@@ -11,6 +11,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from htr_utils.study import reproduce
 
+pytestmark = pytest.mark.slow  # runs notebooks through papermill
+
 GOOD = """
 import os
 from pathlib import Path

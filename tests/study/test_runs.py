@@ -13,6 +13,8 @@ from htr_utils.study.runs import (Run, config_hash, find_run, load_run, run_path
                             train_run)
 from htr_utils.study.training import TIMING_COLUMNS, TrainConfig, Trainer, TrainingDiverged
 
+pytestmark = pytest.mark.slow  # every test here trains a network
+
 CFG = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=200, test_size=80, batch_size=50, lr=0.05,
                   epochs=3, milestones=(2,), curvature_every=1, curvature_kinds=("hessian", "ggn"),
                   curvature_kinds_epochs=(3,), lanczos_iters=10, examples_per_class=2, trace_probes=4,

@@ -16,6 +16,8 @@ from htr_utils.study.models import build_model
 from htr_utils.study.training import (TIMING_COLUMNS, TrainConfig, Trainer, composite_batch_norm, sgd_step,
                                  penalty_parameter_names)
 
+pytestmark = pytest.mark.slow  # every test here trains a network
+
 TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, test_size=60, batch_size=40, lr=0.05,
                    epochs=2, lanczos_iters=8, examples_per_class=2, trace_probes=4)
 
