@@ -12,7 +12,7 @@ to ``figures/<profile>/`` (smoke: ``build/smoke/``) under the repository root. A
 failed (its partially executed copy is kept, and its path and the failing cell's error printed).
 
 Console: one line per notebook, its name when it starts and its verdict and wall time when it ends
-(``01_full_spectrum ... not reproduced in 14 min 05 s``). Kernels get CurveZMQ keys where the
+(``01_full_spectrum ... not reproduced in 14 min 05.2 s``). Kernels get CurveZMQ keys where the
 kernel supports them, so ipykernel does not warn "running over TCP without encryption" for each
 notebook; anything else a kernel writes to its stderr (a crash, a C library's error) still shows.
 """
