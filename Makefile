@@ -1,11 +1,13 @@
 # Two commands on a fresh machine: `make reproduce` and `make test`. Both set themselves up.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PROFILE ?= cpu
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
 
 .PHONY: setup data test test-fast reproduce smoke lab bench clean
 
@@ -46,8 +48,20 @@ reproduce: setup
 smoke: setup
 	$(PY) -m htr_utils.study.reproduce --profile smoke --out build/smoke
 
+# JupyterLab on notebooks/ with this project's kernel (python3 of $(VENV)); the notebooks' default
+# profile is $(PROFILE) (`make lab PROFILE=smoke` for a quick look). The token is JUPYTER_TOKEN or
+# a fresh random one; the URL to open is printed first. Root gets --allow-root (JupyterLab refuses
+# root without it); kernels get CurveZMQ transport encryption where the kernel supports it.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	@token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(24))')}"; \
+	root_flag=; if [ "$$(id -u)" = 0 ]; then root_flag=--allow-root; \
+		echo "make lab: running as root, so JupyterLab is started with --allow-root"; fi; \
+	echo "make lab: notebooks/ with kernel python3 of $(VENV); notebooks default to profile $(PROFILE)"; \
+	echo "make lab: open http://$(LAB_IP):$(LAB_PORT)/lab?token=$$token  (Ctrl-C twice stops it)"; \
+	JUPYTER_TOKEN="$$token" HTR_PROFILE=$(PROFILE) exec $(VENV)/bin/jupyter lab --no-browser $$root_flag \
+		--ServerApp.root_dir=notebooks --ServerApp.ip=$(LAB_IP) --ServerApp.port=$(LAB_PORT) \
+		--ServerApp.port_retries=0 --MappingKernelManager.default_kernel_name=python3 \
+		--MappingKernelManager.transport_encryption=auto
 
 bench: setup
 	$(PY) -m pip install -q -e '.[study,dev,peers]'

@@ -10,10 +10,16 @@ figures, tables and ``verdict.json`` (see :func:`htr_utils.study.outputs.output_
 to ``figures/<profile>/`` (smoke: ``build/smoke/``) under the repository root. At the end
 ``DIR/REPORT.md`` gathers the verdicts and wall times; the exit status is 1 when a notebook
 failed (its partially executed copy is kept, and its path and the failing cell's error printed).
+
+Console: one line per notebook, its name when it starts and its verdict and wall time when it ends
+(``01_full_spectrum ... not reproduced in 14 min 05.2 s``). Kernels get CurveZMQ keys where the
+kernel supports them, so ipykernel does not warn "running over TCP without encryption" for each
+notebook; anything else a kernel writes to its stderr (a crash, a C library's error) still shows.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -74,6 +80,24 @@ def _error_summary(err: BaseException) -> tuple[str, str]:
     return (summary if len(summary) <= 300 else summary[:297] + "..."), detail
 
 
+def kernel_config():
+    """Traitlets config for the kernel manager: CurveZMQ transport encryption where it is available.
+
+    ipykernel >= 7 warns "Kernel is running over TCP without encryption ..." on its stderr (our
+    terminal) unless the manager provisions Curve keys, which jupyter_client >= 8.10 does with
+    ``transport_encryption="auto"`` for kernels that declare support; older versions have neither
+    the warning nor the option.
+    """
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
 def run_notebook(notebook: Path, out_dir: Path, profile: str, timeout: float | None = None,
                  cwd: Path | None = None) -> Path:
     """Execute ``notebook`` into ``out_dir/<file>`` with HTR_PROFILE / HTR_OUT_DIR set for its kernel.
@@ -92,7 +116,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, timeout: float | N
     try:
         pm.execute_notebook(str(notebook), str(target), parameters={"profile": profile}, kernel_name=KERNEL,
                             cwd=str(cwd or notebook.parent), progress_bar=False, log_output=False,
-                            execution_timeout=timeout)
+                            execution_timeout=timeout, config=kernel_config())
     finally:
         for k, v in saved.items():
             if v is None:
@@ -117,9 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm.auto import tqdm
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
 
+
+def _verdict(nb_out: Path) -> str:
+    """The ``verdict`` of ``nb_out/verdict.json``, or why there is none."""
+    try:
+        return str(json.loads((nb_out / VERDICT_FILE).read_text(encoding="utf-8"))["verdict"])
+    except FileNotFoundError:
+        return "ok, no verdict"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable verdict ({type(err).__name__})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     nb_dir = (args.notebooks or repo_root() / "notebooks").resolve()
@@ -138,23 +174,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: dict[str, str] = {}
     details: dict[str, tuple[Path, str]] = {}
     print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {nb_dir} into {out}", flush=True)
-    bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stderr, dynamic_ncols=True)
-    for nb in bar:
-        bar.set_postfix_str(nb.stem)
+    width = max(len(nb.stem) for nb in notebooks)
+    for nb in notebooks:
+        print(f"{nb.stem:<{width}} ... ", end="", flush=True)  # the line is finished when the notebook is
         nb_out = out / nb.stem
         t0 = time.perf_counter()
         try:
             run_notebook(nb, nb_out, args.profile, timeout=args.timeout, cwd=nb_dir)
-            status = "ok"
+            status, why = _verdict(nb_out), ""
         except Exception as err:  # a failing cell, a dead kernel, a timeout: report, keep going
             summary, detail = _error_summary(err)
             failed[nb.stem] = summary
             details[nb.stem] = (nb_out / nb.name, detail)
-            status = "FAILED"
+            status, why = "FAILED", f": {summary}"
         timings[nb.stem] = time.perf_counter() - t0
-        tqdm.write(f"{nb.stem}: {status} in {timings[nb.stem]:.1f} s", file=sys.stdout)
-        sys.stdout.flush()
-    bar.close()
+        print(f"{status} in {_duration(timings[nb.stem])}{why}", flush=True)
 
     report = write_report(out, timings, failed=failed, profile=args.profile)
     print()

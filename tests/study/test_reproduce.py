@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -113,5 +116,27 @@ def test_run_writes_outputs_report_and_fails_on_error(notebooks: Path, tmp_path:
     assert timings["00_good"]["wall_s"] > 0
 
     captured = capsys.readouterr()
-    assert "00_good: ok in" in captured.out and "01_bad: FAILED in" in captured.out
+    lines = captured.out.splitlines()  # one line per notebook: name, verdict, wall time
+    assert any(line.startswith("00_good ... reproduced in ") for line in lines)
+    assert any(line.startswith("01_bad  ... FAILED in ") and line.endswith("boom from the bad notebook")
+               for line in lines)
     assert str(partial) in captured.err and "boom from the bad notebook" in captured.err
+
+
+def test_console_shows_one_line_per_notebook_and_no_kernel_transport_warning(tmp_path: Path) -> None:
+    """The runner as a person runs it: its console has the notebook's line and no third-party warnings,
+    while whatever a kernel writes to its own stderr (here a stand-in for a real error) still shows."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "00_good.ipynb", GOOD, 'os.write(2, b"a real error on the kernel\'s stderr\\n")')
+    root = Path(reproduce.__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    env.pop("HTR_PROFILE", None)
+    done = subprocess.run([sys.executable, "-m", "htr_utils.study.reproduce", "--profile", "smoke",
+                           "--notebooks", str(d), "--out", str(tmp_path / "out"), "--only", "00"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console
+    assert re.search(r"^00_good \.\.\. reproduced in \d+\.\d s$", done.stdout, re.MULTILINE), console
+    assert "without encryption" not in console and "WARNING" not in console, console
+    assert "a real error on the kernel's stderr" in done.stderr
