@@ -308,8 +308,18 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 1000,
     return loss_sum / len(dataset), correct / len(dataset)
 
 
+def _in_jupyter_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
+
+
 def _progress_disabled(progress: bool) -> bool | None:
-    return True if not progress else (None if sys.stderr.isatty() else True)
+    """tqdm's ``disable``: off unless asked for and someone watches (a terminal, or a notebook's widget bars)."""
+    return True if not progress else (None if sys.stderr.isatty() or _in_jupyter_kernel() else True)
 
 
 class Trainer:

@@ -180,3 +180,13 @@ def test_penalty_steps_leave_torch_functional_and_other_models_alone():
              generator=torch.Generator().manual_seed(0))
     assert seen == [(True, True)] and F.batch_norm is original
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_progress_bars_show_in_a_terminal_or_a_notebook_only(monkeypatch):
+    import htr_utils.study.training as tr
+    assert tr._progress_disabled(False) is True
+    monkeypatch.setattr(tr.sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(tr, "_in_jupyter_kernel", lambda: False)
+    assert tr._progress_disabled(True) is True         # a log file: no carriage-return junk
+    monkeypatch.setattr(tr, "_in_jupyter_kernel", lambda: True)
+    assert tr._progress_disabled(True) is None         # a notebook run alone: widget bars
