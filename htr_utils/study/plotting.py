@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 from matplotlib import transforms
 
+from ..curvature import KINDS
 from ..lanczos import SpectralDensity
 from .depth_trends import FULL, METRICS, epoch_distances, is_middle, summed_distances
 from .records import BlockCurvature, CurvatureRecord
 from .regularisation import ARM_LABELS
-from .spectra_analysis import KIND_LABELS, KINDS3, epochs_with_kinds, outlier_verdict, rule_values, run_classes
+from .spectra_analysis import KIND_LABELS, epochs_with_kinds, outlier_verdict, rule_values, run_classes
 
 #: densities are drawn on a log axis down to this value (SLQ densities are ~0 between atoms)
 DENSITY_FLOOR = 1e-6
@@ -224,7 +225,7 @@ def plot_kinds(ax: plt.Axes, densities: Mapping[str, SpectralDensity], title: st
     return ax
 
 
-def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS3,
+def plot_gauss_newton_grid(runs: Mapping[str, Any], kinds: Sequence[str] = KINDS,
                            panel_size: tuple[float, float] = (4.2, 3.0)) -> plt.Figure:
     """C2 grid: one row per run, one column per epoch with all three kinds; each panel overlays the
     full-network densities of Hess, G and H."""
@@ -328,7 +329,7 @@ def plot_top_comparison(runs: Mapping[str, Any], epochs: Mapping[str, int], res_
     for i, (label, run) in enumerate(runs.items()):
         C = run_classes(run)
         kinds = run.curvature(epochs[label]).kinds
-        th, tg, tr = (np.asarray(kinds[k].full.top, dtype=float)[:C] for k in KINDS3)
+        th, tg, tr = (np.asarray(kinds[k].full.top, dtype=float)[:C] for k in KINDS)
         n = min(len(th), len(tg))
         keep = (th[:n] > 0) & (tg[:n] > 0)
         ax0.plot(th[:n][keep], tg[:n][keep], "o", color=f"C{i}", label=f"{label} (epoch {epochs[label]})")

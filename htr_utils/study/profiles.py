@@ -25,7 +25,6 @@ from .training import TrainConfig
 PROFILE_ENV = "HTR_PROFILE"  # the default profile when a notebook's parameter is None (nbval runs smoke this way)
 DEFAULT_PROFILE = "cpu"
 UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)  # outputs written outside the committed tree
-KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def _sweep(base: TrainConfig) -> dict[str, TrainConfig]:
 # ----------------------------------------------------------------------------------- smoke
 # LeNet needs small batches to learn anything on 400 digits in 3 epochs (test accuracy ~0.6).
 _SMOKE_SPECTRA = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=400, test_size=200,
-                             batch_size=16, lr=0.05, epochs=3, curvature_every=1, curvature_kinds=KINDS3,
+                             batch_size=16, lr=0.05, epochs=3, curvature_every=1, curvature_kinds=KINDS,
                              curvature_kinds_epochs=(0, 3), examples_per_class=3, lanczos_iters=16, trace_probes=10)
 _SMOKE_REG = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=300, test_size=200, val_fraction=0.2,
                          batch_size=16, lr=0.05, epochs=3, milestones=(2,), htr_freq=5, htr_start_epoch=1,
@@ -138,7 +137,7 @@ SMOKE = Profile(
 # Measured totals from an empty cache: spectra runs 15.2 min; regularisation (6 sweep runs +
 # 7 γ-grid runs + 15 more arm x seed runs = 28 runs, 37-73 s each) 22.6 min; notebooks ~3.5 min.
 _CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, batch_size=256, lr=0.01, epochs=15,
-                           curvature_every=1, curvature_kinds=KINDS3, curvature_kinds_epochs=(0, 1, 5, 15),
+                           curvature_every=1, curvature_kinds=KINDS, curvature_kinds_epochs=(0, 1, 5, 15),
                            examples_per_class=10, lanczos_iters=128, trace_probes=50)
 # VGG: the paper's lr 1e-3 (test accuracy 0.77 / 0.82 / 0.84 after epochs 1-3), 20k examples
 # (3 s/epoch), Hessian every 2nd epoch, GGN / residual at 0, 2, 10.
@@ -170,7 +169,7 @@ CPU = Profile(
 
 # ----------------------------------------------------------------------------------- paper
 _P = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0.01, epochs=50, curvature_every=1,
-                 curvature_kinds=KINDS3, curvature_kinds_epochs=(0, 1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
+                 curvature_kinds=KINDS, curvature_kinds_epochs=(0, 1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
                  lanczos_iters=128, trace_probes=100)
 _P_REG = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0.01, epochs=30, milestones=(10, 20),
                      htr_freq=50, htr_start_epoch=20, htr_probes=10, curvature_every=30, curvature_init=False,

@@ -21,7 +21,6 @@ from .records import BlockCurvature, CurvatureRecord
 from .verdicts import Verdict, VerdictResult
 from ..spectra import count_outliers, spectral_distance
 
-KINDS3 = KINDS  # all three curvature kinds: ("hessian", "ggn", "residual")
 #: the paper's names of the three curvature kinds (Hess = G + H)
 KIND_LABELS = {"hessian": "Hess", "ggn": "G", "residual": "H"}
 
@@ -51,7 +50,7 @@ def run_classes(run: Any) -> int:
     return num_classes(run.config.dataset)
 
 
-def epochs_with_kinds(run: Any, kinds: Sequence[str] = KINDS3) -> list[int]:
+def epochs_with_kinds(run: Any, kinds: Sequence[str] = KINDS) -> list[int]:
     """The run's curvature epochs at which every kind in ``kinds`` was computed (ascending)."""
     return [e for e in run.curvature_epochs() if set(kinds) <= set(run.config.kinds_at(e))]
 
