@@ -7,8 +7,10 @@ verdict (``reproduced`` / ``not reproduced`` / ``inconclusive``), the rule that 
 (:mod:`htr_utils.study.reproduce`) then gathers them with :func:`write_report` into
 ``<DIR>/REPORT.md``: one row per notebook, with each notebook's wall time.
 
-Wall times are kept in ``<DIR>/timings.json`` ({notebook: {"wall_s", "status", "error"}}),
-merged run after run, so a partial rerun (``--only 03``) keeps the other notebooks' rows.
+Wall times are kept in ``<DIR>/timings.json`` ({notebook: {"wall_s", "status", "error"}}; status
+``ok`` / ``failed`` / ``interrupted``), merged run after run, so a partial rerun (``--only 03``)
+keeps the other notebooks' rows. Several runners may share one ``<DIR>``: the merge and the report
+are written under ``<DIR>/.report.lock`` (an OS lock), each file atomically.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .claims import CLAIMS
-from .files import atomic_write, write_json
+from .files import FileLock, atomic_write, write_json
 from .profiles import PROFILE_ENV
 from .verdicts import VerdictResult
 
 VERDICT_FILE = "verdict.json"
 TIMINGS_FILE = "timings.json"
 REPORT_FILE = "REPORT.md"
+LOCK_FILE = ".report.lock"
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -130,12 +133,20 @@ def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None
                  failed: Mapping[str, str] | None = None, profile: str | None = None) -> Path:
     """Write ``directory/REPORT.md`` from the verdicts found under it and return its path.
 
-    ``timings``: {notebook: wall seconds} of this run (merged into ``timings.json``);
+    ``timings``: {notebook: wall seconds, or {"wall_s", "status"}} of this run (merged into ``timings.json``);
     ``failed``: {notebook: error message} of the notebooks that failed in this run.
     ``profile`` defaults to the verdicts' profile, else the directory's name.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(directory / LOCK_FILE, what=f"the report in {directory}"):  # one merge at a time
+        for tmp in [*directory.glob(f".{TIMINGS_FILE}.*.tmp"), *directory.glob(f".{REPORT_FILE}.*.tmp")]:
+            tmp.unlink(missing_ok=True)  # left by a killed runner
+        return _write_report(directory, timings, failed, profile)
+
+
+def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Mapping[str, str] | None,
+                  profile: str | None) -> Path:
     verdicts = collect_verdicts(directory)
     runs = _merge_timings(directory, timings, failed)
     if profile is None:
@@ -164,6 +175,9 @@ def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None
         if r.get("status") == "failed":
             verdict = "**FAILED**: " + (r.get("error") or "see the executed notebook")
             v = {}  # a stale verdict must not be shown for a notebook that failed
+        elif r.get("status") == "interrupted":
+            verdict = "**interrupted** (rerun it)"
+            v = {}  # nor for one stopped before its verdict
         else:
             verdict = f"**{v['verdict']}**" if v.get("verdict") else "no verdict"
         claim = v.get("claim")

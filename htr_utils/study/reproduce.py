@@ -10,6 +10,8 @@ figures, tables and ``verdict.json`` (see :func:`htr_utils.study.outputs.output_
 to ``figures/<profile>/`` (smoke: ``build/smoke/``) under the repository root. At the end
 ``DIR/REPORT.md`` gathers the verdicts and wall times; the exit status is 1 when a notebook
 failed (its partially executed copy is kept, and its path and the failing cell's error printed).
+Ctrl-C marks the running notebook "interrupted" in the report (exit status 130); an ``--out``
+that cannot be written is refused before any notebook runs.
 
 Console: one line per notebook, its name when it starts and its verdict and wall time when it ends
 (``01_full_spectrum ... not reproduced in 14 min 05.2 s``). Kernels get CurveZMQ keys where the
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -168,9 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not notebooks:
         parser.error(f"no NN_*.ipynb notebooks in {nb_dir}")
     out = (args.out.resolve() if args.out is not None else default_out(args.profile))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        parser.error(f"--out {out} cannot be written ({err.strerror or err}); choose a writable directory")
 
-    timings: dict[str, float] = {}
+    timings: dict[str, float | dict] = {}
     failed: dict[str, str] = {}
     details: dict[str, tuple[Path, str]] = {}
     print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {nb_dir} into {out}", flush=True)
@@ -182,13 +189,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run_notebook(nb, nb_out, args.profile, timeout=args.timeout, cwd=nb_dir)
             status, why = _verdict(nb_out), ""
+        except KeyboardInterrupt:  # its verdict is gone: the report must not keep the old one
+            print(f"interrupted after {_duration(time.perf_counter() - t0)}", flush=True)
+            timings[nb.stem] = {"wall_s": time.perf_counter() - t0, "status": "interrupted"}
+            report = write_report(out, timings, failed=failed, profile=args.profile)
+            print(f"report: {report} ({nb.stem} marked interrupted)", flush=True)
+            return 130
         except Exception as err:  # a failing cell, a dead kernel, a timeout: report, keep going
             summary, detail = _error_summary(err)
             failed[nb.stem] = summary
             details[nb.stem] = (nb_out / nb.name, detail)
             status, why = "FAILED", f": {summary}"
-        timings[nb.stem] = time.perf_counter() - t0
-        print(f"{status} in {_duration(timings[nb.stem])}{why}", flush=True)
+        wall = timings[nb.stem] = time.perf_counter() - t0
+        print(f"{status} in {_duration(wall)}{why}", flush=True)
 
     report = write_report(out, timings, failed=failed, profile=args.profile)
     print()

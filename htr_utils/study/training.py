@@ -41,6 +41,29 @@ HTR_PARAM_RULES = ("all", "middle", "middle_authors")
 TIMING_COLUMNS = ("epoch_seconds", "step_seconds", "penalty_step_seconds", "eval_seconds", "curvature_seconds")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_ints(cfg: "TrainConfig", names: tuple[str, ...], low: int, optional: bool = False) -> None:
+    """Each field is an integer >= ``low`` (or None when ``optional``); the error names the field and the range."""
+    for name in names:
+        v = getattr(cfg, name)
+        if (v is None and optional) or (_is_int(v) and v >= low):
+            continue
+        allowed = f"an integer >= {low}" + (" or None" if optional else "")
+        raise ValueError(f"TrainConfig.{name} must be {allowed}, got {v!r}")
+
+
+def _check_reals(cfg: "TrainConfig", names: tuple[str, ...], allowed: str, ok) -> None:
+    """Each field is a finite real number (not a bool) satisfying ``ok``; NaN and inf are refused."""
+    for name in names:
+        v = getattr(cfg, name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v):
+            continue
+        raise ValueError(f"TrainConfig.{name} must be {allowed}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a run's numbers; its hash names the run's cache folder.
@@ -108,22 +131,21 @@ class TrainConfig:
         if not isinstance(self.htr_params, str):
             set_("htr_params", tuple(self.htr_params))
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+            raise ValueError(f"TrainConfig.dataset: unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+            raise ValueError(f"TrainConfig.model: unknown model {self.model!r}; valid: {', '.join(MODELS)}")
         if isinstance(self.htr_params, str) and self.htr_params not in HTR_PARAM_RULES:
-            raise ValueError(f"htr_params must be one of {HTR_PARAM_RULES} or a tuple of names, got {self.htr_params!r}")
+            raise ValueError(f"TrainConfig.htr_params must be one of {HTR_PARAM_RULES} or a tuple of names, got {self.htr_params!r}")
         bad = [k for k in self.curvature_kinds if k not in KINDS]
         if bad or not self.curvature_kinds:
-            raise ValueError(f"curvature_kinds must be a non-empty subset of {KINDS}, got {self.curvature_kinds}")
-        for name in ("batch_size", "epochs", "htr_freq", "htr_probes", "examples_per_class", "lanczos_iters",
-                     "slq_probes", "trace_probes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.htr_gamma < 0 or self.weight_decay < 0 or self.curvature_every < 0:
-            raise ValueError("lr must be > 0; htr_gamma, weight_decay, curvature_every must be >= 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"TrainConfig.curvature_kinds must be a non-empty subset of {KINDS}, got {self.curvature_kinds}")
+        _check_ints(self, ("batch_size", "epochs", "htr_freq", "htr_probes", "examples_per_class", "lanczos_iters",
+                           "slq_probes", "trace_probes"), low=1)
+        _check_ints(self, ("data_seed", "seed", "htr_start_epoch", "curvature_every"), low=0)
+        _check_ints(self, ("train_size", "test_size", "top_k"), low=1, optional=True)
+        _check_reals(self, ("lr", "width", "lr_gamma"), "a finite number > 0", lambda v: v > 0)
+        _check_reals(self, ("htr_gamma", "weight_decay", "momentum"), "a finite number >= 0", lambda v: v >= 0)
+        _check_reals(self, ("val_fraction",), "a finite number in [0, 1)", lambda v: 0 <= v < 1)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
