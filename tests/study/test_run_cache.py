@@ -11,12 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from htr_utils.study import runs
-from htr_utils.study.files import FileLock, LockTimeout, atomic_write
-from htr_utils.study.runs import (DamagedRun, EnvironmentChanged, Run, config_hash, find_run, load_run, repair_run,
-                                  train_run)
+from htr_utils.study.files import FileLock, LockTimeout
+from htr_utils.study.runs import DamagedRun, EnvironmentChanged, Run, config_hash, load_run, repair_run, train_run
 from htr_utils.study.training import TIMING_COLUMNS, TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
