@@ -17,9 +17,10 @@ Which path runs, and why it is right:
 * linearised (one batch, or ``cache=True``): used only once verified. When a batch's map is
   built, it is applied to a random probe twice and, batched with vmap, to the probe and its
   double; all must agree with an eager ``jvp`` of the same function to 1000 machine epsilons.
-  A map that fails (as ``linearize``'s map for RNN / GRU / LSTM does: its traced graph
-  updates its own constants in place, so only its first call is right) is replaced by eager
-  ``jvp`` for that batch, with a warning.
+  A map that fails (as ``linearize``'s map for RNN / GRU / LSTM and for
+  ``binary_cross_entropy_with_logits`` does in torch 2.14: its traced graph updates its own
+  constants in place, so only its first call is right) is replaced by eager ``jvp`` for that
+  batch, with a warning. The check costs about six gradients, once per batch.
 * eager ``jvp`` of ``grad``: exact; the default for uncached batches.
 * reverse-over-reverse (double backward): where an operation has no forward-mode rule
   (``huber_loss``, for one); exact, slower; warns once.
