@@ -10,19 +10,49 @@ parameters (the others held fixed), the operator applies to a flat vector v one 
 Hessian products are forward-over-reverse (``jvp`` of ``grad``). When the data is one
 batch, ``torch.func.linearize`` traces the tangent map once and every later product
 reuses it (about 1.2 gradients per product instead of 2.3); data given as several
-batches is processed one batch at a time, so memory stays that of one batch. Where an
-operation has no forward-mode rule, the operator falls back to reverse-over-reverse
-(double backward) and warns once.
+batches is processed one batch at a time, so memory stays that of one batch.
 
-The model is always evaluated in eval mode (BatchNorm uses its running statistics,
-Dropout is off): a curvature matrix of a random function is not what the paper studies.
-The model's own mode is restored after every product.
+Which path runs, and why it is right:
+
+* linearised (one batch, or ``cache=True``): used only once verified. When a batch's map is
+  built, it is applied to a random probe twice and, batched with vmap, to the probe and its
+  double; all must agree with an eager ``jvp`` of the same function to 1000 machine epsilons.
+  A map that fails (as ``linearize``'s map for RNN / GRU / LSTM and for
+  ``binary_cross_entropy_with_logits`` does in torch 2.14: its traced graph updates its own
+  constants in place, so only its first call is right) is replaced by eager ``jvp`` for that
+  batch, with a warning. The check costs about six gradients, once per batch.
+* eager ``jvp`` of ``grad``: exact; the default for uncached batches.
+* reverse-over-reverse (double backward): where an operation has no forward-mode rule
+  (``huber_loss``, for one); exact, slower; warns once.
+
+``linearize`` is only traced after an eager ``jvp`` of the same function has run: where
+forward mode fails on an immutable zero tangent (``mse_loss``'s backward with a target that
+has no tangent), eager ``jvp`` raises but tracing crashes the interpreter. Floating-point
+targets are therefore passed as inputs with a materialised zero tangent, which makes
+``mse_loss`` work in forward mode; anything else that fails eagerly never reaches tracing.
+
+Attention runs on the math kernel of ``scaled_dot_product_attention`` (and without
+``nn.MultiheadAttention``'s fused inference path) inside the operator: the fused CPU / flash
+kernels have no forward-mode and no double-backward rule.
+
+Semantics:
+
+* The operator is a snapshot: parameters and buffers are copied when it is built, so
+  training the model afterwards does not change it (build a new one). This holds for one
+  batch and for a DataLoader alike.
+* The model is always evaluated in eval mode (BatchNorm uses its running statistics,
+  Dropout is off): a curvature matrix of a random function is not what the paper studies.
+  Every submodule's own mode is restored after every product.
+* ``loss_fn(outputs, targets)`` must return the mean over its batch (``reduction='mean'``);
+  batches are weighted by size. A loss that sums (``reduction='sum'``) is detected on the
+  first batch and rejected.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,9 +62,13 @@ from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 
 KINDS = ("hessian", "ggn", "residual")
 VMAP_BUDGET = 1024  # vectors x samples per vmapped call; see _vmapped
+VERIFY_EPS = 1000   # a linearised map must agree with eager jvp to this many machine epsilons
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+# Forward-mode failures that make the operator fall back to double backward.
+_FORWARD_ERRORS = (RuntimeError, NotImplementedError)
 
 
 @contextlib.contextmanager
@@ -49,80 +83,231 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+@contextlib.contextmanager
+def exact_kernels() -> Iterator[None]:
+    """Attention kernels that every torch.func transform can differentiate, for the block.
+
+    ``scaled_dot_product_attention`` on its math kernel (the flash / fused CPU kernels have
+    no forward-mode or double-backward rule) and ``nn.MultiheadAttention`` /
+    ``nn.TransformerEncoderLayer`` without their fused inference path. Same values.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        except ImportError:  # pragma: no cover - torch without torch.nn.attention
+            pass
+        mha = getattr(torch.backends, "mha", None)
+        if mha is not None and hasattr(mha, "set_fastpath_enabled"):
+            before = mha.get_fastpath_enabled()
+            mha.set_fastpath_enabled(False)
+            stack.callback(mha.set_fastpath_enabled, before)
+        yield
+
+
+def _pair(batch: Any, where: str) -> Batch:
+    """One batch as an ``(inputs, targets)`` pair of tensors, or a clear error."""
+    if isinstance(batch, Mapping):
+        raise ValueError(f"{where} is a dict ({sorted(batch)[:4]}...); hvp_operator needs (inputs, targets) pairs: "
+                         "wrap the data, e.g. ((b['x'], b['y']) for b in loader).")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        size = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) \
+            else type(batch).__name__
+        raise ValueError(f"{where} must be an (inputs, targets) pair, got {size}. A loss without targets still "
+                         "needs one: pass (x, torch.zeros(len(x))) and a loss_fn that ignores its second argument.")
+    x, y = batch
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise ValueError(f"{where}: inputs and targets must be tensors, got ({type(x).__name__}, {type(y).__name__}).")
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"{where}: inputs and targets must have the same first (sample) dimension, got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}.")
+    return x, y
+
+
 def batch_source(data: Any) -> Iterable[Batch]:
     """A re-iterable source of ``(x, y)`` batches from one pair or an iterable of pairs.
 
     Lists and DataLoaders are iterated anew for every product (memory of one batch); a
     one-shot iterator is materialised so that every product sees the same data.
     """
+    if isinstance(data, Tensor):
+        raise ValueError("data is a single tensor; pass an (inputs, targets) pair (x, y) or an iterable of such "
+                         "pairs. A loss without targets still needs one: (x, torch.zeros(len(x))).")
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        data = [tuple(data)]
+        data = [_pair(data, "data")]
     elif isinstance(data, Iterator):
         data = list(data)
-    elif not isinstance(data, Iterable):
+    elif not isinstance(data, Iterable) or isinstance(data, (str, bytes, Mapping)):
         raise ValueError(f"data must be an (x, y) pair of tensors or an iterable of such pairs, got {type(data).__name__}.")
     if isinstance(data, list):
-        data = [tuple(b) for b in data if len(b[0]) > 0]
+        data = [_pair(b, f"batch {i} of data") for i, b in enumerate(data)]
+        data = [b for b in data if len(b[0]) > 0]
     if hasattr(data, "__len__") and len(data) == 0:
         raise ValueError("data is empty: pass at least one (x, y) batch with one or more samples.")
     return data
 
 
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """Every name under which a parameter is registered -> its canonical name (the one ``named_parameters()`` gives).
+
+    Tied parameters (one tensor registered in several modules) have one canonical name, the
+    first registration; the other names are aliases. Untied names map to themselves.
+    """
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    return {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
+
+
 def select_parameters(model: nn.Module, params: Iterable[str] | None) -> list[str]:
-    """Names of the parameters the operator acts on (default: all trainable ones), in model order."""
+    """Canonical names of the parameters the operator acts on (default: all trainable ones), in model order.
+
+    Aliases of tied parameters are accepted and mapped to their canonical name.
+    """
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if params is None:
         if not trainable:
             raise ValueError("the model has no trainable parameters; pass params=[...] names explicitly.")
         return trainable
+    if isinstance(params, Mapping):
+        raise ValueError("params is a mapping (like layer_groups' output); pass one group's names, groups['conv1'], "
+                         "or their union, [n for names in groups.values() for n in names].")
     if isinstance(params, str):
         params = [params]
+    if isinstance(params, Tensor) or not isinstance(params, Iterable):
+        raise ValueError(f"params takes a list of parameter names, got {type(params).__name__}.")
     params = list(params)
-    every = dict(model.named_parameters())
-    unknown = [n for n in params if n not in every]
-    if unknown:
-        raise ValueError(f"unknown parameter name(s) {unknown}; valid names are: {list(every)}")
     if not params:
         raise ValueError("params is an empty list; pass None for all parameters or at least one name.")
-    if len(set(params)) != len(params):
-        raise ValueError(f"params lists a name twice: {params}")
-    order = {n: i for i, n in enumerate(every)}
-    return sorted(params, key=order.__getitem__)
+    if any(isinstance(p, Tensor) for p in params):
+        raise ValueError("params takes parameter names (strings), not tensors: e.g. params=['fc.weight'], "
+                         "[n for n, p in model.named_parameters() if ...], or layer_groups(model)['fc'].")
+    bad = [p for p in params if not isinstance(p, str)]
+    if bad:
+        raise ValueError(f"params takes parameter names (strings), got {type(bad[0]).__name__} {bad[0]!r}.")
+    aliases = parameter_aliases(model)
+    unknown = [n for n in params if n not in aliases]
+    if unknown:
+        raise ValueError(f"unknown parameter name(s) {unknown}; valid names are: {list(dict(model.named_parameters()))}")
+    resolved = [aliases[n] for n in params]
+    if len(set(resolved)) != len(resolved):
+        twice = sorted({n for n in resolved if resolved.count(n) > 1})
+        same = {c: [p for p, r in zip(params, resolved) if r == c] for c in twice}
+        raise ValueError(f"params names the same tensor twice: {same} (tied parameters share one tensor; "
+                         "list it once, by its canonical name).")
+    order = {n: i for i, n in enumerate(dict(model.named_parameters()))}
+    return sorted(resolved, key=order.__getitem__)
+
+
+def _rel_diff(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> float:
+    num = math.sqrt(sum(float((x - y).double().pow(2).sum()) for x, y in zip(a, b)))
+    den = max(math.sqrt(sum(float(y.double().pow(2).sum()) for y in b)),
+              math.sqrt(sum(float(x.double().pow(2).sum()) for x in a)), 1e-300)
+    return num / den
+
+
+def _as_tuple(out: Any) -> tuple[Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 class CurvatureOperator:
     """A symmetric curvature matrix of ``loss_fn(model(x), y)`` on a parameter subset, as a linear operator.
 
     ``dim`` is the number of selected scalars; ``matvec(v)`` takes and returns a flat vector
-    of that length (the parameters' dtype and device), ``matmat(V)`` a ``(dim, k)`` matrix.
+    of that length (the parameters' dtype and device), ``matmat(V)`` a ``(dim, k)`` matrix;
+    array-likes (numpy) are converted, results are tensors (``to_scipy()`` for numpy in and out).
     ``loss_fn`` must return the mean over its batch (as ``nn.CrossEntropyLoss()`` does).
+    The operator is a snapshot of the parameters and buffers at construction (see the module doc).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, params: Iterable[str] | None = None,
                  kind: str = "hessian", cache: bool | None = None, vmap_chunk: int | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}.")
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS} (residual = hessian - ggn).")
+        if vmap_chunk is not None and (isinstance(vmap_chunk, bool) or not isinstance(vmap_chunk, (int, np.integer))
+                                       or vmap_chunk < 1):
+            raise ValueError(f"vmap_chunk must be a positive integer or None, got {vmap_chunk!r}.")
         self.model, self.loss_fn, self.kind = model, loss_fn, kind
         self.param_names = select_parameters(model, params)
-        named = dict(model.named_parameters())
-        self._shapes = [named[n].shape for n in self.param_names]
-        self._sizes = [named[n].numel() for n in self.param_names]
+        self._aliases = parameter_aliases(model)
+        # The snapshot every product uses: parameters and buffers as they are now.
+        self._state = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self._buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        for what, tensors in (("parameter", self._state), ("buffer", self._buffers)):
+            for n, t in tensors.items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{what} {n!r} has NaN or inf entries; the curvature of a non-finite model is "
+                                     "undefined (did training diverge?).")
+        selected = [self._state[n] for n in self.param_names]
+        kinds = {(t.dtype, t.device) for t in selected}
+        if len(kinds) > 1:
+            raise ValueError(f"the selected parameters mix dtypes/devices {sorted(map(str, kinds))}; "
+                             "move the model to one dtype and device (model.to(...)).")
+        if not selected[0].is_floating_point():
+            raise ValueError(f"parameters must be floating point, got {selected[0].dtype}.")
+        self._shapes = [t.shape for t in selected]
+        self._sizes = [t.numel() for t in selected]
         self.dim = int(sum(self._sizes))
-        self.dtype, self.device = named[self.param_names[0]].dtype, named[self.param_names[0]].device
+        self.dtype, self.device = selected[0].dtype, selected[0].device
         self._source = batch_source(data)
         # Linearised tangent maps are cached per batch only when asked or when there is one batch.
         single = isinstance(self._source, list) and len(self._source) == 1
-        self.cache = single if cache is None else cache
+        self.cache = single if cache is None else bool(cache)
         self._cached: list[dict[str, Any]] | None = None
-        self._double_backward = False
+        self._reverse: set[str] = set()   # products that run in reverse mode (no forward-mode rule)
+        self._warned: set[str] = set()
         self.vmap_chunk = vmap_chunk  # vectors per vmapped call; None: VMAP_BUDGET // batch size
+        self._check_loss(single)
 
     # -- data -------------------------------------------------------------------------------
     def batches(self) -> Iterator[Batch]:
         """Iterate the data batch by batch, moved to the parameters' device."""
-        for x, y in self._source:
+        for i, batch in enumerate(self._source):
+            x, y = _pair(batch, f"batch {i} of data")
             if len(x) > 0:
                 yield x.to(self.device), y.to(self.device)
+
+    def _check_loss(self, single: bool) -> None:
+        """On the first batch: outputs usable for ``kind``, a finite scalar loss, and a mean (not a sum) over samples."""
+        x, y = next(iter(self.batches()), (None, None))
+        if x is None:
+            raise ValueError("data is empty: pass at least one (x, y) batch with one or more samples.")
+        with torch.no_grad(), eval_mode(self.model), exact_kernels():
+            out = functional_call(self.model, {**self._buffers, **self._state}, (x,))
+            loss = self.loss_fn(out, y)
+            if self.kind != "hessian" and not isinstance(out, Tensor):
+                raise ValueError(f"kind={self.kind!r} needs the model to return one tensor (the outputs f of "
+                                 f"G = Jᵀ ∇²_f ℓ J), got {type(out).__name__}; wrap the model to return one tensor.")
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(f"loss_fn must return a scalar, the mean over the batch; got {shape} "
+                                 "(reduction='none'?). Use reduction='mean'.")
+            value = float(loss)
+            if not math.isfinite(value):
+                raise ValueError(f"the loss on the first batch is {value}: check the data and the model's outputs "
+                                 "for NaN / inf (and the targets' range for the loss).")
+            n = len(x)
+            if n < 2 or not isinstance(out, Tensor):
+                return
+            a = n // 2
+            try:
+                first, second = float(self.loss_fn(out[:a], y[:a])), float(self.loss_fn(out[a:], y[a:]))
+            except Exception:  # a loss that cannot be evaluated on part of a batch: nothing to compare
+                return
+        tol = math.sqrt(torch.finfo(self.dtype).eps) * max(abs(value), abs(first), abs(second), 1e-30)
+        mean, total = (a * first + (n - a) * second) / n, first + second
+        if abs(value - mean) <= tol:
+            return
+        if abs(value - total) <= tol:
+            raise ValueError(f"loss_fn sums over the batch (its value on the first batch, {value:.6g}, is the sum of its "
+                             f"values on the two halves, not their mean): reduction='sum'? The operator needs the mean "
+                             "over the batch (reduction='mean'); divide by the batch size if you must sum.")
+        if not single:
+            warnings.warn("loss_fn is not the mean of per-sample losses on the first batch (class weights? a term "
+                          "independent of the batch?); batches are weighted by their size, so the operator is the "
+                          "size-weighted mean of the batch losses' curvatures.", stacklevel=3)
 
     # -- parameters -------------------------------------------------------------------------
     def split(self, v: Tensor) -> tuple[Tensor, ...]:
@@ -134,45 +319,56 @@ class CurvatureOperator:
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def parameters_vector(self) -> Tensor:
-        named = dict(self.model.named_parameters())
-        return self.flatten(named[n].detach() for n in self.param_names)
+        """The selected parameters of the snapshot, as one flat vector."""
+        return self.flatten(self._state[n] for n in self.param_names)
+
+    def canonical(self, name: str) -> str:
+        """The canonical name of a parameter name or alias of the model (KeyError if unknown)."""
+        return self._aliases[name]
 
     def _functions(self, x: Tensor, y: Tensor) -> tuple[Callable, Callable, tuple[Tensor, ...]]:
-        """Closures theta_S -> logits and theta_S -> batch loss, with everything else fixed."""
-        named = dict(self.model.named_parameters())
-        fixed = {n: p.detach() for n, p in named.items() if n not in self.param_names}
-        fixed.update({n: b for n, b in self.model.named_buffers()})
-        primals = tuple(named[n].detach() for n in self.param_names)
+        """Closures theta_S -> outputs and (theta_S, targets) -> batch loss, with everything else fixed."""
+        fixed = {n: p for n, p in self._state.items() if n not in self.param_names}
+        fixed.update(self._buffers)
+        primals = tuple(self._state[n] for n in self.param_names)
 
         def logits_fn(theta: tuple[Tensor, ...]) -> Tensor:
             return functional_call(self.model, {**fixed, **dict(zip(self.param_names, theta))}, (x,))
 
-        def loss_fn(theta: tuple[Tensor, ...]) -> Tensor:
-            return self.loss_fn(logits_fn(theta), y)
+        def loss_fn(theta: tuple[Tensor, ...], target: Tensor = y) -> Tensor:
+            return self.loss_fn(logits_fn(theta), target)
 
         return logits_fn, loss_fn, primals
 
     # -- products ---------------------------------------------------------------------------
     def matvec(self, v: Tensor) -> Tensor:
         """Apply the operator to a flat vector of length ``dim``."""
-        v = self._check_vector(v)
+        v = self._check_input(v, matrix=False)
         return self._apply(v.unsqueeze(1)).squeeze(1)
 
     def matmat(self, V: Tensor) -> Tensor:
         """Apply the operator to every column of a ``(dim, k)`` matrix (products batched with vmap)."""
-        if V.ndim != 2 or V.shape[0] != self.dim:
-            raise ValueError(f"expected a matrix of shape ({self.dim}, k), got {tuple(V.shape)}.")
-        return self._apply(V.to(self.dtype))
+        return self._apply(self._check_input(V, matrix=True))
 
     def __matmul__(self, v: Tensor) -> Tensor:
         return self.matvec(v) if v.ndim == 1 else self.matmat(v)
 
-    def _check_vector(self, v: Tensor) -> Tensor:
+    def _check_input(self, v: Any, matrix: bool) -> Tensor:
         if not isinstance(v, Tensor):
-            v = torch.as_tensor(v)
-        if v.ndim != 1 or v.numel() != self.dim:
+            try:
+                v = torch.as_tensor(np.asarray(v) if not isinstance(v, np.ndarray) else v)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(f"expected a tensor or array, got {type(v).__name__} ({err}).") from None
+        if v.is_complex() or v.dtype == torch.bool:
+            raise ValueError(f"expected a real vector, got dtype {v.dtype}.")
+        if matrix and (v.ndim != 2 or v.shape[0] != self.dim or v.shape[1] < 1):
+            raise ValueError(f"expected a matrix of shape ({self.dim}, k) with k >= 1, got {tuple(v.shape)}.")
+        if not matrix and (v.ndim != 1 or v.numel() != self.dim):
             raise ValueError(f"expected a flat vector of length {self.dim} (op.dim), got shape {tuple(v.shape)}.")
-        return v.to(self.dtype)
+        v = v.to(self.dtype)
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("the vector has NaN or inf entries.")
+        return v
 
     def _apply(self, V: Tensor) -> Tensor:
         """Sum over batches of n_b/N times the batch operator applied to the columns of V."""
@@ -180,7 +376,7 @@ class CurvatureOperator:
         tangents = tuple(t.movedim(-1, 0) for t in (c.view(*s, -1) for c, s in
                                                       zip(torch.split(V, self._sizes), self._shapes)))
         total, count = None, 0
-        with eval_mode(self.model):
+        with eval_mode(self.model), exact_kernels():
             for index, (x, y) in enumerate(self.batches()):
                 out = self._batch_products(index, x, y, tangents)
                 out = torch.cat([o.reshape(o.shape[0], -1) for o in out], dim=1) * len(x)
@@ -188,11 +384,31 @@ class CurvatureOperator:
                 count += len(x)
         if count == 0:
             raise ValueError("data is empty: pass at least one (x, y) batch with one or more samples.")
-        return (total / count).T.contiguous()
+        result = (total / count).T.contiguous()
+        if not bool(torch.isfinite(result).all()):
+            raise FloatingPointError("the curvature product is NaN or inf although the parameters and the vector are "
+                                     "finite: some batch's outputs or loss overflow or are NaN (check the data).")
+        return result
 
     def _batch_products(self, index: int, x: Tensor, y: Tensor, tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Products of one batch's mean-loss curvature with k tangents (leading dim k)."""
-        maps = self._maps(index, x, y)
+        try:
+            return self._products(self._maps(index, x, y), tangents)
+        except _FORWARD_ERRORS as err:
+            # A forward-mode product failed while being applied (uncached maps are not tried in
+            # advance): redo this batch in reverse mode, and warn if that works.
+            pending = {"hvp", "push", "out"} - self._reverse
+            if not pending:
+                raise
+            self._reverse |= pending
+            if self._cached is not None and index < len(self._cached):
+                self._cached[index] = self._build_maps(x, y, linearized=False)
+            out = self._products(self._maps(index, x, y), tangents)
+            self._warn("forward", f"forward-mode AD failed ({type(err).__name__}: {str(err)[:200]}); falling back to "
+                       "double-backward (reverse-over-reverse) products, exact but slower.")
+            return out
+
+    def _products(self, maps: dict[str, Callable], tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self.kind == "hessian":
             return maps["hvp"](tangents)
         ggn = maps["ggn"](tangents)
@@ -215,53 +431,100 @@ class CurvatureOperator:
         logits_fn, loss_fn, primals = self._functions(x, y)
         maps: dict[str, Callable] = {}
         if self.kind in ("hessian", "residual"):
-            maps["hvp"] = self._hvp_map(loss_fn, primals, linearized)
+            maps["hvp"] = self._hvp_map(loss_fn, primals, y, linearized)
         if self.kind in ("ggn", "residual"):
             maps["ggn"] = self._ggn_map(logits_fn, primals, y, linearized)
         chunk = self.vmap_chunk or max(1, VMAP_BUDGET // len(x))
         maps = {name: _vmapped(single, chunk) for name, single in maps.items()}
         return maps
 
-    def _hvp_map(self, loss_fn: Callable, primals: tuple[Tensor, ...], linearized: bool) -> Callable:
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=5)
+
+    def _forward_map(self, fn: Callable, primals: Any, extras: tuple[Tensor, ...], linearized: bool,
+                     what: str) -> Callable | None:
+        """t -> (d fn)(primals; t) in forward mode, with zero tangents for ``extras``; None if forward mode fails.
+
+        Uncached: eager ``jvp`` (failures surface when applied). Cached: ``linearize``'s map if it
+        passes :func:`_verify_linearized` against eager ``jvp``, else eager ``jvp``.
+        """
+        zeros = tuple(torch.zeros_like(e) for e in extras)
+
+        def eager(t):
+            return jvp(fn, (primals, *extras), (t, *zeros))[1]
+
+        if not linearized:
+            return eager
+        probe = _probe(primals)
+        try:
+            reference = _as_tuple(eager(probe))
+        except _FORWARD_ERRORS:
+            return None  # never trace what fails eagerly (tracing can crash where eager raises)
+        try:
+            _, lin = _quiet_linearize(fn, (primals, *extras))
+
+            def mapped(t):
+                return lin(t, *zeros)
+            problem = _verify_linearized(mapped, probe, reference)
+        except _FORWARD_ERRORS as err:
+            problem = f"tracing failed ({type(err).__name__}: {str(err)[:160]})"
+        if problem is None:
+            return mapped
+        self._warn(f"linearize-{what}", f"torch.func.linearize's map for {what} is not used: {problem}. Each product "
+                   "runs an eager jvp instead (exact, about twice the cost).")
+        return eager
+
+    def _hvp_map(self, loss_fn: Callable, primals: tuple[Tensor, ...], y: Tensor, linearized: bool) -> Callable:
         grad_fn = grad(loss_fn)
-        if not self._double_backward:
-            try:
-                if linearized:
-                    _, tangent_map = _quiet_linearize(grad_fn, primals)
-                else:
-                    def tangent_map(t): return jvp(grad_fn, (primals,), (t,))[1]
-                tangent_map(tuple(torch.zeros_like(p) for p in primals))
-                return tangent_map
-            except (RuntimeError, NotImplementedError) as err:
-                warnings.warn(f"forward-mode AD failed ({type(err).__name__}: {str(err)[:200]}); "
-                              "falling back to double-backward Hessian-vector products.", stacklevel=3)
-                self._double_backward = True
+        extras = (y,) if y.is_floating_point() else ()  # float targets: inputs with a zero tangent (module doc)
+        if "hvp" not in self._reverse:
+            fmap = self._forward_map(grad_fn, primals, extras, linearized, "the Hessian-vector product")
+            if fmap is not None:
+                return fmap
+            self._reverse.add("hvp")
+            self._warn("forward", "forward-mode AD failed for the Hessian-vector product; falling back to "
+                       "double-backward (reverse-over-reverse) products, exact but slower.")
         _, pullback = vjp(grad_fn, primals)
         return lambda t: pullback(t)[0]
 
     def _ggn_map(self, logits_fn: Callable, primals: tuple[Tensor, ...], y: Tensor, linearized: bool) -> Callable:
         logits, pullback = vjp(logits_fn, primals)
         logits = logits.detach()
-        out_grad = grad(lambda z: self.loss_fn(z, y))
-        if not self._double_backward:
-            try:
-                push = (_quiet_linearize(logits_fn, primals)[1] if linearized
-                        else (lambda t: jvp(logits_fn, (primals,), (t,))[1]))
+        if y.is_floating_point():
+            out_grad, extras = grad(lambda z, target: self.loss_fn(z, target)), (y,)
+        else:
+            out_grad, extras = grad(lambda z: self.loss_fn(z, y)), ()
+        push = out_hvp = None
+        if "push" not in self._reverse:
+            push = self._forward_map(logits_fn, primals, (), linearized, "the Jacobian-vector product")
+            if push is None:
+                self._reverse.add("push")
+        if "out" not in self._reverse:
+            # ∇²_f ℓ u at the current outputs: output-sized, cheap; always eager jvp.
+            zeros = tuple(torch.zeros_like(e) for e in extras)
 
-                def out_hvp(u: Tensor) -> Tensor:  # ∇²_f ℓ u at the current logits: output-sized, cheap
-                    return jvp(out_grad, (logits,), (u,))[1]
-                out_hvp(push(tuple(torch.zeros_like(p) for p in primals)))
-            except (RuntimeError, NotImplementedError) as err:
-                warnings.warn(f"forward-mode AD failed ({type(err).__name__}: {str(err)[:200]}); "
-                              "falling back to double-backward Gauss-Newton products.", stacklevel=3)
-                self._double_backward = True
-        if self._double_backward:
-            # Reverse mode only: u -> Jᵀu is linear, so its own pullback is t -> J t; likewise
-            # the pullback of ∇_f ℓ is ∇²_f ℓ (symmetric).
+            def out_hvp(u: Tensor) -> Tensor:
+                return jvp(out_grad, (logits, *extras), (u, *zeros))[1]
+            if linearized:   # try it now; uncached maps find out when applied
+                try:
+                    out_hvp(torch.zeros_like(logits))
+                except _FORWARD_ERRORS:
+                    out_hvp = None
+                    self._reverse.add("out")
+        if push is None or out_hvp is None:
+            self._warn("forward", "forward-mode AD failed for part of the Gauss-Newton product; falling back to "
+                       "double-backward (reverse-over-reverse) for that part, exact but slower.")
+        if push is None:
+            # Reverse mode only: u -> Jᵀu is linear, so its own pullback is t -> J t.
             _, pullback_of_pullback = vjp(lambda u: pullback(u)[0], torch.zeros_like(logits))
-            _, out_pullback = vjp(out_grad, logits)
 
             def push(t): return pullback_of_pullback(t)[0]
+        if out_hvp is None:
+            # The pullback of ∇_f ℓ is ∇²_f ℓ (symmetric).
+            _, out_pullback = vjp(lambda z: out_grad(z, *extras), logits)
+
             def out_hvp(u): return out_pullback(u)[0]
 
         def ggn(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -291,12 +554,41 @@ class CurvatureOperator:
         return f"CurvatureOperator(kind={self.kind!r}, dim={self.dim}, params={len(self.param_names)} tensors)"
 
 
-def _quiet_linearize(fn: Callable, primals: tuple[Tensor, ...]) -> tuple[Any, Callable]:
+def _probe(primals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """A fixed random tangent, from a private generator (the global RNG is left alone)."""
+    gen = torch.Generator().manual_seed(20211)
+    return tuple(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in primals)
+
+
+def _verify_linearized(mapped: Callable, probe: tuple[Tensor, ...], reference: tuple[Tensor, ...]) -> str | None:
+    """None if ``mapped`` reproduces the eager ``reference`` on ``probe``, called twice and vmapped; else why not.
+
+    Calling it twice catches maps whose traced graph mutates its own constants (right only on
+    the first call); the vmapped call (the probe and its double) covers ``matmat``.
+    """
+    dtype = reference[0].dtype
+    tol = VERIFY_EPS * torch.finfo(dtype).eps
+    for call in ("first", "second"):
+        err = _rel_diff(_as_tuple(mapped(probe)), reference)
+        if not err <= tol:
+            return f"its {call} product differs from eager jvp by {err:.1e} (relative)"
+    try:
+        batched = _as_tuple(vmap(mapped)(tuple(torch.stack([p, 2 * p]) for p in probe)))
+    except _FORWARD_ERRORS:
+        return None  # no batching rule: matmat loops over single calls, which are verified
+    for i, scale in enumerate((1, 2)):
+        err = _rel_diff(tuple(b[i] for b in batched), tuple(scale * r for r in reference))
+        if not err <= tol:
+            return f"its vmapped product differs from eager jvp by {err:.1e} (relative)"
+    return None
+
+
+def _quiet_linearize(fn: Callable, primals: tuple[Any, ...]) -> tuple[Any, Callable]:
     """torch.func.linearize without the deprecation chatter of its internal tracing."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*get_attr Node.*")
-        return linearize(fn, primals)
+        return linearize(fn, *primals)
 
 
 def _vmapped(single: Callable, chunk: int) -> Callable:
@@ -333,9 +625,13 @@ def hvp_operator(model: nn.Module, loss_fn: LossFn, data: Any, params: Iterable[
 
     ``data``: an ``(x, y)`` pair or an iterable of ``(x, y)`` batches (the loss is the mean over
     all samples, batches weighted by size). ``kind``: "hessian", "ggn" or "residual".
+    ``params``: parameter names (aliases of tied parameters are mapped to the canonical name).
     ``cache``: keep each batch's linearised tangent map between products (default: only
     for a single batch, whose memory is then that of one forward-and-backward pass).
     ``vmap_chunk``: how many vectors ``matmat`` pushes through one vmapped product
     (default: about 1024 / batch size; 1 = a plain loop).
+    The operator is a snapshot of the model's parameters and buffers now; see the module doc
+    for which products run (linearised only where verified) and the errors raised at once
+    (no targets, NaN parameters, a summed loss, non-tensor outputs for "ggn").
     """
     return CurvatureOperator(model, loss_fn, data, params=params, kind=kind, cache=cache, vmap_chunk=vmap_chunk)

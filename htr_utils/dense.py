@@ -10,7 +10,8 @@ avoids the code paths of :mod:`htr_utils.curvature`:
 
 ``torch.func.hessian`` (forward-over-reverse) is not used: in some torch versions it is wrong
 through LayerNorm. :func:`finite_difference_hessian` (central differences of the gradient) is
-an independent check of the reference itself.
+an independent check of the reference itself. Like the operators, everything here runs in
+eval mode with differentiable attention kernels (:func:`htr_utils.curvature.exact_kernels`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vjp
 
-from .curvature import eval_mode, select_parameters
+from .curvature import eval_mode, exact_kernels, select_parameters
 
 
 def flat_functions(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
@@ -64,19 +65,29 @@ def dense_hessian(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor,
                   params: Iterable[str] | None = None) -> Tensor:
     """The (P, P) Hessian of ``loss_fn(model(x), y)`` in the selected parameters (model in eval mode)."""
     _, loss, flat, _ = flat_functions(model, loss_fn, x, y, params)
-    with eval_mode(model):
+    with eval_mode(model), exact_kernels():
         return _symmetric(_jacobian_of_gradient(loss, flat))
+
+
+def dense_jacobian(model: nn.Module, x: Tensor, params: Iterable[str] | None = None) -> tuple[Tensor, Tensor]:
+    """The model's outputs f (detached) and their Jacobian J = ∂ vec(f) / ∂θ_S, shape (f.numel(), P), by jacrev."""
+    outputs, _, flat, _ = flat_functions(model, lambda f, y: f.sum(), x, x, params)
+    with eval_mode(model), exact_kernels():
+        f = outputs(flat).detach()
+        return f, jacrev(outputs)(flat).reshape(f.numel(), -1)
+
+
+def dense_output_hessian(loss_fn: Callable, f: Tensor, y: Tensor) -> Tensor:
+    """∇²_f loss_fn(f, y) in the flattened outputs, shape (f.numel(), f.numel()), by reverse-over-reverse."""
+    with exact_kernels():
+        return _symmetric(_jacobian_of_gradient(lambda z: loss_fn(z.view_as(f), y), f.reshape(-1)))
 
 
 def dense_ggn(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor,
               params: Iterable[str] | None = None) -> Tensor:
     """The (P, P) Gauss-Newton matrix Jᵀ (∇²_f L) J for any loss that is a function of the outputs f."""
-    outputs, _, flat, _ = flat_functions(model, loss_fn, x, y, params)
-    with eval_mode(model):
-        f = outputs(flat).detach()
-        J = jacrev(outputs)(flat).reshape(f.numel(), -1)                    # (outputs, P)
-        H_out = _jacobian_of_gradient(lambda z: loss_fn(z.view_as(f), y), f.reshape(-1))
-        return _symmetric(J.T @ H_out @ J)
+    f, J = dense_jacobian(model, x, params)
+    return _symmetric(J.T @ dense_output_hessian(loss_fn, f, y) @ J)
 
 
 def dense_curvature(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor,
@@ -96,10 +107,39 @@ def finite_difference_hessian(model: nn.Module, loss_fn: Callable, x: Tensor, y:
     """Central differences of the gradient, (∇L(θ + ε e_i) − ∇L(θ − ε e_i)) / 2ε: error O(ε²), float64 advised."""
     _, loss, flat, _ = flat_functions(model, loss_fn, x, y, params)
     gradient = grad(loss)
-    with eval_mode(model):
+    with eval_mode(model), exact_kernels():
         cols = []
         for i in range(flat.numel()):
             step = torch.zeros_like(flat)
             step[i] = eps
             cols.append((gradient(flat + step) - gradient(flat - step)) / (2 * eps))
     return _symmetric(torch.stack(cols, dim=1))
+
+
+def finite_difference_hvp(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, V: Tensor,
+                          params: Iterable[str] | None = None, eps: float = 1e-5) -> Tensor:
+    """Central differences of the gradient along each column v of V: (∇L(θ + εv) − ∇L(θ − εv)) / 2ε ≈ H v.
+
+    Two gradients per column instead of two per parameter: a cheap independent check of a dense
+    Hessian along a few directions (columns of unit scale advised; float64).
+    """
+    _, loss, flat, _ = flat_functions(model, loss_fn, x, y, params)
+    gradient = grad(loss)
+    with eval_mode(model), exact_kernels():
+        return torch.stack([(gradient(flat + eps * v) - gradient(flat - eps * v)) / (2 * eps) for v in V.T], dim=1)
+
+
+def finite_difference_jvp(model: nn.Module, x: Tensor, V: Tensor, params: Iterable[str] | None = None,
+                          eps: float = 1e-5) -> Tensor:
+    """Central differences of the outputs along each column v of V: (f(θ + εv) − f(θ − εv)) / 2ε ≈ J v, flattened."""
+    outputs, _, flat, _ = flat_functions(model, lambda f, y: f.sum(), x, x, params)
+    with eval_mode(model), exact_kernels():
+        return torch.stack([((outputs(flat + eps * v) - outputs(flat - eps * v)) / (2 * eps)).reshape(-1)
+                            for v in V.T], dim=1)
+
+
+def finite_difference_output_hvp(loss_fn: Callable, f: Tensor, y: Tensor, U: Tensor, eps: float = 1e-5) -> Tensor:
+    """Central differences of ∇_f loss along each column u of U (flattened outputs) ≈ ∇²_f loss · u."""
+    g = grad(lambda z: loss_fn(z.view_as(f), y))
+    flat = f.reshape(-1)
+    return torch.stack([(g(flat + eps * u) - g(flat - eps * u)) / (2 * eps) for u in U.T], dim=1)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .lanczos import LinearOperator, rademacher
+from .lanczos import LinearOperator, positive_int, rademacher
 
 
 @dataclass
@@ -41,9 +41,12 @@ class TraceEstimate:
 
 
 def hutchinson_trace(op: LinearOperator, num_probes: int, seed: int = 0, batch_size: int = 16) -> TraceEstimate:
-    """Hutchinson trace of ``op`` with ``num_probes`` Rademacher probes, ``batch_size`` products at a time."""
-    if num_probes < 1:
-        raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
+    """Hutchinson trace of ``op`` with ``num_probes`` Rademacher probes, ``batch_size`` products at a time.
+
+    The probes are drawn from ``seed`` (a fixed seed gives the same probes, hence the same estimate).
+    """
+    num_probes = positive_int(num_probes, "num_probes")
+    batch_size = positive_int(batch_size, "batch_size")
     gen = torch.Generator().manual_seed(seed)
     values = []
     for start in range(0, num_probes, batch_size):
@@ -58,20 +61,43 @@ def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,
                   generator: torch.Generator | None = None, probes: Sequence[Sequence[Tensor]] | None = None) -> Tensor:
     """Differentiable Hutchinson estimate of tr(∇²_params loss): (1/m) Σ_k z_kᵀ (∇² loss) z_k.
 
-    ``loss`` must have been computed with a graph through ``params``. The result keeps a graph
-    (create_graph), so ``(loss + γ * trace_penalty(loss, params)).backward()`` trains on it; the
-    cost is one double backward per probe. ``probes``: fixed probe vectors (a list, one entry
-    per probe, of tensors shaped like ``params``), else Rademacher from ``generator``.
+    ``loss`` must be a scalar computed with a graph through ``params`` (tensors, e.g.
+    ``list(model.parameters())``). The result keeps a graph (create_graph), so
+    ``(loss + γ * trace_penalty(loss, params)).backward()`` trains on it; the cost is one
+    double backward per probe.
+
+    Probes: ``num_probes`` fresh Rademacher vectors on every call, drawn from ``generator``
+    (reproducible) or, when it is None, from torch's global generator (reproducible after
+    ``torch.manual_seed``; the draws advance it). Each call is then an unbiased estimate of
+    the trace. ``probes`` instead fixes them (a list, one entry per probe, of tensors shaped
+    like ``params``), which makes the penalty a fixed quadratic form Σ zᵀ H z rather than an
+    estimate of the trace.
     """
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError("trace_penalty needs the scalar loss tensor (the mean over the batch).")
+    if isinstance(params, Tensor):
+        params = [params]
     params = list(params)
     if not params:
         raise ValueError("trace_penalty needs at least one parameter tensor.")
-    grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
+    if not all(isinstance(p, Tensor) for p in params):
+        bad = next(p for p in params if not isinstance(p, Tensor))
+        raise ValueError(f"params must be tensors (e.g. list(model.parameters())), got {type(bad).__name__} {bad!r}.")
+    if not loss.requires_grad or not all(p.requires_grad for p in params):
+        raise ValueError("trace_penalty needs a loss computed with gradients enabled from parameters that require "
+                         "grad (not under torch.no_grad(), not frozen).")
     if probes is None:
-        if num_probes < 1:
-            raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        probes = [[rademacher(p.numel(), gen, p.dtype, p.device).view_as(p) for p in params] for _ in range(num_probes)]
+        num_probes = positive_int(num_probes, "num_probes")
+        probes = [[rademacher(p.numel(), generator, p.dtype, p.device).view_as(p) for p in params]
+                  for _ in range(num_probes)]
+    else:
+        probes = [list(z) for z in probes]
+        if not probes:
+            raise ValueError("probes is empty; pass at least one probe or probes=None.")
+        for z in probes:
+            if len(z) != len(params) or any(zi.shape != p.shape for zi, p in zip(z, params)):
+                raise ValueError("each probe must be a list of tensors shaped like params, one per parameter tensor.")
+    grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
     total = loss.new_zeros(())
     for z in probes:
         # ∇(gᵀz) = H z; zᵀ H z is then a scalar still differentiable in params.

@@ -9,6 +9,7 @@ seen from q₁: q₁ᵀ g(A) q₁ ≈ Σ_j τ_j g(θ_j) (Golub & Meurant; Ubaru,
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,9 +41,18 @@ class Tridiagonal:
         return np.linalg.eigh(T)
 
 
-def rademacher(dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float64,
+def positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError naming ``name`` (floats and bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+    return int(value)
+
+
+def rademacher(dim: int, generator: torch.Generator | None, dtype: torch.dtype = torch.float64,
                device: torch.device | str = "cpu", count: int | None = None) -> Tensor:
-    """Random ±1 entries, shape (dim,) or (dim, count), drawn on the CPU from ``generator``.
+    """Random ±1 entries, shape (dim,) or (dim, count), drawn on the CPU from ``generator`` (None: torch's global one).
 
     Probes are drawn one after another, so k probes at once equal k single draws.
     """
@@ -107,11 +117,12 @@ def lanczos_tridiagonal(op: LinearOperator, num_iters: int, start: Tensor | None
     Stops early, cleanly, on breakdown (see :class:`LanczosChain`; ``tol`` defaults to
     :func:`breakdown_tolerance` of the operator's dtype), where T is exact.
     """
-    num_iters = int(min(num_iters, op.dim))
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be at least 1, got {num_iters}.")
+    num_iters = min(positive_int(num_iters, "num_iters"), op.dim)
     if start is None:
         start = rademacher(op.dim, torch.Generator().manual_seed(seed), op.dtype, op.device)
+    elif not isinstance(start, Tensor) or start.shape != (op.dim,) or not bool(torch.isfinite(start).all()) \
+            or not bool((start != 0).any()):
+        raise ValueError(f"start must be a finite, nonzero tensor of shape ({op.dim},).")
     chain = LanczosChain(start.to(op.dtype).to(op.device), num_iters,
                          breakdown_tolerance(op.dtype) if tol is None else tol)
     while not chain.done:
@@ -180,6 +191,9 @@ def slq_density(op: LinearOperator, num_iters: int = 128, num_probes: int = 1, s
     h = 2/(m−1) of m Lanczos steps: σ = h / √(8 ln kappa), i.e. on the eigenvalue axis
     σ = range / ((m − 1) √(8 ln kappa)), unless ``sigma`` is given.
     """
+    num_probes = positive_int(num_probes, "num_probes")
+    positive_int(num_iters, "num_iters")
+    positive_int(grid_points, "grid_points", minimum=2)
     gen = torch.Generator().manual_seed(seed)
     runs = [lanczos(op, num_iters, start=rademacher(op.dim, gen, op.dtype, op.device)) for _ in range(num_probes)]
     return density_from_runs(runs, grid_points=grid_points, margin=margin, kappa=kappa, sigma=sigma, bounds=bounds,
@@ -218,17 +232,58 @@ def density_from_quadrature(nodes: np.ndarray, weights: np.ndarray, grid_points:
 
 
 def top_eigenvalues(op: LinearOperator, k: int, num_iters: int | None = None, seed: int = 0,
-                    tol: float = 1e-6, return_residuals: bool = False):
-    """The ``k`` largest eigenvalues of ``op``, descending, by Lanczos with full reorthogonalisation.
+                    tol: float = 1e-6, return_residuals: bool = False, return_vectors: bool = False,
+                    method: str | None = None, block_size: int | None = None, max_basis: int | None = None,
+                    max_products: int | None = None):
+    """The ``k`` largest eigenvalues of ``op`` (algebraically, descending), with their multiplicities.
 
-    Starts with max(4k, 32) steps and doubles until each of the top-k Ritz pairs has residual
-    ‖A y − θ y‖ = β_m |e_mᵀ s| ≤ tol · |θ_max| (or the space is exhausted, or ``num_iters`` given).
+    ``method="block"`` (the default): block Lanczos with full reorthogonalisation and thick
+    restarts (block Rayleigh-Ritz): a random block of ``block_size`` vectors (default ``k``)
+    is extended by the residuals of the unconverged Ritz pairs, one ``op.matmat`` per step,
+    until each of the top-k Ritz pairs has ‖A y − θ y‖ ≤ tol · max|θ| (tol is raised to at
+    least 100 machine epsilons of the operator's dtype). A random block of b vectors sees every
+    eigenvalue of multiplicity up to b, so with the default every repeated eigenvalue among the
+    k largest appears as often as it is repeated (single-vector Lanczos sees each distinct
+    eigenvalue once). The basis holds at most ``max_basis`` vectors (default max(6k, 2(k + b), 32)),
+    after which it is restarted from the best Ritz vectors; ``max_products`` (default
+    max(1000, 50k)) caps the work, with a warning if it is reached before convergence.
+
+    ``method="lanczos"``: single-vector Lanczos from a Rademacher start (seeded), ``max(4k, 32)``
+    steps doubled until the top-k residual estimates β_m |e_mᵀ s| ≤ tol · max|θ| — or exactly
+    ``num_iters`` steps when given, returning that run's Ritz values (the values
+    ``slq_density`` reports in ``meta["top"]`` for the same seed). Giving ``num_iters`` without
+    ``method`` selects this method. It does not resolve multiplicities.
+
+    Returns the eigenvalues (numpy, descending); with ``return_residuals`` and/or
+    ``return_vectors`` a tuple ``(values, [residual norms], [eigenvectors])``, the eigenvectors
+    as a ``(dim, k)`` tensor of orthonormal columns in the operator's dtype and device.
     """
-    if not 1 <= k <= op.dim:
+    k = positive_int(k, "k")
+    if k > op.dim:
         raise ValueError(f"k must be between 1 and op.dim = {op.dim}, got {k}.")
+    if not (isinstance(tol, (int, float, np.floating)) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}.")
+    if method is None:
+        method = "lanczos" if num_iters is not None else "block"
+    if method == "lanczos":
+        values, residuals, vectors = _top_lanczos(op, k, num_iters, seed, tol, return_vectors)
+    elif method == "block":
+        if num_iters is not None:
+            raise ValueError("num_iters is a step count of method='lanczos'; for method='block' use max_products.")
+        values, residuals, vectors = _top_block(op, k, seed, tol, block_size, max_basis, max_products)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose 'block' (finds multiplicities) or 'lanczos'.")
+    out = (values,) + ((residuals,) if return_residuals else ()) + ((vectors,) if return_vectors else ())
+    return out[0] if len(out) == 1 else out
+
+
+def _top_lanczos(op: LinearOperator, k: int, num_iters: int | None, seed: int, tol: float, vectors: bool):
+    """Single-vector Lanczos: the top-k Ritz values, their residual estimates and (optionally) Ritz vectors."""
+    if num_iters is not None:
+        num_iters = positive_int(num_iters, "num_iters")
     m = num_iters if num_iters is not None else max(4 * k, 32)
     while True:
-        tri = lanczos_tridiagonal(op, m, seed=seed)
+        tri = lanczos_tridiagonal(op, m, seed=seed, keep_basis=vectors)
         evals, evecs = tri.eigh()
         residuals = abs(tri.beta[-1] * evecs[-1]) if not tri.breakdown else np.zeros_like(evals)
         converged = np.all(residuals[-k:] <= tol * max(abs(evals).max(), 1e-30))
@@ -237,6 +292,99 @@ def top_eigenvalues(op: LinearOperator, k: int, num_iters: int | None = None, se
         m = min(2 * m, op.dim)
     if len(evals) < k:
         raise ValueError(f"Lanczos found only {len(evals)} distinct eigenvalues (the start vector's Krylov space "
-                         f"is exhausted); ask for k <= {len(evals)}.")
-    out = evals[::-1][:k].copy()
-    return (out, residuals[::-1][:k].copy()) if return_residuals else out
+                         f"is exhausted); ask for k <= {len(evals)}, or use method='block', which finds repeated ones.")
+    Y = None
+    if vectors:
+        S = torch.as_tensor(evecs[:, ::-1][:, :k].copy(), dtype=op.dtype, device=op.device)
+        Y = tri.basis.T @ S
+    return evals[::-1][:k].copy(), residuals[::-1][:k].copy(), Y
+
+
+def _extend_orthonormal(Q: Tensor, block: Tensor, drop: float) -> Tensor:
+    """Columns of ``block`` made orthonormal to ``Q`` and to each other (Gram-Schmidt, twice); dependent ones dropped.
+
+    A column is dropped when less than ``drop`` of its norm survives the projections.
+    """
+    kept: list[Tensor] = []
+    for j in range(block.shape[1]):
+        b = block[:, j]
+        norm0 = float(b.norm())
+        if norm0 == 0 or not math.isfinite(norm0):
+            continue
+        for _ in range(2):
+            if Q.shape[1]:
+                b = b - Q @ (Q.T @ b)
+            if kept:
+                K = torch.stack(kept, dim=1)
+                b = b - K @ (K.T @ b)
+        norm = float(b.norm())
+        if norm > drop * norm0:
+            kept.append(b / norm)
+    return torch.stack(kept, dim=1) if kept else block[:, :0]
+
+
+def _top_block(op: LinearOperator, k: int, seed: int, tol: float, block_size: int | None, max_basis: int | None,
+               max_products: int | None):
+    """Thick-restart block Lanczos (block Rayleigh-Ritz on an explicitly stored basis Q and its image A Q)."""
+    n = op.dim
+    b = min(positive_int(block_size, "block_size") if block_size is not None else k, n)
+    cap = positive_int(max_basis, "max_basis") if max_basis is not None else max(6 * k, 2 * (k + b), 32)
+    cap = min(cap, n)
+    if cap < min(k + b, n):
+        raise ValueError(f"max_basis must hold at least k + block_size = {k + b} vectors, got {cap}.")
+    budget = positive_int(max_products, "max_products") if max_products is not None else max(1000, 50 * k)
+    eps = torch.finfo(op.dtype).eps
+    tol = max(float(tol), 100 * eps)
+    drop = math.sqrt(eps)
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.zeros((n, 0), dtype=op.dtype, device=op.device)
+    AQ, T = Q.clone(), np.zeros((0, 0))
+    block = rademacher(n, gen, op.dtype, op.device, count=b)
+    products = 0
+    while True:
+        new = _extend_orthonormal(Q, block, drop)
+        if new.shape[1] == 0 and Q.shape[1] < n:  # the block fell into span(Q): continue from random directions
+            new = _extend_orthonormal(Q, rademacher(n, gen, op.dtype, op.device, count=b), drop)
+        new = new[:, : n - Q.shape[1]]
+        if new.shape[1] == 0:
+            break
+        W = _matmat(op, new)
+        products += new.shape[1]
+        cross = (Q.T @ W).double().cpu().numpy()       # Qᵀ A Q_new
+        inner = (new.T @ W).double().cpu().numpy()     # Q_newᵀ A Q_new
+        inner = (inner + inner.T) / 2
+        T = np.block([[T, cross], [cross.T, inner]]) if T.size else inner
+        Q, AQ = torch.cat([Q, new], dim=1), torch.cat([AQ, W], dim=1)
+        theta, S = np.linalg.eigh(T)
+        m = Q.shape[1]
+        top = min(k, m)
+        S_top = torch.as_tensor(S[:, m - top:][:, ::-1].copy(), dtype=op.dtype, device=op.device)
+        values = theta[m - top:][::-1].copy()
+        Y, AY = Q @ S_top, AQ @ S_top
+        R = AY - Y * torch.as_tensor(values, dtype=op.dtype, device=op.device)
+        residuals = R.norm(dim=0).double().cpu().numpy()
+        scale = max(float(np.abs(theta).max()), 1e-300)
+        converged = residuals <= tol * scale
+        if (top == k and converged.all()) or m >= n:
+            break
+        if products >= budget:
+            warnings.warn(f"top_eigenvalues: {products} products (max_products) without convergence; largest relative "
+                          f"residual {residuals.max() / scale:.1e} > tol {tol:.1e}. Returning the current Ritz pairs.",
+                          stacklevel=3)
+            break
+        # Next block: the residuals of the unconverged top Ritz pairs, largest first (soft locking).
+        todo = [j for j in range(top) if not converged[j]][:b]
+        block = R[:, todo]
+        if m + len(todo) > cap:  # thick restart: keep the best Ritz vectors and their images (no products)
+            keep = min(k + b, m, cap - len(todo))
+            S_keep = torch.as_tensor(S[:, m - keep:].copy(), dtype=op.dtype, device=op.device)
+            Q, AQ, T = Q @ S_keep, AQ @ S_keep, np.diag(theta[m - keep:])
+    if top < k:
+        raise ValueError(f"op has only {Q.shape[1]} dimensions reachable; ask for k <= {Q.shape[1]}.")
+    return values, residuals, Y
+
+
+def _matmat(op: LinearOperator, V: Tensor) -> Tensor:
+    if hasattr(op, "matmat"):
+        return op.matmat(V)
+    return torch.stack([op.matvec(v) for v in V.T], dim=1)

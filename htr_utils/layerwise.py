@@ -16,22 +16,30 @@ from torch import Tensor
 
 from .curvature import CurvatureOperator
 from .hutchinson import TraceEstimate
-from .lanczos import LanczosChain, SpectralDensity, Tridiagonal, breakdown_tolerance, density_from_runs, rademacher
+from .lanczos import (LanczosChain, SpectralDensity, Tridiagonal, breakdown_tolerance, density_from_runs, positive_int,
+                      rademacher)
 
 
 def block_indices(op: CurvatureOperator, groups: Mapping[str, Sequence[str]]) -> dict[str, Tensor]:
-    """Positions, within ``op``'s flat vector, of each group's parameters."""
+    """Positions, within ``op``'s flat vector, of each group's parameters (aliases of tied parameters accepted)."""
+    if not isinstance(groups, Mapping) or not groups:
+        raise ValueError("groups must be a non-empty {layer name: [parameter names]} dict, e.g. layer_groups(model).")
     offsets, start = {}, 0
     for name, size in zip(op.param_names, op._sizes):
         offsets[name] = (start, size)
         start += size
     out = {}
     for layer, names in groups.items():
-        missing = [n for n in names if n not in offsets]
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+            raise ValueError(f"layer {layer!r}: expected a non-empty list of parameter names, got {names!r}.")
+        canonical = [getattr(op, "_aliases", {}).get(n, n) if isinstance(n, str) else n for n in names]
+        missing = [n for n, c in zip(names, canonical) if c not in offsets]
         if missing:
             raise ValueError(f"layer {layer!r}: parameters {missing} are not in the operator (it has {op.param_names}); "
                              "build it with params covering every group.")
-        out[layer] = torch.cat([torch.arange(offsets[n][0], offsets[n][0] + offsets[n][1]) for n in names]).to(op.device)
+        if len(set(canonical)) != len(canonical):
+            raise ValueError(f"layer {layer!r} lists a parameter twice: {names}.")
+        out[layer] = torch.cat([torch.arange(offsets[n][0], offsets[n][0] + offsets[n][1]) for n in canonical]).to(op.device)
     return out
 
 
@@ -44,6 +52,7 @@ def lockstep_lanczos(op: CurvatureOperator, groups: Mapping[str, Sequence[str]],
     breaks down or reaches its block's dimension stops; the others go on.
     """
     idx = block_indices(op, groups)
+    num_iters, num_probes = positive_int(num_iters, "num_iters"), positive_int(num_probes, "num_probes")
     tol = breakdown_tolerance(op.dtype) if tol is None else tol
     gen = torch.Generator().manual_seed(seed)
     chains = [(layer, LanczosChain(rademacher(len(rows), gen, op.dtype, op.device), min(num_iters, len(rows)), tol))
@@ -79,16 +88,25 @@ def layerwise_spectra(op: CurvatureOperator, groups: Mapping[str, Sequence[str]]
 
 def layerwise_trace(op: CurvatureOperator, groups: Mapping[str, Sequence[str]], num_probes: int, seed: int = 0,
                     batch_size: int = 16) -> dict[str, TraceEstimate]:
-    """Hutchinson trace of every layer block, and of the whole operator, from block-masked probes.
+    """Hutchinson trace of every layer block, and of the union of the blocks, from block-masked probes.
 
-    Each Rademacher probe z on the union is cut into its layer pieces z_l (zero outside
-    block l); one batched product gives A z_l for every l. Then z_lᵀ (A z_l)_l estimates
-    tr(A_ll) with no cross-layer variance, and since A z = Σ_l A z_l, zᵀ A z estimates the
-    trace of the whole operator (entry ``"__all__"``) from the same products. Cost: L products
-    per probe, batched.
+    Each Rademacher probe z (drawn on all of ``op``'s rows, zero outside the groups) is cut
+    into its layer pieces z_l (zero outside block l); one batched product gives A z_l for every
+    l. Then z_lᵀ (A z_l)_l estimates
+    tr(A_ll) with no cross-layer variance, and since A z = Σ_l A z_l, zᵀ A z estimates
+    (entry ``"__all__"``) the trace of A restricted to the union of the groups, i.e.
+    Σ_l tr(A_ll) — the trace of the whole operator when the groups cover all of its
+    parameters (as when ``op`` is built with ``params`` = the union of ``groups``), of that
+    sub-block otherwise. Groups must be disjoint. Cost: L products per probe, batched.
     """
     idx = block_indices(op, groups)
+    num_probes, batch_size = positive_int(num_probes, "num_probes"), positive_int(batch_size, "batch_size")
+    rows = torch.cat(list(idx.values()))
+    if len(torch.unique(rows)) != len(rows):
+        raise ValueError("groups overlap (a parameter is in two groups); layerwise_trace needs disjoint groups.")
     layers = list(idx)
+    outside = torch.ones(op.dim, dtype=torch.bool, device=op.device)
+    outside[rows] = False   # rows of op not in any group: the probe is zero there
     gen = torch.Generator().manual_seed(seed)
     per_layer: dict[str, list[float]] = {layer: [] for layer in layers}
     whole: list[float] = []
@@ -96,6 +114,8 @@ def layerwise_trace(op: CurvatureOperator, groups: Mapping[str, Sequence[str]], 
     for start in range(0, num_probes, per_batch):
         k = min(per_batch, num_probes - start)
         Z = rademacher(op.dim, gen, op.dtype, op.device, count=k)
+        if bool(outside.any()):
+            Z[outside] = 0
         V = torch.zeros((op.dim, k * len(layers)), dtype=op.dtype, device=op.device)
         for j, layer in enumerate(layers):
             V[idx[layer], j * k:(j + 1) * k] = Z[idx[layer]]

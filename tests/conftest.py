@@ -52,6 +52,15 @@ def make_problem(seed: int = 0, n: int = 7, classes: int = 3, train_mode: bool =
     return Problem(model, x, y)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation (and stalls on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def problem() -> Problem:
     return make_problem()
@@ -59,3 +68,22 @@ def problem() -> Problem:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+# Conformance results by table ("fast", "full") and row (model, loss), filled by test_conformance.py.
+CONFORMANCE: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the conformance table(s): one line per row, its largest error, and what failed."""
+    for table, rows in CONFORMANCE.items():
+        passed = sum(not r.failures for r in rows.values())
+        terminalreporter.section(f"conformance table ({table}): {passed}/{len(rows)} rows pass")
+        for (model, loss), r in rows.items():
+            cells = {k: v for k, v in r.cells.items() if not k.startswith("reference")}
+            worst = max(cells.items(), key=lambda kv: kv[1]) if cells else ("-", float("nan"))
+            fd = max((v for k, v in r.cells.items() if k.startswith("reference")), default=float("nan"))
+            status = "pass" if not r.failures else "FAIL: " + "; ".join(r.failures)
+            note = f"  [{'; '.join(sorted(r.warnings))}]" if r.warnings else ""
+            terminalreporter.write_line(f"{model:28s} {loss:16s} {len(cells):2d} cells  worst {worst[1]:.1e} "
+                                        f"({worst[0]})  reference vs FD {fd:.1e}  {status}{note}")
