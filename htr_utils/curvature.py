@@ -376,7 +376,9 @@ class CurvatureOperator:
         tangents = tuple(t.movedim(-1, 0) for t in (c.view(*s, -1) for c, s in
                                                       zip(torch.split(V, self._sizes), self._shapes)))
         total, count = None, 0
-        with eval_mode(self.model), exact_kernels():
+        with eval_mode(self.model), exact_kernels(), warnings.catch_warnings():
+            # torch's first forward-mode call loads decompositions through the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
             for index, (x, y) in enumerate(self.batches()):
                 out = self._batch_products(index, x, y, tangents)
                 out = torch.cat([o.reshape(o.shape[0], -1) for o in out], dim=1) * len(x)
