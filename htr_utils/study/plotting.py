@@ -504,21 +504,68 @@ def plot_trends(series: Mapping[str, pd.DataFrame], from_fraction: float = 0.5,
 # --------------------------------------------------------------------------- notebooks 06-08 (regularisation)
 
 
-def plot_sweep(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]] | None = None) -> plt.Figure:
-    """Final Hessian trace (± stderr, log axis) against test accuracy and against the two generalisation gaps."""
-    panels = [("test_acc", "test accuracy"), ("acc_gap", "train acc. − test acc."), ("loss_gap", "test loss − train loss")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), constrained_layout=True)
+def plot_sweep(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]] | None = None) -> plt.Figure:
+    """Final Hessian trace (± stderr, log axis) against training loss, test accuracy and the two gaps.
+
+    One colour per setting, one point per seed; panel titles give the partial Spearman ρ given the
+    training loss (``corr['partial_<col>']``) when ``corr`` is passed.
+    """
+    panels = [("train_loss", "final training loss"), ("test_acc", "test accuracy"),
+              ("acc_gap", "train acc. − test acc."), ("loss_gap", "test loss − train loss")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), constrained_layout=True)
+    settings = list(dict.fromkeys(table["run"]))
     for ax, (col, name) in zip(axes, panels):
-        for i, r in table.reset_index(drop=True).iterrows():
+        for _, r in table.iterrows():
+            i = settings.index(r["run"])
             ax.errorbar(r["trace"], r[col], xerr=r["trace_stderr"], fmt="o", color=f"C{i % 10}", capsize=3,
-                        label=r["change"])
+                        label=r["change"] if r["seed"] == table.loc[table["run"] == r["run"], "seed"].iloc[0] else None)
         log_axis(ax, "x")
         ax.set_xlabel("Hessian trace after the last epoch")
         ax.set_ylabel(name)
-        if rho and col in rho:
-            c = rho[col]
-            ax.set_title(f"Spearman ρ = {c['rho']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]", fontsize="medium")
-    axes[0].legend(fontsize="small", title="run")
+        c = (corr or {}).get(f"partial_{col}")
+        if c:
+            ax.set_title(f"partial ρ | train loss = {c['rho']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]", fontsize="medium")
+    axes[0].legend(fontsize="small", title="setting")
+    return fig
+
+
+def plot_paired(comparisons: pd.DataFrame, lines: Mapping[str, float] | None = None,
+                scale: float = 100, unit: str = "points") -> plt.Figure:
+    """Paired 95 % intervals (one row per comparison) with the per-seed differences behind them.
+
+    ``lines``: label -> x position of reference lines (e.g. the equivalence margin), drawn dashed.
+    """
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(comparisons) + 1.6), constrained_layout=True)
+    y = np.arange(len(comparisons))
+    for i, (_, r) in enumerate(comparisons.iterrows()):
+        ax.errorbar(scale * r["diff"], i, xerr=[[scale * (r["diff"] - r["lo"])], [scale * (r["hi"] - r["diff"])]],
+                    fmt="D", color="k", capsize=4)
+    ax.axvline(0, color="grey", lw=1)
+    for j, (label, x) in enumerate((lines or {}).items()):
+        ax.axvline(scale * x, color=f"C{j + 1}", ls="--", lw=1, label=label)
+    ax.set_yticks(y, comparisons["comparison"])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"paired difference ({unit}), 95 % interval over seeds")
+    if lines:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_trace_matching(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
+    """Trace reduction (SGD − arm, seed 0) against γ per middle rule; dashed: full HTR's; ringed: the chosen γ."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    for i, (label, t) in enumerate(tables.items()):
+        g = t[t["reduction"].notna()]
+        ax.plot(g["gamma"], g["reduction"], marker="o", color=f"C{i}", label=label)
+        ch = g[g["chosen"]]
+        ax.scatter(ch["gamma"], ch["reduction"], s=160, facecolors="none", edgecolors=f"C{i}", lw=1.5)
+        if g["target"].notna().any():
+            ax.axhline(float(g["target"].iloc[0]), color=f"C{i}", ls="--", lw=1)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("γ of the middle penalty")
+    ax.set_ylabel("trace reduction vs SGD (seed 0)")
+    ax.legend(fontsize="small", title="dashed: full HTR's")
     return fig
 
 

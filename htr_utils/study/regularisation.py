@@ -1,18 +1,19 @@
 """Notebooks 06-08 (C6, C7): trace vs generalisation, Hessian trace regularisation, middle-layer HTR.
 
 * :func:`run_summary` turns a finished run into one row: final accuracies and losses, the
-  Hessian trace (Hutchinson, with standard error) and λ_max after the last epoch, and its costs
-  (seconds per plain step, per penalty step, training and wall time).
-* C6, first half: :func:`train_accuracy` (the final model evaluated on its training set, so
-  that the generalisation gap compares like with like) and :func:`sweep_table`.
-* C6 second half and C7: :func:`select_gamma` (γ chosen on the validation split at the first
-  seed, never on the test set), :func:`train_arms` (every arm × seed at the chosen γ),
-  :func:`arm_table`, :func:`compare_arms` (difference of means with Welch and bootstrap
-  intervals), and :func:`penalty_step_costs` (plain / full / middle penalty steps timed in turn
-  in one process, on the same batches).
+  Hessian trace (Hutchinson, with standard error) and λ_max after the last epoch, and its costs.
+* C6a: :func:`train_accuracy` (the final model on its own training set), :func:`sweep_table`
+  (settings × seeds) and :func:`sweep_correlations` (partial Spearman ρ given training loss).
+* C6b and C7: :func:`select_gamma` (full HTR's γ on the validation split at the selection seed),
+  :func:`select_middle_gamma` (a middle arm's γ matched on trace reduction), :func:`train_arms`
+  (every arm × evaluation seed), :func:`arm_table`, :func:`compare_arms` (paired differences by
+  seed, with Welch and bootstrap beside), :func:`penalty_step_costs`.
+* Verdicts: ``c6a_verdict``, ``c6b_verdict``, ``c7_result`` apply the rules of PROTOCOL.md
+  (:mod:`htr_utils.study.regularisation_rules`) and report the earlier rules beside them.
 
 Training goes through :func:`htr_utils.study.runs.train_run`, so every run is cached and resumable;
-``python -m htr_utils.study.regularisation --profile cpu`` trains all of them ahead of the notebooks.
+``python -m htr_utils.study.regularisation --profile cpu [--shard i/k]`` trains all of them ahead of
+the notebooks (k processes with i = 0 .. k−1 share the work through the run cache's locks).
 """
 from __future__ import annotations
 
@@ -22,18 +23,18 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
-from .statistics import bootstrap_difference, welch_difference
+from .statistics import (bootstrap_difference, min_detectable_effect, paired_difference, partial_spearman_bootstrap,
+                         spearman_bootstrap, welch_difference)
 from .data import make_loader
 from .profiles import RegStudy, get_profile
 from .runs import Run, train_run
+from .regularisation_rules import c6a_rule, c6b_rule, c7_rule, established_gain
 from .verdicts import Verdict, VerdictResult, combine
 from .training import (Trainer, TrainConfig, TrainingDiverged, evaluate, penalty_parameter_names, prepare_data,
                        sgd_step)
@@ -86,22 +87,39 @@ def describe_change(cfg: TrainConfig, base: TrainConfig) -> str:
     return ", ".join(parts) or "base"
 
 
-def sweep_table(runs: Mapping[str, Run], base: TrainConfig, data_root: str | Path = "data") -> pd.DataFrame:
-    """One row per sweep run: its change from ``base``, final trace ± stderr, accuracies and both gaps.
+def sweep_table(runs: Mapping[tuple[str, int], Run], base: TrainConfig, data_root: str | Path = "data") -> pd.DataFrame:
+    """One row per sweep run (setting label, seed): its change from ``base``, final trace ± stderr, accuracies, gaps.
 
-    ``acc_gap`` = train accuracy − test accuracy, ``loss_gap`` = test loss − train loss, with the
-    training-set numbers from :func:`train_accuracy` (final model, eval mode).
+    ``train_loss`` / ``train_acc`` are the final model's on its own training set (eval mode,
+    :func:`train_accuracy`); ``acc_gap`` = train accuracy − test accuracy, ``loss_gap`` = test
+    loss − train loss.
     """
     rows = []
-    for label, run in runs.items():
+    for (label, seed), run in runs.items():
         s = run_summary(run)
         train_loss, train_acc = train_accuracy(run, data_root)
-        rows.append({"run": label, "change": describe_change(run.config, base), "batch_size": run.config.batch_size,
-                     "lr": run.config.lr, "weight_decay": run.config.weight_decay, "trace": s["trace"],
-                     "trace_stderr": s["trace_stderr"], "lambda_max": s["lambda_max"], "train_acc": train_acc,
-                     "test_acc": s["test_acc"], "acc_gap": train_acc - s["test_acc"], "train_loss": train_loss,
-                     "test_loss": s["test_loss"], "loss_gap": s["test_loss"] - train_loss})
+        rows.append({"run": label, "seed": seed, "change": describe_change(run.config, base),
+                     "batch_size": run.config.batch_size, "lr": run.config.lr,
+                     "weight_decay": run.config.weight_decay, "trace": s["trace"], "trace_stderr": s["trace_stderr"],
+                     "lambda_max": s["lambda_max"], "train_acc": train_acc, "test_acc": s["test_acc"],
+                     "acc_gap": train_acc - s["test_acc"], "train_loss": train_loss, "test_loss": s["test_loss"],
+                     "loss_gap": s["test_loss"] - train_loss})
     return pd.DataFrame(rows)
+
+
+def sweep_correlations(table: pd.DataFrame, num: int = 2000) -> dict[str, dict]:
+    """C6a's numbers: partial Spearman ρ of the trace given the training loss (runs as points, settings
+    resampled as clusters), and, as before the protocol, plain Spearman ρ across the settings' seed means.
+
+    Keys ``partial_<col>`` and ``plain_<col>`` for col in test_acc, acc_gap, loss_gap.
+    """
+    out = {}
+    for col in ("test_acc", "acc_gap", "loss_gap"):
+        out[f"partial_{col}"] = partial_spearman_bootstrap(table["trace"], table[col], table["train_loss"],
+                                                           table["run"], num=num)
+        means = table.groupby("run", sort=False)[["trace", col]].mean()
+        out[f"plain_{col}"] = spearman_bootstrap(means["trace"], means[col], num=num)
+    return out
 
 
 # ============================================================================ γ on validation
@@ -117,7 +135,7 @@ def _train_or_diverge(cfg: TrainConfig, root: Path, data_root: str | Path, progr
 
 def select_gamma(study: RegStudy, rule: str, root: Path, data_root: str | Path = "data",
                  progress: bool = False) -> tuple[pd.DataFrame, float]:
-    """Train the γ grid of ``rule`` ("all" or a middle rule) at the first seed; pick γ by validation accuracy.
+    """Train the γ grid of ``rule`` ("all" or a middle rule) at the selection seed; pick γ by validation accuracy.
 
     The grid is ``study.grid(rule)`` (:meth:`RegStudy.grid_configs`); without a grid (or without a
     validation split) the study's published γ is used. The choice is the γ with the highest final
@@ -140,6 +158,52 @@ def select_gamma(study: RegStudy, rule: str, root: Path, data_root: str | Path =
     if candidates.empty:
         raise RuntimeError(f"every γ in {study.grid(rule)} diverged for rule {rule!r}; lower the grid in the profile")
     best = candidates.sort_values(["val_acc", "gamma"], ascending=[False, True]).iloc[0]["gamma"]
+    table["chosen"] = table["gamma"] == best
+    return table, float(best)
+
+
+def select_middle_gamma(study: RegStudy, rule: str, full_gamma: float, root: Path, data_root: str | Path = "data",
+                        progress: bool = False) -> tuple[pd.DataFrame, float]:
+    """γ of middle rule ``rule`` whose trace reduction at the selection seed matches full HTR's (PROTOCOL.md).
+
+    reduction(γ) = final trace of SGD − final trace of the middle arm at γ, target = the same for
+    full HTR at ``full_gamma``, all at the selection seed. Chosen: among grid γ that lowered the
+    trace, the one whose reduction is closest to the target (ties: the smaller γ); if full HTR did
+    not lower the trace, the γ with the largest reduction; if none lowered it, the largest γ that
+    did not diverge (C7's gate then reports that the arm does not act). Without a grid: the
+    published γ.
+    """
+    if not study.grid(rule):
+        published = study.published_gamma(rule)
+        return pd.DataFrame([{"gamma": published, "trace": math.nan, "reduction": math.nan, "target": math.nan,
+                              "val_acc": math.nan, "status": "published", "chosen": True}]), published
+    sgd = _train_or_diverge(study.grid_configs(rule)[0.0], root, data_root, progress)
+    full_cfg = study.grid_configs("all").get(full_gamma) or study.grid_configs("all")[0.0].replace(htr_gamma=full_gamma)
+    full = _train_or_diverge(full_cfg, root, data_root, progress)
+    if sgd is None or full is None:
+        raise RuntimeError("the SGD or full-HTR run at the selection seed diverged; no trace reduction to match")
+    trace_sgd = run_summary(sgd)["trace"]
+    target = trace_sgd - run_summary(full)["trace"]
+    rows = []
+    for gamma, cfg in study.grid_configs(rule).items():
+        if gamma == 0:
+            continue
+        run = _train_or_diverge(cfg, root, data_root, progress)
+        summary = run_summary(run) if run is not None else {}
+        rows.append({"gamma": gamma, "trace": summary.get("trace", math.nan),
+                     "reduction": trace_sgd - summary.get("trace", math.nan), "target": target,
+                     "val_acc": summary.get("val_acc", math.nan), "status": "trained" if run else "diverged"})
+    table = pd.DataFrame(rows)
+    ok = table[table["status"] == "trained"]
+    if ok.empty:
+        raise RuntimeError(f"every γ in {study.grid(rule)} diverged for rule {rule!r}; lower the grid in the profile")
+    acting = ok[ok["reduction"] > 0]
+    if target > 0 and not acting.empty:
+        best = acting.assign(miss=(acting["reduction"] - target).abs()).sort_values(["miss", "gamma"]).iloc[0]["gamma"]
+    elif not acting.empty:
+        best = acting.sort_values(["reduction", "gamma"], ascending=[False, True]).iloc[0]["gamma"]
+    else:
+        best = ok["gamma"].max()
     table["chosen"] = table["gamma"] == best
     return table, float(best)
 
@@ -174,27 +238,36 @@ def arm_table(results: pd.DataFrame, columns: Sequence[str] = ("test_acc", "val_
     return pd.DataFrame(out).set_index("arm")
 
 
+def per_seed(results: pd.DataFrame, arm: str, column: str) -> dict[int, float]:
+    """Seed -> ``column`` of ``arm`` (finished runs; NaN where missing)."""
+    g = results[results["arm"] == arm]
+    return {int(k): float(v) for k, v in zip(g["seed"], g[column].astype(float))}
+
+
 def compare_arms(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], column: str = "test_acc",
                  level: float = 0.95) -> pd.DataFrame:
-    """For each (arm, reference): mean difference of ``column``, Welch interval and p, bootstrap interval.
+    """For each (arm, reference): the paired difference of ``column`` by seed, and (secondary) Welch and bootstrap.
 
-    Also the paired t interval of the per-seed differences (``paired_lo``/``paired_hi``): arms with the
-    same seed share initialisation and batch order, so this one is tighter; the verdict rules use Welch.
+    Arms with the same seed share initialisation and batch order, so the primary rules use the
+    paired t interval (``diff``, ``sd``, ``lo``, ``hi``, ``n``; :func:`paired_difference`) and report
+    the design's minimum detectable effect ``mde`` at that spread (:func:`min_detectable_effect`).
+    The Welch interval and p (``welch_*``) and the bootstrap interval (``boot_*``) ignore the pairing.
     """
     rows = []
+    present = set(results["arm"])
     for arm, ref in pairs:
-        a_s = results[results["arm"] == arm].set_index("seed")[column].astype(float)
-        b_s = results[results["arm"] == ref].set_index("seed")[column].astype(float)
-        w = welch_difference(a_s.to_numpy(), b_s.to_numpy(), level)
-        lo, hi = bootstrap_difference(a_s.to_numpy(), b_s.to_numpy(), level)
-        both = pd.concat([a_s, b_s], axis=1).dropna()  # same seed = same initialisation and batch order
-        paired = (stats.ttest_rel(both.iloc[:, 0], both.iloc[:, 1]).confidence_interval(level)
-                  if len(both) > 1 else SimpleNamespace(low=math.nan, high=math.nan))
+        if arm not in present or ref not in present:  # e.g. a side study that trains SGD and HTR only
+            continue
+        a_s, b_s = per_seed(results, arm, column), per_seed(results, ref, column)
+        pair = paired_difference(a_s, b_s, level)
+        w = welch_difference(list(a_s.values()), list(b_s.values()), level)
+        lo, hi = bootstrap_difference(list(a_s.values()), list(b_s.values()), level)
         rows.append({"comparison": f"{ARM_LABELS.get(arm, arm)} − {ARM_LABELS.get(ref, ref)}", "arm": arm,
-                     "reference": ref, "quantity": column, "diff": w["diff"], "welch_lo": w["lo"],
-                     "welch_hi": w["hi"], "welch_p": w["p"], "boot_lo": lo, "boot_hi": hi,
-                     "paired_lo": float(paired.low), "paired_hi": float(paired.high),
-                     "n": f"{w['n_a']} vs {w['n_b']}"})
+                     "reference": ref, "quantity": column, "diff": pair["diff"], "sd": pair["sd"],
+                     "lo": pair["lo"], "hi": pair["hi"], "p": pair["p"], "n": pair["n"],
+                     "mde": min_detectable_effect(pair["sd"], pair["n"], level),
+                     "welch_diff": w["diff"], "welch_lo": w["lo"], "welch_hi": w["hi"], "welch_p": w["p"],
+                     "boot_lo": lo, "boot_hi": hi})
     return pd.DataFrame(rows)
 
 
@@ -226,23 +299,26 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
             if r > 0:
                 times[kind].append(time.perf_counter() - t0)
     plain = float(np.median(times["plain"]))
+    full = float(np.median(times["all"])) if "all" in times else math.nan
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return pd.DataFrame([{"step": k, "penalised tensors": len(params[k] or []),
                           "penalised parameters": sum(p.numel() for p in params[k] or []),
+                          "share of parameters": sum(p.numel() for p in params[k] or []) / total,
                           "median_s": float(np.median(v)), "q25_s": float(np.quantile(v, 0.25)),
-                          "q75_s": float(np.quantile(v, 0.75)), "x_plain": float(np.median(v)) / plain}
+                          "q75_s": float(np.quantile(v, 0.75)), "x_plain": float(np.median(v)) / plain,
+                          # the penalty's own cost (step − plain step) as a share of the full penalty's
+                          "share of penalty compute": (float(np.median(v)) - plain) / (full - plain)}
                          for k, v in times.items()])
 
 
-# ============================================================================ verdict rules
+# ============================================================================ earlier rules (shown, not deciding)
+# The rules before PROTOCOL.md, kept so the notebooks can show both verdicts (a rule changed
+# after results were seen must show the earlier one). They ignore the pairing by seed.
 
 
 def sweep_verdict(rho_acc: Mapping[str, float], rho_gap: Mapping[str, float]) -> Verdict:
-    """C6, trace vs generalisation, from Spearman ρ with 95 % bootstrap intervals.
-
-    Reproduced if ρ(trace, test acc.) < 0 and ρ(trace, acc. gap) > 0 with both intervals excluding
-    0; not reproduced if both point estimates have the wrong sign (≥ 0 and ≤ 0 respectively);
-    inconclusive otherwise.
-    """
+    """Earlier C6a rule: Spearman ρ across settings, reproduced if ρ_acc < 0 and ρ_gap > 0 with both
+    bootstrap intervals excluding 0; not reproduced if both point estimates have the wrong sign."""
     if rho_acc["hi"] < 0 and rho_gap["lo"] > 0:
         return Verdict.REPRODUCED
     if rho_acc["rho"] >= 0 and rho_gap["rho"] <= 0:
@@ -251,144 +327,149 @@ def sweep_verdict(rho_acc: Mapping[str, float], rho_gap: Mapping[str, float]) ->
 
 
 def improvement_verdict(comparisons: pd.DataFrame) -> Verdict:
-    """C6, HTR improves test accuracy: every (arm − reference) difference's 95 % Welch interval above 0.
-
-    Reproduced if every comparison's interval lies above 0; not reproduced if every mean
-    difference is ≤ 0; inconclusive otherwise (positive but within noise, or mixed).
-    """
+    """Earlier C6b rule: reproduced if every Welch interval lies above 0, not reproduced if every mean difference ≤ 0."""
     if (comparisons["welch_lo"] > 0).all():
         return Verdict.REPRODUCED
-    if (comparisons["diff"] <= 0).all():
+    if (comparisons["welch_diff"] <= 0).all():
         return Verdict.NOT_REPRODUCED
     return Verdict.INCONCLUSIVE
 
 
-def middle_accuracy_verdict(comparisons: pd.DataFrame, margin: float) -> Verdict:
-    """C7 accuracy: middle − full HTR, non-inferiority with ``margin`` (accuracy, e.g. 0.002 = 0.2 points).
-
-    Reproduced if some middle rule's 95 % Welch interval has its lower end ≥ −margin (comparable or
-    better); not reproduced if every rule's interval lies below 0 (significantly worse);
-    inconclusive otherwise.
-    """
-    if (comparisons["welch_lo"] >= -margin).any():
-        return Verdict.REPRODUCED
-    if (comparisons["welch_hi"] < 0).all():
-        return Verdict.NOT_REPRODUCED
-    return Verdict.INCONCLUSIVE
-
-
-def cost_verdict(costs: pd.DataFrame, rules: Sequence[str] = ("middle", "middle_authors"),
-                 saving: float = 0.1) -> Verdict:
-    """C7 cost: a middle rule's penalty step at least ``saving`` (10 %) cheaper than the full one.
-
-    From :func:`penalty_step_costs` medians: reproduced if some middle rule's median ≤ (1 − saving)
-    × the full rule's; not reproduced if every middle rule's median ≥ the full rule's; inconclusive
-    otherwise.
-    """
+def earlier_c7_verdict(comparisons: pd.DataFrame, costs: pd.DataFrame, rules: Sequence[str],
+                       margin: float = 0.003) -> Verdict:
+    """Earlier C7 rule: per rule, accuracy (Welch lower end ≥ −0.3 points; not reproduced if the interval
+    lies below 0) and cost (median step ≤ 0.9 × full) both reproduced; some rule suffices."""
     t = costs.set_index("step")["median_s"]
-    ratios = [t[r] / t["all"] for r in rules if r in t]
-    if any(r <= 1 - saving for r in ratios):
-        return Verdict.REPRODUCED
-    if all(r >= 1 for r in ratios):
-        return Verdict.NOT_REPRODUCED
-    return Verdict.INCONCLUSIVE
-
-
-def c7_verdict(comparisons: pd.DataFrame, costs: pd.DataFrame, rules: Sequence[str], margin: float,
-               saving: float = 0.1) -> dict:
-    """C7 per middle rule (accuracy and cost of the *same* rule), and overall.
-
-    Each rule: accuracy by :func:`middle_accuracy_verdict` on its own (middle − full) row, cost by
-    :func:`cost_verdict` on its own timing; the rule passes C7 if both parts are reproduced, fails
-    if either is not reproduced, else inconclusive. Overall: reproduced if some rule passes, not
-    reproduced if every rule fails, else inconclusive.
-    """
-    per_rule = {}
+    per_rule = []
     for rule in rules:
-        row = comparisons[comparisons["arm"] == f"htr_{rule}"]
-        acc, cost = middle_accuracy_verdict(row, margin), cost_verdict(costs, rules=(rule,), saving=saving)
-        per_rule[rule] = {"accuracy": acc, "cost": cost, "C7": combine((acc, cost), "all_of")}
-    return {"per_rule": per_rule, "verdict": combine((v["C7"] for v in per_rule.values()), "any_of")}
+        row = comparisons[comparisons["arm"] == f"htr_{rule}"].iloc[0]
+        acc = (Verdict.REPRODUCED if row["welch_lo"] >= -margin else
+               Verdict.NOT_REPRODUCED if row["welch_hi"] < 0 else Verdict.INCONCLUSIVE)
+        ratio = t[rule] / t["all"]
+        cost = (Verdict.REPRODUCED if ratio <= 0.9 else Verdict.NOT_REPRODUCED if ratio >= 1 else Verdict.INCONCLUSIVE)
+        per_rule.append(combine((acc, cost), "all_of"))
+    return combine(per_rule, "any_of")
+
+
+# ============================================================================ verdicts (PROTOCOL.md)
 
 
 def describe_studies(studies: Mapping[str, RegStudy]) -> str:
     """One line per regularisation study: model, data, split, schedule, HTR settings, L2 and seeds."""
-    return "; ".join(f"{name}: {s.base.model} on {s.base.dataset}, {s.base.train_size or 'all'} training images after "
-                     f"a {s.base.val_fraction:.0%} validation split, {s.base.epochs} epochs (LR ×{s.base.lr_gamma} at "
+    return "; ".join(f"{name}{'' if s.decides else ' (shown, not deciding)'}: {s.base.model} on {s.base.dataset}, "
+                     f"{s.base.train_size or 'all'} training images after a {s.base.val_fraction:.0%} validation "
+                     f"split, {s.base.epochs} epochs (LR ×{s.base.lr_gamma} at "
                      f"{', '.join(map(str, s.base.milestones))}), HTR every {s.base.htr_freq} steps after epoch "
-                     f"{s.base.htr_start_epoch} with {s.base.htr_probes} probes, L2 {s.l2:g}, seeds {list(s.seeds)}"
+                     f"{s.base.htr_start_epoch} with {s.base.htr_probes} probes, L2 {s.l2:g}, evaluation seeds "
+                     f"{list(s.seeds)}, γ chosen at seed {s.selection_seed}"
                      for name, s in studies.items())
 
 
-def describe_sweep(base: TrainConfig) -> str:
-    """The sweep's common setting: model, data, split, epochs, seed and how the trace is measured."""
+def describe_sweep(base: TrainConfig, seeds: Sequence[int]) -> str:
+    """The sweep's common setting: model, data, split, epochs, seeds and how the trace is measured."""
     return (f"{base.model} on {base.dataset}, {base.train_size or 'all'} training images "
-            f"(validation {base.val_fraction:.0%} held out), {base.epochs} epochs, seed {base.seed}; trace: "
+            f"(validation {base.val_fraction:.0%} held out), {base.epochs} epochs, seeds {list(seeds)}; trace: "
             f"{base.trace_probes} probes on {base.examples_per_class}/class")
 
 
-def c6a_verdict(table: pd.DataFrame, rho: Mapping[str, Mapping[str, float]], diverged: Mapping[str, str]) -> VerdictResult:
-    """C6, first half, by :func:`sweep_verdict` on the sweep's Spearman correlations (``rho`` by column)."""
-    verdict = sweep_verdict(rho["test_acc"], rho["acc_gap"])
-    f = lambda c: f"ρ = {rho[c]['rho']:.2f} [{rho[c]['lo']:.2f}, {rho[c]['hi']:.2f}]"  # noqa: E731
-    measured = (f"{len(table)} LeNet runs (batch, lr, weight decay varied; {len(diverged)} diverged): "
-                f"trace vs test acc. {f('test_acc')}; vs train−test acc. {f('acc_gap')}; vs test−train loss "
-                f"{f('loss_gap')}; traces {table['trace'].min():.3g}–{table['trace'].max():.3g}, test acc. "
-                f"{table['test_acc'].min():.4f}–{table['test_acc'].max():.4f}")
-    return VerdictResult(verdict, measured, {"rho": dict(rho), "table": table.to_dict("records"),
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _interval(row: Mapping[str, Any], scale: float = 100, fmt: str = "+.2f") -> str:
+    return f"{scale * row['diff']:{fmt}} [{scale * row['lo']:{fmt}}, {scale * row['hi']:{fmt}}]"
+
+
+def c6a_verdict(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]],
+                diverged: Mapping[str, str]) -> VerdictResult:
+    """C6a by :func:`c6a_rule` on the partial Spearman ρ (given training loss) of :func:`sweep_correlations`.
+
+    The earlier rule (:func:`sweep_verdict` on plain ρ across the settings' means) is reported beside.
+    """
+    verdict = c6a_rule(corr["partial_test_acc"], corr["partial_acc_gap"])
+    earlier = sweep_verdict(corr["plain_test_acc"], corr["plain_acc_gap"])
+    f = lambda c: f"{corr[c]['rho']:.2f} [{corr[c]['lo']:.2f}, {corr[c]['hi']:.2f}]"  # noqa: E731
+    settings = table.groupby("run", sort=False)
+    measured = (f"{settings.ngroups} LeNet settings × {settings.size().min()}–{settings.size().max()} seeds "
+                f"({len(diverged)} diverged runs left out); given training loss (final train loss "
+                f"{table['train_loss'].min():.3f}–{table['train_loss'].max():.3f}), partial ρ(trace, test acc.) = "
+                f"{f('partial_test_acc')}, ρ(trace, train−test acc.) = {f('partial_acc_gap')}, ρ(trace, test−train "
+                f"loss) = {f('partial_loss_gap')}; earlier rule (plain ρ over setting means: test acc. "
+                f"{f('plain_test_acc')}, gap {f('plain_acc_gap')}) → {earlier}")
+    return VerdictResult(verdict, measured, {"correlations": {k: dict(v) for k, v in corr.items()},
+                                             "earlier_rule": earlier, "table": table.to_dict("records"),
                                              "diverged": dict(diverged)})
 
 
 def c6b_verdict(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.DataFrame],
                 gammas: Mapping[str, float], studies: Mapping[str, RegStudy],
                 arms: Sequence[str] = ("sgd", "sgd_l2", "htr", "l2_htr")) -> VerdictResult:
-    """C6, second half: :func:`improvement_verdict` on each study's rule rows (``in_rule``), combined over studies."""
-    per_study, texts = {}, []
+    """C6b by :func:`c6b_rule` on each deciding study's paired intervals (rows ``in_rule``), combined over studies.
+
+    Studies with ``decides`` False are described beside the verdict; the earlier rule
+    (:func:`improvement_verdict`, Welch) is reported for each deciding study.
+    """
+    per_study, earlier, texts = {}, {}, []
     for name, comp in comparisons.items():
+        study, res = studies[name], results[name]
         rule_rows = comp[comp["in_rule"]]
-        per_study[name] = improvement_verdict(rule_rows)
-        res = results[name]
-        acc = {a: res.loc[res["arm"] == a, "test_acc"].dropna() for a in arms}
-        tr = comp[(comp["quantity"] == "trace") & (comp["arm"] == "htr")].iloc[0]
-        texts.append(f"{name} (γ = {gammas[name]:g}, {len(studies[name].seeds)} seeds): test acc. "
-                     + ", ".join(f"{a} {100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f} %" for a, v in acc.items())
-                     + "; " + "; ".join(f"{r['comparison']} = {100 * r['diff']:+.2f} pts [{100 * r['welch_lo']:+.2f}, "
-                                        f"{100 * r['welch_hi']:+.2f}]" for _, r in rule_rows.iterrows())
-                     + f"; final trace HTR − SGD = {tr['diff']:+.3g} [{tr['welch_lo']:+.3g}, {tr['welch_hi']:+.3g}]"
-                     + f" → {per_study[name]}")
+        acc = {a: res.loc[res["arm"] == a, "test_acc"].dropna() for a in arms if a in set(res["arm"])}
+        head = (f"{name} (γ = {gammas[name]:g}, {len(study.seeds)} seeds): test acc. "
+                + ", ".join(f"{a} {100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f} %" for a, v in acc.items()))
+        pairs = "; ".join(f"{r['comparison']} = {_interval(r)} pts (paired sd {100 * r['sd']:.2f}, detectable "
+                          f"{100 * r['mde']:.2f})" for _, r in rule_rows.iterrows())
+        tr = comp[(comp["quantity"] == "trace") & (comp["arm"] == "htr")]
+        trace = f"; final trace HTR − SGD = {_interval(tr.iloc[0], 1, '+.3g')}" if len(tr) else ""
+        if study.decides:
+            per_study[name] = c6b_rule(rule_rows.to_dict("records"))
+            earlier[name] = improvement_verdict(rule_rows)
+            texts.append(f"{head}; {pairs}{trace} → {per_study[name]} (earlier Welch rule: {earlier[name]})")
+        else:
+            texts.append(f"shown, not deciding: {head}; {pairs}{trace}")
     return VerdictResult(combine(per_study.values()), " | ".join(texts),
-                         {"per_study": per_study, "gammas": dict(gammas),
+                         {"per_study": per_study, "earlier_rule": earlier, "gammas": dict(gammas),
                           "comparisons": {n: c.to_dict("records") for n, c in comparisons.items()},
                           "results": {n: r.to_dict("records") for n, r in results.items()}})
 
 
 def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.DataFrame],
               costs: Mapping[str, pd.DataFrame], gammas: Mapping[str, Mapping[str, float]],
-              studies: Mapping[str, RegStudy], margin: float, rounds: int) -> VerdictResult:
-    """C7 per study by :func:`c7_verdict` (the same middle rule must pass accuracy and cost), combined over studies."""
-    per_study, texts = {}, []
+              studies: Mapping[str, RegStudy], rounds: int) -> VerdictResult:
+    """C7 per deciding study by :func:`c7_rule` for each middle rule (gate, accuracy, cost), any rule suffices;
+    combined over studies (every). The gain that sets the margin is this study's paired HTR − SGD
+    (:func:`established_gain`). The earlier rule (:func:`earlier_c7_verdict`) is reported beside.
+    """
+    per_study, texts, earlier = {}, [], {}
     for name, comp in comparisons.items():
         study = studies[name]
-        v = c7_verdict(comp[comp["in_rule"]], costs[name], study.middle_rules, margin)
-        per_study[name] = {**v["per_rule"], "C7": v["verdict"]}
-        res, c = results[name], costs[name].set_index("step")
-        acc = res.groupby("arm", sort=False)["test_acc"].agg(["mean", "std"])
-        trace_vs_sgd = comp[(comp["quantity"] == "trace") & (comp["reference"] == "sgd")]
-        parts = []
+        if not study.decides:
+            continue
+        row = lambda arm, ref, q: comp[(comp["arm"] == arm) & (comp["reference"] == ref)  # noqa: E731
+                                       & (comp["quantity"] == q)].iloc[0]
+        htr_gain = row("htr", "sgd", "test_acc")
+        gain = established_gain(htr_gain)
+        c = costs[name].set_index("step")
+        rules, parts = {}, []
         for rule in study.middle_rules:
-            r = comp[comp["in_rule"] & (comp["arm"] == f"htr_{rule}")].iloc[0]
-            t = trace_vs_sgd[trace_vs_sgd["arm"] == f"htr_{rule}"].iloc[0]
-            pr = v["per_rule"][rule]
-            parts.append(f"{rule} (γ = {gammas[name][rule]:g}): middle − full {100 * r['diff']:+.2f} pts "
-                         f"[{100 * r['welch_lo']:+.2f}, {100 * r['welch_hi']:+.2f}] → accuracy {pr['accuracy']}; "
-                         f"penalty step {c.loc[rule, 'median_s'] / c.loc['all', 'median_s']:.2f}× full → cost "
-                         f"{pr['cost']}; trace − SGD {t['diff']:+.3g} [{t['welch_lo']:+.3g}, {t['welch_hi']:+.3g}]")
-        texts.append(f"{name}: test acc. " + ", ".join(f"{a} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %"
-                                                       for a, r in acc.iterrows())
-                     + f"; full penalty step {c.loc['all', 'median_s']:.3g} s, plain {c.loc['plain', 'median_s']:.3g} s"
-                     + f" (median of {rounds}); " + "; ".join(parts))
+            arm = f"htr_{rule}"
+            acts, acc = row(arm, "sgd", "trace"), row(arm, "htr", "test_acc")
+            ratio = c.loc[rule, "median_s"] / c.loc["all", "median_s"]
+            rules[rule] = r = c7_rule(acts, acc, ratio, gain)
+            parts.append(f"{rule} (γ = {gammas[name][rule]:g}): trace − SGD {_interval(acts, 1, '+.3g')} → acts "
+                         f"{r['acts']}; middle − full {_interval(acc)} pts → accuracy {r['accuracy']} "
+                         f"({r['accuracy_note']}); penalty step {ratio:.2f}× full ({100 * c.loc[rule, 'share of parameters']:.0f} % "
+                         f"of parameters, {100 * c.loc[rule, 'share of penalty compute']:.0f} % of the penalty's compute) "
+                         f"→ cost {r['cost']}; → {r['C7']}")
+        per_study[name] = {**rules, "C7": combine((r["C7"] for r in rules.values()), "any_of")}
+        earlier[name] = earlier_c7_verdict(comp[(comp["reference"] == "htr") & (comp["quantity"] == "test_acc")],
+                                           costs[name], study.middle_rules)
+        texts.append(f"{name}: HTR − SGD {_interval(htr_gain)} pts ("
+                     + (f"gain established, margin {100 * gain / 2:.3f} pts" if gain is not None else "no gain established")
+                     + f"); full penalty step {c.loc['all', 'median_s']:.3g} s, plain {c.loc['plain', 'median_s']:.3g} s "
+                     f"(median of {rounds}); " + "; ".join(parts) + f" (earlier rule: {earlier[name]})")
     return VerdictResult(combine(v["C7"] for v in per_study.values()), " | ".join(texts),
-                         {"per_study": per_study, "gammas": {n: dict(g) for n, g in gammas.items()},
+                         {"per_study": per_study, "earlier_rule": earlier,
+                          "gammas": {n: dict(g) for n, g in gammas.items()},
                           "costs": {n: c.to_dict("records") for n, c in costs.items()},
                           "comparisons": {n: c.to_dict("records") for n, c in comparisons.items()}})
 
@@ -399,23 +480,82 @@ def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.
 # ============================================================================ pre-training
 
 
-def train_all(profile: str | None = None, progress: bool = True) -> None:
-    """Every run notebooks 06-08 need for ``profile``: the sweep, the γ grids and the arms × seeds."""
+def choose_gammas(study: RegStudy, root: Path, data_root: str | Path = "data",
+                  progress: bool = False) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+    """Rule -> selection table and rule -> γ: full HTR on validation (:func:`select_gamma`), each middle
+    rule by matching full HTR's trace reduction (:func:`select_middle_gamma`)."""
+    tables, gammas = {}, {}
+    tables["all"], gammas["all"] = select_gamma(study, "all", root, data_root, progress)
+    for rule in study.middle_rules:
+        if study.arm_names is None or f"htr_{rule}" in study.arm_names:
+            tables[rule], gammas[rule] = select_middle_gamma(study, rule, gammas["all"], root, data_root, progress)
+    return tables, gammas
+
+
+def planned_runs(profile: str | None = None) -> tuple[list[TrainConfig], list[TrainConfig]]:
+    """The runs notebooks 06-08 need, in two stages: (runs that need no choice of γ, the HTR arms).
+
+    Stage 1: the selection grids, the SGD / SGD + L2 arms, the sweep and the side studies at their
+    published γ; stage 2 (needs stage 1's selection runs): the HTR arms at the chosen γ.
+    """
+    P = get_profile(profile)
+    first: list[TrainConfig] = []
+    for study in P.regularisation.values():
+        first += [c for rule in ("all", *study.middle_rules) if study.grid(rule)
+                  for c in study.grid_configs(rule).values()]
+    for study in P.regularisation.values():
+        first += [c.replace(seed=s) for arm, c in study.arms().items() for s in study.seeds
+                  if not c.htr_gamma or not study.gamma_grid]
+    first += [cfg.replace(seed=s) for cfg in P.sweep_runs.values() for s in P.sweep_seeds]
+    return _unique(first), []
+
+
+def _unique(cfgs: Sequence[TrainConfig]) -> list[TrainConfig]:
+    from .runs import config_hash
+    out: dict[str, TrainConfig] = {}
+    for c in cfgs:
+        out.setdefault(config_hash(c), c)
+    return list(out.values())
+
+
+def train_all(profile: str | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
+    """Every run notebooks 06-08 need for ``profile``, ahead of the notebooks.
+
+    ``shard`` (i, k): this process trains every k-th run starting at i of each stage first, then
+    goes over all of them (waiting on runs another process holds; the run cache's lock keeps one
+    trainer per run), so k processes started with i = 0 .. k−1 share the work.
+    """
     from .outputs import data_root
     P = get_profile(profile)
     root, droot = P.runs_dir(), data_root()
-    for label, cfg in P.sweep_runs.items():
-        print(f"sweep {label}", flush=True)
-        _train_or_diverge(cfg, root, droot, progress)
+    i, k = shard
+
+    def run_stage(cfgs: Sequence[TrainConfig], what: str) -> None:
+        for cfg in list(cfgs[i::k]) + list(cfgs):
+            print(f"{what}: {describe_config(cfg)}", flush=True)
+            _train_or_diverge(cfg, root, droot, progress)
+
+    first, _ = planned_runs(profile)
+    run_stage(first, "stage 1")
+    second = []
     for name, study in P.regularisation.items():
-        gammas = {}
-        for rule in ("all", *study.middle_rules):
-            table, gammas[rule] = select_gamma(study, rule, root, droot, progress)
-            print(f"{name} rule {rule}: γ = {gammas[rule]:g}\n{table.to_string(index=False)}", flush=True)
-        train_arms(study, gammas, root, droot, progress=progress)
+        _, gammas = choose_gammas(study, root, droot, progress)
+        print(f"{name}: γ {gammas}", flush=True)
+        second += [c.replace(seed=s) for c in study.arms(gammas).values() for s in study.seeds]
+    run_stage(_unique(second), "stage 2")
+
+
+def describe_config(cfg: TrainConfig) -> str:
+    """One line naming a run: model, data, seed, and what sets it apart (batch, lr, wd, γ, penalised set)."""
+    extra = f", γ {cfg.htr_gamma:g} on {cfg.htr_params}" if cfg.htr_gamma else ""
+    return (f"{cfg.model} {cfg.dataset} seed {cfg.seed}, batch {cfg.batch_size}, lr {cfg.lr:g}, wd {cfg.weight_decay:g}, "
+            f"{cfg.epochs} epochs{extra}")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="train the runs of notebooks 06-08 ahead of time")
     ap.add_argument("--profile", default=None)
-    train_all(ap.parse_args().profile)
+    ap.add_argument("--shard", default="0/1", help="i/k: this process takes every k-th run from i first (k processes)")
+    args = ap.parse_args()
+    i, k = (int(v) for v in args.shard.split("/"))
+    train_all(args.profile, shard=(i, k))

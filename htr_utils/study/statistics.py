@@ -5,10 +5,12 @@ claims (:mod:`htr_utils.study.claims`) and analyses.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr, ttest_ind
+from scipy.stats import t as t_dist
 
 
 def decreasing_trend(epochs: Sequence[float], values: Sequence[float], from_fraction: float = 0.5,
@@ -85,3 +87,72 @@ def spearman_bootstrap(x: Sequence[float], y: Sequence[float], level: float = 0.
     boot = (rx * ry).sum(1) / np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
     return {"rho": float(rho), "p": float(p), "lo": float(np.quantile(boot, (1 - level) / 2)),
             "hi": float(np.quantile(boot, (1 + level) / 2)), "n": len(x)}
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: float = 0.95) -> dict:
+    """Mean of the per-seed differences d_s = a_s − b_s with its paired t interval d̄ ± t_{n−1} · s_d / √n.
+
+    ``a`` and ``b`` map seed -> value; only seeds finite in both are paired (arms with the same
+    seed share initialisation and batch order, so the seed-to-seed spread cancels). Returns the
+    mean ``diff``, ``sd`` of the d_s, interval ``lo``/``hi``, two-sided ``p`` and ``n``.
+    """
+    seeds = sorted(s for s in set(a) & set(b) if np.isfinite(a[s]) and np.isfinite(b[s]))
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    n = len(d)
+    out = {"diff": float(d.mean()) if n else float("nan"), "sd": float(d.std(ddof=1)) if n > 1 else float("nan"),
+           "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n": n, "seeds": seeds}
+    if n > 1:  # identical differences (sd 0) give the degenerate interval [d̄, d̄]
+        half = t_dist.ppf(0.5 + level / 2, n - 1) * out["sd"] / np.sqrt(n)
+        out.update(lo=float(out["diff"] - half), hi=float(out["diff"] + half))
+        if out["sd"] > 0:
+            out["p"] = float(2 * t_dist.sf(abs(out["diff"]) / (out["sd"] / np.sqrt(n)), n - 1))
+    return out
+
+
+def min_detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """Smallest true mean difference whose paired interval excludes 0 with probability ``power``.
+
+    (t_{(1+level)/2, n−1} + t_{power, n−1}) · sd / √n, the usual normal-theory approximation for n paired seeds.
+    """
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    return float((t_dist.ppf(0.5 + level / 2, n - 1) + t_dist.ppf(power, n - 1)) * sd / np.sqrt(n))
+
+
+def partial_spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
+                     z: Sequence[float] | np.ndarray) -> float | np.ndarray:
+    """Spearman ρ of x and y given z: correlation of the ranks of x and y after regressing out z's ranks.
+
+    Works on the last axis, so stacked samples (e.g. bootstrap resamples) are computed at once;
+    a sample with constant ranks gives NaN.
+    """
+    rx, ry, rz = (rankdata(np.asarray(v, dtype=float), axis=-1) for v in (x, y, z))
+    rz = rz - rz.mean(-1, keepdims=True)
+    vz = (rz ** 2).sum(-1, keepdims=True)
+    res = []
+    for r in (rx, ry):
+        r = r - r.mean(-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res.append(r - np.where(vz > 0, (r * rz).sum(-1, keepdims=True) / vz, 0.0) * rz)
+    num, den = (res[0] * res[1]).sum(-1), np.sqrt((res[0] ** 2).sum(-1) * (res[1] ** 2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(den > 1e-12, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(rho) if rho.ndim == 0 else rho
+
+
+def partial_spearman_bootstrap(x: Sequence[float], y: Sequence[float], z: Sequence[float],
+                               groups: Sequence[Any], level: float = 0.95, num: int = 2000, seed: int = 0) -> dict:
+    """:func:`partial_spearman` with a cluster bootstrap interval: whole groups (e.g. a setting's seeds) resampled.
+
+    Seeds of one setting are not independent points, so the interval resamples settings, each
+    with all its seeds (groups must be of equal size). Resamples where ρ is undefined are skipped.
+    """
+    x, y, z = (np.asarray(v, dtype=float) for v in (x, y, z))
+    labels = np.asarray(groups)
+    members = np.array([np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())])
+    rng = np.random.default_rng(seed)
+    idx = members[rng.integers(0, len(members), (num, len(members)))].reshape(num, -1)
+    boot = partial_spearman(x[idx], y[idx], z[idx])
+    boot = boot[np.isfinite(boot)]
+    lo, hi = (np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if len(boot) else (np.nan, np.nan))
+    return {"rho": partial_spearman(x, y, z), "lo": float(lo), "hi": float(hi), "n": len(x), "groups": len(members)}

@@ -45,12 +45,17 @@ def test_profile_configs_are_valid(name):
     for cfg in p.sweep_runs.values():
         assert cfg.epochs in cfg.curvature_epochs()
     assert len(p.sweep_runs) >= 6
+    assert any(s.decides for s in p.regularisation.values())
     for study in p.regularisation.values():
         arms = study.arms()
-        assert {"sgd", "sgd_l2", "htr", "l2_htr"} <= set(arms) and len(study.seeds) >= 2
-        assert arms["sgd"].htr_gamma == 0 and arms["sgd_l2"].weight_decay == study.l2
-        assert arms["htr"].htr_gamma == study.gamma and arms["htr_middle"].htr_params == "middle"
+        assert {"sgd", "htr"} <= set(arms) and study.selection_seed not in study.seeds
+        assert arms["sgd"].htr_gamma == 0 and arms["htr"].htr_gamma == study.gamma
         assert study.base.epochs in study.base.curvature_epochs()
+        if study.decides:  # PROTOCOL.md: every arm, paired seeds (10 outside the smoke profile)
+            assert {"sgd", "sgd_l2", "htr", "l2_htr", "htr_middle", "htr_middle_authors"} == set(arms)
+            assert arms["sgd_l2"].weight_decay == study.l2 and arms["htr_middle"].htr_params == "middle"
+            assert len(study.seeds) >= (3 if name == "smoke" else 10)
+    assert len(p.sweep_seeds) >= (2 if name == "smoke" else 3)
 
 
 def test_profiles_have_deep_models_for_layerwise_claims():

@@ -4,6 +4,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pandas as pd
+import torch
 import pytest
 
 import htr_utils.study.regularisation as rs
@@ -16,13 +17,13 @@ TINY = TrainConfig(dataset="digits", model="lenet", width=0.25, train_size=120, 
                    curvature_init=False, lanczos_iters=8, examples_per_class=2, trace_probes=4)
 
 
-# ---------------------------------------------------------------------------- verdict rules
+# ---------------------------------------------------------------------------- earlier rules (shown beside)
 
 def _comparisons(*rows):
-    return pd.DataFrame([{"diff": d, "welch_lo": lo, "welch_hi": hi} for d, lo, hi in rows])
+    return pd.DataFrame([{"welch_diff": d, "welch_lo": lo, "welch_hi": hi} for d, lo, hi in rows])
 
 
-def test_verdict_rules():
+def test_earlier_rules():
     rho = lambda r, lo, hi: {"rho": r, "lo": lo, "hi": hi}  # noqa: E731
     assert rs.sweep_verdict(rho(-0.8, -0.95, -0.3), rho(0.7, 0.2, 0.9)) == "reproduced"
     assert rs.sweep_verdict(rho(-0.8, -0.95, 0.1), rho(0.7, 0.2, 0.9)) == "inconclusive"
@@ -30,25 +31,16 @@ def test_verdict_rules():
     assert rs.improvement_verdict(_comparisons((0.01, 0.001, 0.02), (0.005, 0.001, 0.01))) == "reproduced"
     assert rs.improvement_verdict(_comparisons((0.01, -0.001, 0.02), (0.005, 0.001, 0.01))) == "inconclusive"
     assert rs.improvement_verdict(_comparisons((-0.01, -0.02, 0.0), (0.0, -0.01, 0.01))) == "not reproduced"
-    assert rs.middle_accuracy_verdict(_comparisons((0.0, -0.002, 0.002), (-0.01, -0.02, -0.005)), 0.003) == "reproduced"
-    assert rs.middle_accuracy_verdict(_comparisons((-0.01, -0.02, -0.005)), 0.003) == "not reproduced"
-    assert rs.middle_accuracy_verdict(_comparisons((0.0, -0.01, 0.01)), 0.003) == "inconclusive"
-    costs = lambda full, mid: pd.DataFrame({"step": ["plain", "all", "middle"], "median_s": [0.01, full, mid]})  # noqa
-    assert rs.cost_verdict(costs(1.0, 0.5), rules=("middle",)) == "reproduced"
-    assert rs.cost_verdict(costs(1.0, 0.95), rules=("middle",)) == "inconclusive"
-    assert rs.cost_verdict(costs(1.0, 1.2), rules=("middle",)) == "not reproduced"
 
 
-def test_c7_needs_one_rule_to_pass_both_parts():
-    comp = pd.DataFrame([{"arm": "htr_middle", "diff": -0.01, "welch_lo": -0.02, "welch_hi": -0.005},   # worse
-                         {"arm": "htr_middle_authors", "diff": 0.0, "welch_lo": -0.001, "welch_hi": 0.001}])
+def test_earlier_c7_needs_one_rule_to_pass_both_parts():
+    comp = pd.DataFrame([{"arm": "htr_middle", "welch_lo": -0.02, "welch_hi": -0.005},   # worse
+                         {"arm": "htr_middle_authors", "welch_lo": -0.001, "welch_hi": 0.001}])
     costs = pd.DataFrame({"step": ["plain", "all", "middle", "middle_authors"], "median_s": [0.01, 1.0, 0.1, 1.1]})
     # accuracy passes only for the authors' rule, cost only for the layer rule: not one method
-    v = rs.c7_verdict(comp, costs, ("middle", "middle_authors"), margin=0.003)
-    assert v["per_rule"]["middle"] == {"accuracy": "not reproduced", "cost": "reproduced", "C7": "not reproduced"}
-    assert v["per_rule"]["middle_authors"]["C7"] == "not reproduced" and v["verdict"] == "not reproduced"
+    assert rs.earlier_c7_verdict(comp, costs, ("middle", "middle_authors")) == "not reproduced"
     costs.loc[3, "median_s"] = 0.2
-    assert rs.c7_verdict(comp, costs, ("middle", "middle_authors"), margin=0.003)["verdict"] == "reproduced"
+    assert rs.earlier_c7_verdict(comp, costs, ("middle", "middle_authors")) == "reproduced"
 
 
 # ---------------------------------------------------------------------------- γ on validation
@@ -64,18 +56,48 @@ def test_select_gamma_picks_best_validation_accuracy_never_a_diverged_run(monkey
 
     monkeypatch.setattr(rs, "_train_or_diverge", fake)
     study = RegStudy(base=TINY, seeds=(3, 4), l2=1e-4, gamma=1e-4, middle_gamma=1e-5, gamma_grid=(1e-4, 1e-3, 1e-2),
-                     middle_gamma_grid=(1e-5,))
+                     middle_gamma_grid=(1e-5,), selection_seed=7)
     table, gamma = rs.select_gamma(study, "all", tmp_path)
     assert gamma == 1e-3 and table.loc[table["chosen"], "gamma"].tolist() == [1e-3]
     assert table.set_index("gamma").loc[1e-2, "status"] == "diverged"
-    assert all(c.seed == 3 and c.weight_decay == 0 for c in trained)  # first seed, no L2
-    # the γ = 0 reference run is the SGD arm's config (shared cache)
-    assert trained[0] == study.arms()["sgd"].replace(seed=3)
+    assert all(c.seed == 7 and c.weight_decay == 0 for c in trained)  # the selection seed only, no L2
+    # the γ = 0 reference run is the SGD arm's config at the selection seed
+    assert trained[0] == study.arms()["sgd"].replace(seed=7)
     # middle rule: its own grid, and the chosen arm's config equals the grid run's
     val[1e-5] = 0.81
     trained.clear()
     _, mg = rs.select_gamma(study, "middle", tmp_path)
-    assert mg == 1e-5 and trained[-1] == study.arms({"middle": mg})["htr_middle"].replace(seed=3)
+    assert mg == 1e-5 and trained[-1] == study.arms({"middle": mg})["htr_middle"].replace(seed=7)
+
+
+def test_selection_seed_may_not_be_evaluated():
+    with pytest.raises(ValueError, match="selection_seed"):
+        RegStudy(base=TINY, seeds=(0, 1), l2=1e-4, gamma=1e-4, middle_gamma=1e-5, gamma_grid=(1e-4,))
+
+
+def test_select_middle_gamma_matches_full_htrs_trace_reduction(monkeypatch, tmp_path):
+    # SGD trace 100; full HTR at 1e-3 lowers it to 80 (target reduction 20)
+    trace = {("all", 0.0): 100.0, ("all", 1e-3): 80.0, ("middle", 1e-5): 99.0, ("middle", 1e-4): 90.0,
+             ("middle", 1e-3): 78.0, ("middle", 1e-2): None}
+
+    def fake(cfg, root, data_root, progress):
+        key = ("all" if cfg.htr_params == "all" else cfg.htr_params, cfg.htr_gamma)
+        t = trace[key]
+        return None if t is None else SimpleNamespace(config=cfg, t=t)
+
+    monkeypatch.setattr(rs, "_train_or_diverge", fake)
+    monkeypatch.setattr(rs, "run_summary", lambda run: {"trace": run.t, "val_acc": 0.5})
+    study = RegStudy(base=TINY, seeds=(1, 2), l2=1e-4, gamma=1e-4, middle_gamma=1e-5, gamma_grid=(1e-3,),
+                     middle_gamma_grid=(1e-5, 1e-4, 1e-3, 1e-2))
+    table, g = rs.select_middle_gamma(study, "middle", 1e-3, tmp_path)
+    assert g == 1e-3  # reduction 22 is closest to 20 (1e-4: 10)
+    assert table.set_index("gamma").loc[1e-2, "status"] == "diverged"
+    trace[("all", 1e-3)] = 101.0  # full HTR did not lower the trace: the largest reduction
+    assert rs.select_middle_gamma(study, "middle", 1e-3, tmp_path)[1] == 1e-3
+    for k in list(trace):
+        if k[0] == "middle" and trace[k] is not None:
+            trace[k] = 100.5  # nothing acts: the largest γ that trained
+    assert rs.select_middle_gamma(study, "middle", 1e-3, tmp_path)[1] == 1e-3
 
 
 @pytest.mark.slow
@@ -134,5 +156,19 @@ def test_arm_table_and_comparisons():
     c = rs.compare_arms(res, [("htr", "sgd")])
     assert c.loc[0, "diff"] == pytest.approx(0.03) and c.loc[0, "welch_lo"] > 0
     # per-seed differences are all 0.03: the paired interval collapses onto it, Welch's does not
-    assert c.loc[0, "paired_lo"] == pytest.approx(0.03) == c.loc[0, "paired_hi"]
+    assert c.loc[0, "lo"] == pytest.approx(0.03) == c.loc[0, "hi"] and c.loc[0, "n"] == 3
     assert c.loc[0, "welch_hi"] - c.loc[0, "welch_lo"] > 0.01
+
+
+@pytest.mark.slow
+def test_arms_at_one_seed_share_initialisation_and_data_order(tmp_path):
+    """Paired comparisons rest on this: at one seed, every arm starts from the same weights and sees the
+    same batches, so SGD and HTR are identical until the penalty starts (epoch 1 here) and then differ."""
+    study = RegStudy(base=TINY.replace(htr_start_epoch=1), seeds=(5,), l2=1e-4, gamma=1e-2, middle_gamma=1e-2)
+    arms = {k: c.replace(seed=5) for k, c in study.arms().items()}
+    inits = [Trainer(c).model.state_dict() for c in arms.values()]
+    assert all(all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(inits, inits[1:]))
+    sgd, htr = (train_run(arms[k], root=tmp_path, progress=False).metrics for k in ("sgd", "htr"))
+    cols = ["train_loss", "train_acc", "test_acc", "val_acc"]
+    assert sgd.loc[sgd["epoch"] == 1, cols].to_numpy().tolist() == htr.loc[htr["epoch"] == 1, cols].to_numpy().tolist()
+    assert sgd.loc[sgd["epoch"] == 2, "train_loss"].item() != htr.loc[htr["epoch"] == 2, "train_loss"].item()
