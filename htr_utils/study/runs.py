@@ -51,7 +51,7 @@ from .models import build_model
 from .records import CurvatureRecord
 from .training import TrainConfig, Trainer, TrainingDiverged, _progress_disabled
 
-RUNS_VERSION = 2  # bump when training/curvature code changes the numbers a config produces
+RUNS_VERSION = 3  # bump when training/curvature code changes the numbers a config produces (3: batched HTR probes)
 DEFAULT_ROOT = "data/runs"
 LOCK_FILE = "lock"
 ALLOW_ENV_VAR = "HTR_ALLOW_ENV_CHANGE"  # "1": resume runs started under another environment
