@@ -460,6 +460,10 @@ def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.
                          f"({r['accuracy_note']}); penalty step {ratio:.2f}× full ({100 * c.loc[rule, 'share of parameters']:.0f} % "
                          f"of parameters, {100 * c.loc[rule, 'share of penalty compute']:.0f} % of the penalty's compute) "
                          f"→ cost {r['cost']}; → {r['C7']}")
+        for rule in (r for r in study.cost_rules if r not in study.middle_rules and r in c.index):
+            parts.append(f"{rule} (cost only, no arm trained): penalty step {c.loc[rule, 'median_s'] / c.loc['all', 'median_s']:.2f}× "
+                         f"full ({100 * c.loc[rule, 'share of parameters']:.0f} % of parameters, "
+                         f"{100 * c.loc[rule, 'share of penalty compute']:.0f} % of the penalty's compute)")
         per_study[name] = {**rules, "C7": combine((r["C7"] for r in rules.values()), "any_of")}
         earlier[name] = earlier_c7_verdict(comp[(comp["reference"] == "htr") & (comp["quantity"] == "test_acc")],
                                            costs[name], study.middle_rules)
@@ -556,6 +560,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="train the runs of notebooks 06-08 ahead of time")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--shard", default="0/1", help="i/k: this process takes every k-th run from i first (k processes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
     i, k = (int(v) for v in args.shard.split("/"))
-    train_all(args.profile, shard=(i, k))
+    if not 0 <= i < k:
+        ap.error(f"--shard {args.shard}: need 0 <= i < k")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_all(args.profile, progress=k == 1, shard=(i, k))  # k processes: one line per run, no interleaved bars

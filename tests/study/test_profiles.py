@@ -52,7 +52,8 @@ def test_profile_configs_are_valid(name):
         assert arms["sgd"].htr_gamma == 0 and arms["htr"].htr_gamma == study.gamma
         assert study.base.epochs in study.base.curvature_epochs()
         if study.decides:  # PROTOCOL.md: every arm, paired seeds (10 outside the smoke profile)
-            assert {"sgd", "sgd_l2", "htr", "l2_htr", "htr_middle", "htr_middle_authors"} == set(arms)
+            assert {"sgd", "sgd_l2", "htr", "l2_htr", *(f"htr_{r}" for r in study.middle_rules)} == set(arms)
+            assert "middle" in study.middle_rules and set(study.middle_rules) <= set(study.cost_rules)
             assert arms["sgd_l2"].weight_decay == study.l2 and arms["htr_middle"].htr_params == "middle"
             assert len(study.seeds) >= (3 if name == "smoke" else 10)
     assert len(p.sweep_seeds) >= (2 if name == "smoke" else 3)
