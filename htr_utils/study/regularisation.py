@@ -497,21 +497,22 @@ def choose_gammas(study: RegStudy, root: Path, data_root: str | Path = "data",
 
 
 def planned_runs(profile: str | None = None) -> tuple[list[TrainConfig], list[TrainConfig]]:
-    """The runs notebooks 06-08 need, in two stages: (runs that need no choice of γ, the HTR arms).
-
-    Stage 1: the selection grids, the SGD / SGD + L2 arms, the sweep and the side studies at their
-    published γ; stage 2 (needs stage 1's selection runs): the HTR arms at the chosen γ.
+    """The runs notebooks 06-08 need that do not wait for a choice of γ, in two lists:
+    (the selection grids and the plain arms of the deciding studies, then the sweep and the side
+    studies). The HTR arms of the deciding studies come after the first list (:func:`train_all`).
     """
     P = get_profile(profile)
     first: list[TrainConfig] = []
-    for study in P.regularisation.values():
+    for study in (s for s in P.regularisation.values() if s.decides):
         first += [c for rule in ("all", *study.middle_rules) if study.grid(rule)
                   for c in study.grid_configs(rule).values()]
-    for study in P.regularisation.values():
-        first += [c.replace(seed=s) for arm, c in study.arms().items() for s in study.seeds
-                  if not c.htr_gamma or not study.gamma_grid]
-    first += [cfg.replace(seed=s) for cfg in P.sweep_runs.values() for s in P.sweep_seeds]
-    return _unique(first), []
+        first += [c.replace(seed=s) for c in study.arms().values() for s in study.seeds
+                  if not c.htr_gamma or not study.grid("all")]
+    later = [cfg.replace(seed=s) for cfg in P.sweep_runs.values() for s in P.sweep_seeds]
+    for study in (s for s in P.regularisation.values() if not s.decides):
+        later += [c.replace(seed=s) for c in study.arms().values() for s in study.seeds]
+    first = _unique(first)
+    return first, [c for c in _unique(later) if c not in first]
 
 
 def _unique(cfgs: Sequence[TrainConfig]) -> list[TrainConfig]:
@@ -525,7 +526,9 @@ def _unique(cfgs: Sequence[TrainConfig]) -> list[TrainConfig]:
 def train_all(profile: str | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
     """Every run notebooks 06-08 need for ``profile``, ahead of the notebooks.
 
-    ``shard`` (i, k): this process trains every k-th run starting at i of each stage first, then
+    Order: the selection grids and plain arms, the HTR arms at the chosen γ, then the sweep and
+    the side studies (``decides`` False). ``shard`` (i, k): this process trains every k-th run
+    starting at i of each stage first, then
     goes over all of them (waiting on runs another process holds; the run cache's lock keeps one
     trainer per run), so k processes started with i = 0 .. k−1 share the work.
     """
@@ -539,14 +542,16 @@ def train_all(profile: str | None = None, progress: bool = True, shard: tuple[in
             print(f"{what}: {describe_config(cfg)}", flush=True)
             _train_or_diverge(cfg, root, droot, progress)
 
-    first, _ = planned_runs(profile)
-    run_stage(first, "stage 1")
+    first, later = planned_runs(profile)
+    run_stage(first, "selection and plain arms")
     second = []
     for name, study in P.regularisation.items():
-        _, gammas = choose_gammas(study, root, droot, progress)
-        print(f"{name}: γ {gammas}", flush=True)
-        second += [c.replace(seed=s) for c in study.arms(gammas).values() for s in study.seeds]
-    run_stage(_unique(second), "stage 2")
+        if study.decides:
+            _, gammas = choose_gammas(study, root, droot, progress)
+            print(f"{name}: γ {gammas}", flush=True)
+            second += [c.replace(seed=s) for c in study.arms(gammas).values() for s in study.seeds]
+    run_stage([c for c in _unique(second) if c not in first], "HTR arms at the chosen γ")
+    run_stage(later, "sweep and side studies")
 
 
 def describe_config(cfg: TrainConfig) -> str:
