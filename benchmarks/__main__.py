@@ -58,6 +58,19 @@ def settings(quick: bool) -> dict:
             "lanczos_steps": 16, "top": [lenet100], "top_k": (10, 20)}
 
 
+def htr_text(S: dict, htr_rows: list[tuple], note: str = "") -> str:
+    """Section 5: one HTR training step, plain / penalised (probes one by one or batched) / middle layers."""
+    return f"""{HEADINGS[4]}
+
+Train mode, SGD; HTR adds 0.01·`trace_penalty` ({S['htr_probes']} Rademacher probes) over all
+parameters — one double backward per probe (the default), or all probes in one batched double
+backward (`batched=True`, `is_grads_batched`) — or over the weights of the middle half of the
+Conv/Linear layers (the layer rule). Batch-normalised models use the elementary batch norm on
+penalty steps (the fused kernel has no third derivative), as training does.{note}
+
+{table(htr_rows, ("problem", "step", "median", "× plain step"))}"""
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat (for the test)")
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: torch's own); 1 is steadier on a loaded machine")
+    ap.add_argument("--only-htr", action="store_true",
+                    help="run section 5 alone and replace it in an existing --out file (no peers needed)")
     ap.add_argument("--only-top", action="store_true",
                     help="run section 6 alone and replace it in an existing --out file (no peers needed)")
     args = ap.parse_args(argv)
@@ -76,6 +91,26 @@ def main(argv: list[str] | None = None) -> Path:
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    if args.only_htr:
+        htr_rows = []
+        for p in S["htr"]:
+            htr_rows += cases.case_htr_step(p, S["htr_probes"], R)[0]
+            log(f"HTR step {p.label}")
+        command = "python -m benchmarks --only-htr" + (f" --threads {args.threads}" if args.threads else "")
+        section = htr_text(S, htr_rows, f" Written by `{command}` ({R} rounds); the other sections come "
+                                        "from the full run.")
+        out = Path(args.out)
+        text = out.read_text() if out.exists() else ""
+        if HEADINGS[4] in text:
+            head, rest = text.split(HEADINGS[4], 1)
+            tail = HEADINGS[5] + rest.split(HEADINGS[5], 1)[1] if HEADINGS[5] in rest else ""
+            text = head + section + ("\n\n" + tail if tail else "\n")
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        out.write_text(text)
+        log(f"wrote section 5 of {out}")
+        return out
 
     if args.only_top:
         command = "python -m benchmarks --only-top" + (f" --threads {args.threads}" if args.threads else "")
@@ -208,14 +243,7 @@ building the operators.
 
 {table(lay_rows, ("model", "rounds", "lockstep (layerwise_spectra)", "sequential (slq_density per layer)", "speed-up"))}
 
-{HEADINGS[4]}
-
-Train mode, SGD; HTR adds 0.01·`trace_penalty` ({S['htr_probes']} Rademacher probes, one double
-backward each) over all parameters or over the weights of the middle half of the Conv/Linear
-layers (the layer rule). Batch-normalised models use the elementary batch norm on penalty steps
-(the fused kernel has no third derivative), as training does.
-
-{table(htr_rows, ("problem", "step", "median", "× plain step"))}
+{htr_text(S, htr_rows)}
 
 {top}"""
     out = Path(args.out)

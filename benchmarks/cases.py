@@ -241,10 +241,12 @@ def case_htr_step(problem: Problem, probes: int, repeats: int) -> tuple[list[tup
     named = dict(model.named_parameters())
     middle = [named[p] for p in middle_layers(layer_groups(model))]
 
-    def step(penalty_params):
-        return lambda: sgd_step(model, opt, nn.CrossEntropyLoss(), x, y, penalty_params, 0.01, probes)
+    def step(penalty_params, batched=False):
+        return lambda: sgd_step(model, opt, nn.CrossEntropyLoss(), x, y, penalty_params, 0.01, probes,
+                                batched_probes=batched)
 
     t = interleaved_medians({"plain SGD step": step(None), "HTR, all parameters": step(list(model.parameters())),
+                             "HTR, all parameters, probes batched": step(list(model.parameters()), batched=True),
                              "HTR, middle layers": step(middle)}, repeats=repeats, warmup=1)
     n_mid = sum(p.numel() for p in middle)
     rows = [(problem.label, k, ms(v), f"{v / t['plain SGD step']:.2f}") for k, v in t.items()]

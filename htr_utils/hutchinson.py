@@ -58,7 +58,8 @@ def hutchinson_trace(op: LinearOperator, num_probes: int, seed: int = 0, batch_s
 
 
 def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,
-                  generator: torch.Generator | None = None, probes: Sequence[Sequence[Tensor]] | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, probes: Sequence[Sequence[Tensor]] | None = None,
+                  batched: bool = False) -> Tensor:
     """Differentiable Hutchinson estimate of tr(∇²_params loss): (1/m) Σ_k z_kᵀ (∇² loss) z_k.
 
     ``loss`` must be a scalar computed with a graph through ``params`` (tensors, e.g.
@@ -72,6 +73,11 @@ def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,
     the trace. ``probes`` instead fixes them (a list, one entry per probe, of tensors shaped
     like ``params``), which makes the penalty a fixed quadratic form Σ zᵀ H z rather than an
     estimate of the trace.
+
+    ``batched``: all probes' products H z_k in one vmapped double backward (``is_grads_batched``)
+    instead of one per probe; same value to rounding. On a CPU it was slower for LeNet and
+    VGG11_bn (benchmarks/RESULTS.md, section 5), hence off by default. Where torch cannot batch an
+    operation's double backward, the per-probe loop is used.
     """
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError("trace_penalty needs the scalar loss tensor (the mean over the batch).")
@@ -98,6 +104,10 @@ def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,
             if len(z) != len(params) or any(zi.shape != p.shape for zi, p in zip(z, params)):
                 raise ValueError("each probe must be a list of tensors shaped like params, one per parameter tensor.")
     grads = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
+    if batched and len(probes) > 1:
+        value = _batched_quadratic_forms(grads, params, probes)
+        if value is not None:
+            return value
     total = loss.new_zeros(())
     for z in probes:
         # ∇(gᵀz) = H z; zᵀ H z is then a scalar still differentiable in params.
@@ -105,3 +115,18 @@ def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,
         hz = torch.autograd.grad(gz, params, create_graph=True, materialize_grads=True)
         total = total + sum((h * zi).sum() for h, zi in zip(hz, z))
     return total / len(probes)
+
+
+def _batched_quadratic_forms(grads: Sequence[Tensor], params: Sequence[Tensor],
+                             probes: Sequence[Sequence[Tensor]]) -> Tensor | None:
+    """(1/m) Σ_k z_kᵀ H z_k with the m products H z_k = ∇(gᵀz_k) from one batched backward; None if torch cannot batch it."""
+    m = len(probes)
+    Z = [torch.stack([z[i] for z in probes]) for i in range(len(params))]  # per tensor: (m, *shape)
+    gz = sum((g.unsqueeze(0) * z).flatten(1).sum(1) for g, z in zip(grads, Z))  # (m,): g·z_k
+    eye = torch.eye(m, dtype=gz.dtype, device=gz.device)
+    try:
+        hz = torch.autograd.grad(gz, params, grad_outputs=eye, is_grads_batched=True, create_graph=True,
+                                 materialize_grads=True)
+    except RuntimeError:  # an operation without a batching rule for its double backward
+        return None
+    return sum((h * z).sum() for h, z in zip(hz, Z)) / m

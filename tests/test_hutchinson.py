@@ -1,5 +1,6 @@
 """Hutchinson traces and the differentiable trace penalty against dense expressions."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev
@@ -33,7 +34,8 @@ def test_hutchinson_probe_batches_do_not_change_result(problem):
     assert np.allclose(a.samples, b.samples, rtol=1e-10)
 
 
-def test_trace_penalty_value_and_gradient_match_dense():
+@pytest.mark.parametrize("batched", [False, True])
+def test_trace_penalty_value_and_gradient_match_dense(batched):
     p = make_problem(seed=2)
     model, x, y = p.model, p.x, p.y
     names = ["conv.weight", "fc1.weight"]
@@ -43,7 +45,7 @@ def test_trace_penalty_value_and_gradient_match_dense():
 
     model.eval()
     loss = F.cross_entropy(model(x), y)
-    pen = trace_penalty(loss, params, probes=probes)
+    pen = trace_penalty(loss, params, probes=probes, batched=batched)
     got_grad = torch.autograd.grad(pen, params)
 
     fixed = {n: q.detach() for n, q in model.named_parameters() if n not in names}
@@ -79,3 +81,32 @@ def test_trace_penalty_is_unbiased(problem):
             for s in range(300)]
     exact = float(problem.dense_hessian().trace())
     assert abs(np.mean(vals) - exact) < 4 * np.std(vals) / np.sqrt(len(vals))
+
+
+def test_batched_penalty_equals_the_loop_and_falls_back(monkeypatch):
+    import htr_utils.hutchinson as hu
+    from htr_utils.study.models import build_model
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, width=0.25).double()
+    x, y = torch.randn(8, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+    params = list(model.parameters())
+
+    def penalty(**kw):
+        loss = F.cross_entropy(model(x), y)
+        pen = trace_penalty(loss, params, 3, generator=torch.Generator().manual_seed(1), **kw)
+        return pen, torch.autograd.grad(pen, params)
+
+    (a, ga), (b, gb) = penalty(), penalty(batched=True)
+    assert abs(float((a - b).detach())) < 1e-10 * abs(float(a.detach())) and all(torch.allclose(u, v, rtol=1e-9) for u, v in zip(ga, gb))
+    calls = []
+
+    def no_batching(*args, **kwargs):  # torch without a batching rule: the loop must take over
+        if kwargs.get("is_grads_batched"):
+            calls.append(1)
+            raise RuntimeError("Batching rule not implemented")
+        return real_grad(*args, **kwargs)
+
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(hu.torch.autograd, "grad", no_batching)
+    c, gc = penalty(batched=True)
+    assert calls and float(c.detach()) == float(a.detach()) and all(torch.equal(u, v) for u, v in zip(ga, gc))

@@ -287,9 +287,11 @@ class NonFiniteLoss(FloatingPointError):
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
              y: torch.Tensor, penalty_params: list[torch.Tensor] | None = None, gamma: float = 0.0,
-             probes: int = 10, generator: torch.Generator | None = None
+             probes: int = 10, generator: torch.Generator | None = None, batched_probes: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One optimiser step on loss(model(x), y) [+ γ · trace_penalty over ``penalty_params``].
+
+    ``batched_probes`` is trace_penalty's ``batched`` (the training runs use the default loop).
 
     On penalty steps, BatchNorm layers use the elementary batch norm (the fused one has no third
     derivative). Raises :class:`NonFiniteLoss` before touching the parameters if the objective is
@@ -302,7 +304,7 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Mod
     loss = loss_fn(out, y)
     total, pen = loss, None
     if penalised:
-        pen = trace_penalty(loss, penalty_params, probes, generator=generator)
+        pen = trace_penalty(loss, penalty_params, probes, generator=generator, batched=batched_probes)
         total = loss + gamma * pen
     if not math.isfinite(float(total.detach())):
         raise NonFiniteLoss("loss + htr_gamma * trace penalty" if math.isfinite(float(loss.detach())) else "loss")
