@@ -52,7 +52,8 @@ from .records import CurvatureRecord
 from .training import TrainConfig, Trainer, TrainingDiverged, _progress_disabled
 
 RUNS_VERSION = 3  # bump when training/curvature code changes the numbers a config produces
-# (3: bumped for batched HTR probes, which then stayed optional and off: a v2 and a v3 run of one config agree)
+# (3: bumped for batched HTR probes, which then stayed optional and off; the training code is unchanged,
+# so v2 and v3 runs of one config agree where machine and thread count are the same)
 DEFAULT_ROOT = "data/runs"
 LOCK_FILE = "lock"
 ALLOW_ENV_VAR = "HTR_ALLOW_ENV_CHANGE"  # "1": resume runs started under another environment
