@@ -18,14 +18,24 @@ def _scaled(n: int, width: float) -> int:
     return max(1, int(round(n * width)))
 
 
+LENET_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu,
+                                                                        "tanh": torch.tanh}
+
+
 class LeNet(nn.Module):
     """LeNet-5 as in the paper: conv 6@5x5, ReLU, maxpool 2, conv 16@5x5, ReLU, maxpool 2, fc 120, fc 84, fc C.
 
-    Five weight layers; 61,706 parameters for 1 input channel, 10 classes, width 1.
+    Five weight layers; 61,706 parameters for 1 input channel, 10 classes, width 1. ``activation``
+    "gelu" or "tanh" gives a network that is not piecewise linear in one layer's weights, so its
+    layer blocks have a non-zero residual H_l (with ReLU and max-pooling H_l = 0 identically).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: float = 1.0,
+                 activation: str = "relu") -> None:
         super().__init__()
+        if activation not in LENET_ACTIVATIONS:
+            raise ValueError(f"LeNet: unknown activation {activation!r}; valid: {', '.join(LENET_ACTIVATIONS)}")
+        self.act = LENET_ACTIVATIONS[activation]
         c1, c2 = _scaled(6, width), _scaled(16, width)
         self.conv1 = nn.Conv2d(in_channels, c1, 5)
         self.conv2 = nn.Conv2d(c1, c2, 5)
@@ -34,11 +44,11 @@ class LeNet(nn.Module):
         self.fc3 = nn.Linear(self.fc2.out_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(self.act(self.conv1(x)), 2)
+        x = F.max_pool2d(self.act(self.conv2(x)), 2)
         x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
         return self.fc3(x)
 
 
@@ -187,13 +197,15 @@ def build_model(name: str, in_channels: int, num_classes: int, width: float = 1.
 
     For "mlp", ``width`` scales ``hidden`` (default 64); extra keywords: ``hidden``,
     ``depth``, ``activation``, ``input_size`` (side of the square input, default 32).
-    Other models take no extra keywords.
+    "lenet" takes ``activation`` ("relu", "gelu", "tanh"); other models take no extra keywords.
     """
     key = name.lower()
     if key == "mlp":
         input_size = kw.pop("input_size", 32)
         hidden = _scaled(kw.pop("hidden", 64), width)
         return MLP(in_channels * input_size * input_size, num_classes, hidden=hidden, **kw)
+    if key == "lenet" and set(kw) <= {"activation"}:
+        return LeNet(in_channels=in_channels, num_classes=num_classes, width=width, **kw)
     if kw:
         raise TypeError(f"model {name!r} takes no extra arguments, got {sorted(kw)}")
     constructors: dict[str, Callable[..., nn.Module]] = {

@@ -5,6 +5,8 @@ A notebook takes one parameter, ``profile``, and reads everything else from
 
 - ``spectra_runs`` (C1-C5): label -> TrainConfig with curvature every epoch (Hessian at every
   curvature epoch; GGN and residual at ``curvature_kinds_epochs`` only).
+- ``spectra_reading`` (C1-C4): label of a spectra run -> :class:`SpectraReading` (epochs and sizes of the
+  readings taken from the run's saved weights).
 - ``sweep_runs`` (C6, trace vs generalisation): label -> TrainConfig varying batch size, learning
   rate and weight decay, with the Hessian trace measured after the last epoch.
 - ``regularisation`` (C6 HTR, C7): label -> :class:`RegStudy`, whose ``arms()`` gives the
@@ -97,6 +99,31 @@ class RegStudy:
 
 
 @dataclass(frozen=True)
+class SpectraReading:
+    """How the spectra claims (C1-C5) are read from a spectra run's saved weights (PROTOCOL.md).
+
+    ``class_epochs``: epochs at which the class structure of G (class / cross-class / within-class
+    parts, bulk edge, outliers, overlap) is measured, on ``examples_per_class`` and on
+    ``large_examples_per_class`` examples per class (the latter at ``large_epochs`` only: the last
+    epoch when None). ``distance_epochs``: epochs at which C4's distances are read, with
+    ``slq_probes`` independent SLQ runs per block and ``null_subsets`` random parameter subsets per
+    layer size. ``lanczos_iters``: Lanczos steps of every reading.
+    """
+    class_epochs: tuple[int, ...]
+    distance_epochs: tuple[int, ...]
+    examples_per_class: int = 10
+    large_examples_per_class: int = 100
+    large_epochs: tuple[int, ...] | None = None
+    slq_probes: int = 5
+    null_subsets: int = 5
+    lanczos_iters: int = 128
+
+    def replace(self, **changes) -> "SpectraReading":
+        from dataclasses import replace
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -105,6 +132,7 @@ class Profile:
     regularisation: dict[str, RegStudy]
     runs_root: str = "data/runs"  # relative to the repository root
     sweep_seeds: tuple[int, ...] = (0,)  # C6a: every sweep setting is trained at each of these seeds
+    spectra_reading: dict[str, SpectraReading] = field(default_factory=dict)  # label of a spectra run -> reading
     notes: dict[str, str] = field(default_factory=dict)
 
     def runs_dir(self) -> Path:
@@ -124,8 +152,11 @@ def _sweep(base: TrainConfig) -> dict[str, TrainConfig]:
 # ----------------------------------------------------------------------------------- smoke
 # LeNet needs small batches to learn anything on 400 digits in 3 epochs (test accuracy ~0.6).
 _SMOKE_SPECTRA = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=400, test_size=200,
-                             batch_size=16, lr=0.05, epochs=3, curvature_every=1, curvature_kinds=KINDS,
-                             curvature_kinds_epochs=(0, 3), examples_per_class=3, lanczos_iters=16, trace_probes=10)
+                             batch_size=16, lr=0.05, epochs=5, curvature_every=1, curvature_kinds=KINDS,
+                             curvature_kinds_epochs=(0, 1, 5), examples_per_class=3, lanczos_iters=16, trace_probes=10,
+                             keep_checkpoints=True)
+_SMOKE_READING = SpectraReading(class_epochs=(1, 5), distance_epochs=(3, 4, 5), examples_per_class=3,
+                                large_examples_per_class=6, slq_probes=3, null_subsets=3, lanczos_iters=16)
 _SMOKE_REG = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=300, test_size=200, val_fraction=0.2,
                          batch_size=16, lr=0.05, epochs=3, milestones=(2,), htr_freq=5, htr_start_epoch=1,
                          htr_probes=2, curvature_every=3, curvature_init=False, examples_per_class=3,
@@ -133,8 +164,11 @@ _SMOKE_REG = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=
 SMOKE = Profile(
     name="smoke", description="scikit-learn digits, tiny models and runs: checks that every notebook runs (CI/nbval)",
     spectra_runs={"lenet_digits": _SMOKE_SPECTRA,
-                  "vgg11_bn_digits": _SMOKE_SPECTRA.replace(model="vgg11_bn", width=0.125, batch_size=64,
-                                                                           lr=0.02)},
+                  "lenet_gelu_digits": _SMOKE_SPECTRA.replace(model_kwargs={"activation": "gelu"}),
+                  "vgg11_bn_digits": _SMOKE_SPECTRA.replace(model="vgg11_bn", width=0.125, batch_size=64, lr=0.02,
+                                                            curvature_kinds_epochs=(0, 5))},
+    spectra_reading={"lenet_digits": _SMOKE_READING, "lenet_gelu_digits": _SMOKE_READING,
+                     "vgg11_bn_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=(5,))},
     sweep_runs=_sweep(_SMOKE_REG),
     regularisation={"lenet_digits": RegStudy(base=_SMOKE_REG, seeds=(1, 2, 3), l2=1e-4, gamma=1e-3, middle_gamma=1e-3,
                                              gamma_grid=(1e-3, 1e-2), middle_gamma_grid=(1e-3, 1e-2),
@@ -153,13 +187,20 @@ SMOKE = Profile(
 #     eval 1.1 s. Curvature: hessian 35 s, ggn 28 s, residual 54 s (all three: 117 s).
 # Measured totals from an empty cache: spectra runs 15.2 min; regularisation (6 sweep runs +
 # 7 γ-grid runs + 15 more arm x seed runs = 28 runs, 37-73 s each) 22.6 min; notebooks ~3.5 min.
-_CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, batch_size=256, lr=0.01, epochs=15,
-                           curvature_every=1, curvature_kinds=KINDS, curvature_kinds_epochs=(0, 1, 5, 15),
-                           examples_per_class=10, lanczos_iters=128, trace_probes=50)
-# VGG: the paper's lr 1e-3 (test accuracy 0.77 / 0.82 / 0.84 after epochs 1-3), 20k examples
-# (3 s/epoch), Hessian every 2nd epoch, GGN / residual at 0, 2, 10.
-_CPU_VGG = _CPU_SPECTRA.replace(model="vgg11_bn", width=0.125, lr=1e-3, train_size=20000, test_size=5000, epochs=10,
-                                curvature_every=2, curvature_kinds_epochs=(0, 2, 10))
+# Spectra (C1-C5, PROTOCOL.md): LeNet + FashionMNIST at the paper's published setting exactly (all 60k
+# images, SGD momentum 0.9, lr 1e-2, batch 256, no L2, 50 epochs; Hessian on 10 examples per class
+# after every epoch, 128 Lanczos steps); G and H at 0, 1, 5, 10, 20, 30, 40, 50. Weights of every
+# epoch are kept: C1-C4 are read from them (class structure on 10 and 100 examples per class,
+# several SLQ probes, random parameter subsets). The same network with GELU (smooth, so H_l != 0).
+_CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, batch_size=256, lr=0.01, epochs=50,
+                           curvature_every=1, curvature_kinds=KINDS,
+                           curvature_kinds_epochs=(0, 1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
+                           lanczos_iters=128, trace_probes=100, keep_checkpoints=True)  # = the paper profile's run
+# VGG11_bn (width 0.125, the paper's lr 1e-3): 20k images, 30 epochs (training loss comparable to
+# LeNet's at 50; the earlier 10 epochs stopped at a high loss), Hessian every 3rd epoch.
+_CPU_VGG = _CPU_SPECTRA.replace(model="vgg11_bn", width=0.125, lr=1e-3, train_size=20000, test_size=5000, epochs=30,
+                                curvature_every=3, curvature_kinds_epochs=(0, 3, 15, 30))
+_CPU_READING = SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 20, 30, 40, 50))
 # Regularisation: 30k of the 54k left after a 10% validation split, 15 epochs, LR x0.25 at 8 and 12,
 # HTR from epoch 9 (after the first LR drop, as the paper's LeNet+MNIST sp = 10 with milestones
 # 10/20; FashionMNIST's sp = 20, the second drop, would leave 3 epochs here), every 50 steps (3 of
@@ -176,9 +217,12 @@ _P_REG = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0
                      lanczos_iters=64, trace_probes=100)
 CPU = Profile(
     name="cpu", description="real FashionMNIST, LeNet and a narrow VGG11_bn, scaled-down schedules (about 60 min, 2 cores)",
-    spectra_runs={"lenet_fashionmnist": _CPU_SPECTRA, "vgg11_bn_fashionmnist": _CPU_VGG,
-                  "lenet_digits": _CPU_SPECTRA.replace(dataset="digits", batch_size=64, lr=0.05, epochs=10,
-                                                       curvature_every=2, curvature_kinds_epochs=(0, 10))},
+    spectra_runs={"lenet_fashionmnist": _CPU_SPECTRA,
+                  "lenet_gelu_fashionmnist": _CPU_SPECTRA.replace(model_kwargs={"activation": "gelu"}),
+                  "vgg11_bn_fashionmnist": _CPU_VGG},
+    spectra_reading={"lenet_fashionmnist": _CPU_READING, "lenet_gelu_fashionmnist": _CPU_READING,
+                     "vgg11_bn_fashionmnist": _CPU_READING.replace(class_epochs=(3, 15, 30),
+                                                                   distance_epochs=(6, 12, 18, 24, 30))},
     # same base as the SGD arm, so the sweep's "base" run is the SGD arm's first seed (shared cache)
     sweep_runs=_sweep(_CPU_REG),
     # C6b / C7 (PROTOCOL.md): 10 evaluation seeds per arm, paired; γ chosen at seed 0 only. The
@@ -201,10 +245,14 @@ CPU = Profile(
 # ----------------------------------------------------------------------------------- paper
 _P = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0.01, epochs=50, curvature_every=1,
                  curvature_kinds=KINDS, curvature_kinds_epochs=(0, 1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
-                 lanczos_iters=128, trace_probes=100)
+                 lanczos_iters=128, trace_probes=100, keep_checkpoints=True)
 PAPER = Profile(
     name="paper", description="the published settings (GPU): 50-epoch spectra, 30-epoch regularisation, 3 reruns",
-    spectra_runs={"lenet_fashionmnist": _P, "lenet_mnist": _P.replace(dataset="mnist"),
+    spectra_reading={k: SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 20, 30, 40, 50))
+                     for k in ("lenet_fashionmnist", "lenet_gelu_fashionmnist", "lenet_mnist", "vgg11_bn_fashionmnist",
+                               "resnet18_fashionmnist")},
+    spectra_runs={"lenet_fashionmnist": _P, "lenet_gelu_fashionmnist": _P.replace(model_kwargs={"activation": "gelu"}),
+                  "lenet_mnist": _P.replace(dataset="mnist"),
                   "vgg11_bn_fashionmnist": _P.replace(model="vgg11_bn", lr=1e-3),
                   "resnet18_fashionmnist": _P.replace(model="resnet18", lr=5e-3, weight_decay=5e-5, batch_size=128)},
     sweep_runs=_sweep(_P_REG),

@@ -39,9 +39,15 @@ def test_profile_configs_are_valid(name):
         assert TrainConfig.from_dict(cfg.to_dict()) == cfg
         assert all(0 < m <= cfg.epochs for m in cfg.milestones)
     for cfg in p.spectra_runs.values():
-        assert 1 <= cfg.curvature_every <= 2 and cfg.layerwise and "hessian" == cfg.curvature_kinds[0]
+        assert 1 <= cfg.curvature_every and cfg.layerwise and "hessian" == cfg.curvature_kinds[0]
+        # C5 tests trends on at least 5 trained epochs; C1-C4 read the kept weights
+        assert len([e for e in cfg.curvature_epochs() if e >= 1]) >= 5 and cfg.keep_checkpoints
         assert set(cfg.curvature_kinds) == {"hessian", "ggn", "residual"}
         assert set(cfg.curvature_kinds_epochs) <= set(cfg.curvature_epochs())
+    assert set(p.spectra_reading) == set(p.spectra_runs)
+    for label, reading in p.spectra_reading.items():
+        cfg = p.spectra_runs[label]
+        assert all(1 <= e <= cfg.epochs for e in (*reading.class_epochs, *reading.distance_epochs))
     for cfg in p.sweep_runs.values():
         assert cfg.epochs in cfg.curvature_epochs()
     assert len(p.sweep_runs) >= 6
@@ -69,7 +75,7 @@ def test_profiles_have_deep_models_for_layerwise_claims():
 def test_smoke_sizes_are_small():
     p = get_profile("smoke")
     for cfg in _all_configs(p):
-        assert cfg.dataset == "digits" and cfg.epochs <= 3 and (cfg.train_size or 10**9) <= 500
+        assert cfg.dataset == "digits" and cfg.epochs <= 5 and (cfg.train_size or 10**9) <= 500
         assert cfg.lanczos_iters <= 16 and cfg.examples_per_class <= 5 and cfg.width <= 0.5
     assert not p.runs_root.startswith("data/")  # smoke runs stay out of the cpu cache
     assert p.runs_dir().is_absolute() and p.runs_dir().name == "runs"
