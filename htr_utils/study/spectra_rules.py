@@ -1,0 +1,191 @@
+"""The primary verdict rules of C1-C5 (PROTOCOL.md), on numbers only.
+
+One implementation per rule: the ``*_codes`` functions work on arrays and return verdict codes
+(``R`` reproduced, ``N`` not reproduced, ``I`` inconclusive); the notebooks apply them to the
+measured numbers through the scalar ``*_rule`` wrappers, and :mod:`htr_utils.study.calibration`
+applies the same functions to simulated numbers to get the rules' error rates.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from .depth_trends import is_middle
+from .regularisation_rules import CODE_TO_VERDICT, I, N, R, verdict_of
+from .verdicts import Verdict, combine
+
+__all__ = ["R", "N", "I", "verdict_of", "CODE_TO_VERDICT"]
+
+TOP_THRESHOLD = 0.10      # C2 / C3: top-C eigenvalues within 10 % of the Hessian's
+SHARE_HIGH, SHARE_LOW = 0.75, 0.25
+ALPHA = 0.05
+MIN_TREND_POINTS = 5      # C5: no trend is tested on fewer points (n = 3: smallest exact p is 1/6)
+
+
+# ----------------------------------------------------------------------------- C1 / C3: about C outliers
+
+
+def about_c_codes(k: np.ndarray | int, C: int) -> np.ndarray:
+    """R if C − 2 ≤ k ≤ C + 2; N if k < C/2 or k > 2C; I otherwise."""
+    k = np.asarray(k)
+    return np.where((k >= C - 2) & (k <= C + 2), R, np.where((k < C / 2) | (k > 2 * C), N, I))
+
+
+def c1_rule(counts: Mapping[str, int], C: int) -> Verdict:
+    """Per network :func:`about_c_codes` on its count above the bulk edge; networks combined with "all_of"."""
+    return combine([verdict_of(about_c_codes(k, C)) for k in counts.values()], "all_of")
+
+
+# ----------------------------------------------------------------------------- C2 / C3: top-C agreement
+
+
+def top_disagreement(top_x: Sequence[float], top_hess: Sequence[float], C: int) -> float:
+    """max_{k ≤ C} |λ_k(X) − λ_k(Hess)| / λ_k(Hess) on descending Ritz values; NaN with fewer than C of either."""
+    x = np.sort(np.asarray(top_x, dtype=float))[::-1]
+    h = np.sort(np.asarray(top_hess, dtype=float))[::-1]
+    if len(x) < C or len(h) < C:
+        return float("nan")
+    return float(np.max(np.abs(x[:C] - h[:C]) / np.abs(h[:C])))
+
+
+def share_codes(share: np.ndarray | float, hi: float = SHARE_HIGH, lo: float = SHARE_LOW) -> np.ndarray:
+    """R if share ≥ hi, N if share ≤ lo, else I (NaN: I)."""
+    s = np.asarray(share, dtype=float)
+    return np.where(s >= hi, R, np.where(s <= lo, N, I))
+
+
+def _share_below(values: Sequence[float], threshold: float) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.mean(v <= threshold)) if len(v) else float("nan")
+
+
+def c2_rule(a_ggn: Sequence[float], a_residual: Sequence[float], floor: float,
+            threshold: float = TOP_THRESHOLD) -> Verdict:
+    """Share of readings with a(G) ≤ threshold decides (≥ 0.75 R, ≤ 0.25 N); inconclusive if H passes in more than
+    25 % of readings (the criterion would not discriminate) or the noise floor reaches the threshold."""
+    if not len(a_ggn) or not (floor < threshold) or _share_below(a_residual, threshold) > SHARE_LOW:
+        return Verdict.INCONCLUSIVE
+    return verdict_of(share_codes(_share_below(a_ggn, threshold)))
+
+
+def c3_rule(layer_counts: Sequence[int], C: int, gelu_disagreements: Sequence[float],
+            threshold: float = TOP_THRESHOLD) -> Verdict:
+    """(a) share of layers with about C outliers, (b) share of smooth-network readings with a_l(G_l) ≤ threshold:
+    R if both ≥ 0.75, N if either ≤ 0.25, else I (a share with no readings is inconclusive)."""
+    s_a = float(np.mean(about_c_codes(np.asarray(layer_counts), C) == R)) if len(layer_counts) else float("nan")
+    s_b = _share_below(gelu_disagreements, threshold)
+    return combine([verdict_of(share_codes(s_a)), verdict_of(share_codes(s_b))], "all_of")
+
+
+# ----------------------------------------------------------------------------- C4: distances and the tally
+
+
+def pooled_atoms(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """K SLQ runs of (nodes, weights) → one discrete measure: every run's weights normalised, then divided by K."""
+    nodes = [np.asarray(n, dtype=float).ravel() for n, _ in runs]
+    weights = [np.asarray(w, dtype=float).ravel() for _, w in runs]
+    if not nodes:
+        raise ValueError("pooled_atoms: no SLQ runs given")
+    return np.concatenate(nodes), np.concatenate([w / w.sum() / len(weights) for w in weights])
+
+
+def w1_atoms(nodes_a: np.ndarray, weights_a: np.ndarray, nodes_b: np.ndarray, weights_b: np.ndarray) -> float:
+    """Exact Wasserstein-1 between two discrete measures on the line: ∫ |F_a − F_b| dλ (weights normalised)."""
+    xa, wa = np.asarray(nodes_a, dtype=float).ravel(), np.asarray(weights_a, dtype=float).ravel()
+    xb, wb = np.asarray(nodes_b, dtype=float).ravel(), np.asarray(weights_b, dtype=float).ravel()
+    x = np.concatenate([xa, xb])
+    w = np.concatenate([wa / wa.sum(), -wb / wb.sum()])
+    order = np.argsort(x, kind="stable")
+    x, cdf_diff = x[order], np.cumsum(w[order])
+    return float(np.sum(np.abs(cdf_diff[:-1]) * np.diff(x)))
+
+
+def common_width_kl(measure_a: tuple[np.ndarray, np.ndarray], measure_b: tuple[np.ndarray, np.ndarray], sigma: float,
+                    grid_points: int = 1024, floor: float = 1e-12) -> float:
+    """KL(a‖b) between two discrete measures both smoothed with the same Gaussian width ``sigma`` on one grid
+    spanning both supports ± 3σ; densities are normalised on the grid, and ``floor`` (relative to each peak)
+    keeps the logarithm finite where b vanishes."""
+    (xa, wa), (xb, wb) = measure_a, measure_b
+    lo = min(np.min(xa), np.min(xb)) - 3 * sigma
+    hi = max(np.max(xa), np.max(xb)) + 3 * sigma
+    grid = np.linspace(lo, hi, grid_points)
+
+    def smooth(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        d = (np.asarray(w, dtype=float)[None, :] * np.exp(-0.5 * ((grid[:, None] - np.asarray(x, dtype=float)[None, :])
+                                                                     / sigma) ** 2)).sum(1)
+        d = np.maximum(d, floor * d.max())
+        return d / d.sum()
+
+    p, q = smooth(xa, wa), smooth(xb, wb)
+    return float(np.sum(p * np.log(p / q)))
+
+
+def middle_share(num_layers: int) -> float:
+    """Share of the L layers in the middle half (L/4 ≤ i < 3L/4)."""
+    return sum(is_middle(i, num_layers) for i in range(num_layers)) / num_layers
+
+
+def chance_rate(layer_counts: Sequence[int]) -> float:
+    """p0: the mean over readings of the middle share of the reading's network."""
+    return float(np.mean([middle_share(L) for L in layer_counts]))
+
+
+def c4_classify(w1_layers: Sequence[float], floor: float) -> str:
+    """"middle" if the closest middle-half layer beats the closest outer one by more than ``floor``, "outer" if the
+    reverse, else "tie"."""
+    w = np.asarray(w1_layers, dtype=float)
+    L = len(w)
+    mid = np.array([is_middle(i, L) for i in range(L)])
+    m, o = w[mid].min(), w[~mid].min()
+    return "middle" if m + floor < o else "outer" if o + floor < m else "tie"
+
+
+def c4_codes(n_middle: np.ndarray | int, n_outer: np.ndarray | int, total: int, p0: float,
+             alpha: float = ALPHA) -> np.ndarray:
+    """R if P(Bin(total, p0) ≥ n_middle) < alpha; N if P(Bin(total, 1 − p0) ≥ n_outer) < alpha; else I."""
+    p_mid = stats.binom.sf(np.asarray(n_middle) - 1, total, p0)
+    p_out = stats.binom.sf(np.asarray(n_outer) - 1, total, 1 - p0)
+    return np.where(p_mid < alpha, R, np.where(p_out < alpha, N, I))
+
+
+def c4_rule(labels: Sequence[str], layer_counts: Sequence[int]) -> Verdict:
+    """:func:`c4_codes` on the readings' labels ("middle" / "outer" / "tie") and their networks' layer counts."""
+    labels = list(labels)
+    if not labels:
+        return Verdict.INCONCLUSIVE
+    return verdict_of(c4_codes(labels.count("middle"), labels.count("outer"), len(labels), chance_rate(layer_counts)))
+
+
+# ----------------------------------------------------------------------------- C5: trends
+
+
+def kendall_trend(values: Sequence[float]) -> tuple[float, float, float]:
+    """Kendall τ of ``values`` against their index, with exact one-sided p-values (decrease, increase)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2 or not np.all(np.isfinite(v)):
+        return float("nan"), float("nan"), float("nan")
+    x = np.arange(len(v))
+    method = "exact" if len(np.unique(v)) == len(v) else "auto"  # ties: scipy's exact needs none
+    tau = stats.kendalltau(x, v, method=method, alternative="less")
+    inc = stats.kendalltau(x, v, method=method, alternative="greater")
+    return float(tau.statistic), float(tau.pvalue), float(inc.pvalue)
+
+
+def c5_codes(p_decrease: np.ndarray, p_increase: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Over the last axis (the series): R if every p_decrease < alpha; N if any p_increase < alpha / series; else I."""
+    p_dec, p_inc = np.asarray(p_decrease, dtype=float), np.asarray(p_increase, dtype=float)
+    m = p_dec.shape[-1]
+    return np.where((p_dec < alpha).all(-1), R, np.where((p_inc < alpha / m).any(-1), N, I))
+
+
+def c5_rule(series: Mapping[str, Sequence[float]]) -> Verdict:
+    """:func:`c5_codes` on the Kendall trends of the named series (each at least MIN_TREND_POINTS long)."""
+    short = {k: len(v) for k, v in series.items() if len(v) < MIN_TREND_POINTS}
+    if short:
+        raise ValueError(f"c5_rule: series {short} have fewer than {MIN_TREND_POINTS} points; no trend is tested on "
+                         "so few (at n = 3 the smallest exact p is 1/6): record the curvature at more epochs")
+    trends = np.array([kendall_trend(v) for v in series.values()])
+    return verdict_of(c5_codes(trends[:, 1], trends[:, 2]))

@@ -1,0 +1,77 @@
+"""Readings of C1-C4 from a run's kept weights: cached, repeatable, and equal to dense float64 linear algebra."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from htr_utils.dense import dense_curvature
+from htr_utils.study.profiles import SpectraReading
+from htr_utils.study.runs import train_run
+from htr_utils.study.spectra_readings import (ClassReading, DistanceReading, _blocks, _examples, class_reading,
+                                              distance_reading, read_run)
+from htr_utils.study.training import TrainConfig
+
+CFG = TrainConfig(dataset="digits", model="lenet", width=0.1, train_size=200, test_size=80, batch_size=25, lr=0.05,
+                  epochs=2, curvature_every=1, examples_per_class=2, lanczos_iters=8, trace_probes=4,
+                  keep_checkpoints=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_run(CFG, root=tmp_path_factory.mktemp("runs"), progress=False)
+
+
+def test_class_reading_matches_dense(run):
+    iters = 120  # the top Ritz values converge first
+    r = class_reading(run, 2, 2, lanczos_iters=iters)
+    model = run.load_model(2).double()
+    names, idx = _blocks(model)
+    x = torch.cat([b[0] for b in _examples(run, 2, None)]).double()
+    y = torch.cat([b[1] for b in _examples(run, 2, None)])
+    H = dense_curvature(model, nn.CrossEntropyLoss(), x, y, params=names, kind="hessian")
+    exact = np.sort(np.linalg.eigvalsh(H.numpy()))[::-1]
+    full = r.blocks["full"]
+    assert full.dim == len(H) and len(full.hess_top) == 30
+    assert full.hess_top_restart and np.allclose(full.hess_top_restart[:3], exact[:3], rtol=1e-3)
+    # float32 products: agreement to float32 rounding relative to the spectral radius
+    assert np.allclose(full.hess_top[:3], exact[:3], rtol=1e-3, atol=2e-4 * exact[0])
+    # the edge is the top eigenvalue of the within-class part: it lies below G's top eigenvalue
+    G = dense_curvature(model, nn.CrossEntropyLoss(), x, y, params=names, kind="ggn").numpy()
+    assert 0 < full.bulk_edge <= np.linalg.eigvalsh(G).max() * (1 + 1e-4)
+    assert full.outliers == int(np.sum(np.asarray(full.hess_top) > full.bulk_edge)) or full.outliers >= 30
+    assert 0 <= full.overlap <= 1 + 1e-9 and set(r.blocks) == {"full", *idx}
+    for layer, ix in idx.items():
+        block = H[np.ix_(ix.numpy(), ix.numpy())].numpy()
+        top = np.sort(np.linalg.eigvalsh(block))[::-1]
+        assert abs(r.blocks[layer].hess_top[0] - top[0]) <= 2e-4 * abs(exact[0]), layer
+
+
+def test_readings_are_cached_and_repeat(run, tmp_path):
+    a = class_reading(run, 1, 2, lanczos_iters=8)
+    files = sorted((run.path / "readings").glob("class_e001_*"))
+    assert files
+    mtime = files[0].stat().st_mtime_ns
+    b = class_reading(run, 1, 2, lanczos_iters=8)
+    assert a == b and files[0].stat().st_mtime_ns == mtime
+    assert ClassReading.from_json(a.to_json()) == a
+    files[0].unlink()
+    c = class_reading(run, 1, 2, lanczos_iters=8)   # recomputed from the same seeds
+    assert c.blocks["full"].hess_top == a.blocks["full"].hess_top
+
+
+def test_distance_reading_atoms(run):
+    d = distance_reading(run, 2, probes=2, lanczos_iters=6, null_subsets=2)
+    assert len(d.full_a) == len(d.full_b) == 2 and all(len(v) == 2 for v in d.layers.values())
+    assert set(d.null) == set(d.layers) and all(len(v) == 2 for v in d.null.values())
+    for nodes, weights in d.full_a + [p for v in d.layers.values() for p in v]:
+        assert abs(sum(weights) - 1) < 1e-4 and len(nodes) == len(weights)
+    assert d.full_a != d.full_b   # independent starts
+    assert DistanceReading.from_json(d.to_json()) == d
+
+
+def test_read_run_follows_the_plan(run):
+    reading = SpectraReading(class_epochs=(1, 2), distance_epochs=(1, 2), examples_per_class=2,
+                             large_examples_per_class=3, slq_probes=2, null_subsets=1, lanczos_iters=6)
+    out = read_run(run, reading, progress=False)
+    assert set(out.classes) == {(1, 2), (2, 2), (2, 3)} and set(out.distances) == {1, 2}
+    assert not out.distances[1].null and out.distances[2].null
