@@ -110,3 +110,99 @@ def regularisation_calibration(sd: float, n: int, gain: float = EQUIVALENCE_MARG
         rows.append({"rule": "C6a", "scenario": label, "n": sweep_settings * sweep_seeds, "sd (pts)": np.nan,
                      **c6a_rates(rho, sweep_settings, sweep_seeds, sweep_reps)})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- spectra claims (C1, C4, C5)
+
+
+def c4_rates(design: list[tuple[int, int]], middle_win_rate: float | None = None, dependent: bool = False,
+             tie_rate: float = 0.0, sims: int = 20000, seed: int = 0) -> dict[str, float]:
+    """C4's rule on simulated readings. ``design``: one (number of layers, number of read epochs) per network.
+
+    Each reading is a tie with probability ``tie_rate``; otherwise "middle" with probability the
+    network's middle share (``middle_win_rate`` None: layers exchangeable, no depth effect) or
+    ``middle_win_rate``, else "outer". ``dependent``: all readings of a network share one outcome
+    (the worst case for a tally that counts them as independent).
+    """
+    from .spectra_rules import c4_codes, chance_rate, middle_share
+
+    rng = np.random.default_rng(seed)
+    counts = [L for L, e in design for _ in range(e)]
+    n_mid = np.zeros(sims, dtype=int)
+    n_out = np.zeros(sims, dtype=int)
+    all_mid = np.ones(sims, dtype=bool)
+    all_out = np.ones(sims, dtype=bool)
+    for L, epochs in design:
+        p_mid = middle_share(L) if middle_win_rate is None else middle_win_rate
+        draws = 1 if dependent else epochs
+        u, t = rng.random((sims, draws)), rng.random((sims, draws))
+        mid = (t >= tie_rate) & (u < p_mid)
+        out = (t >= tie_rate) & (u >= p_mid)
+        scale = epochs if dependent else 1
+        n_mid += scale * mid.sum(1)
+        n_out += scale * out.sum(1)
+        all_mid &= mid.sum(1) > draws / 2
+        all_out &= out.sum(1) > draws / 2
+    return _rates(c4_codes(n_mid, n_out, len(counts), chance_rate(counts), all_mid, all_out))
+
+
+def c5_rates(lengths: list[int], tau_effect: float | None = None, sims: int = 20000, seed: int = 0) -> pd.DataFrame:
+    """C5's rule on simulated series of the given lengths: iid noise (no trend) and a linear decrease plus noise
+    of a signal-to-noise ratio giving about Kendall τ = ``tau_effect`` (default −0.3, −0.5); rates per scenario."""
+    from .spectra_rules import c5_codes, kendall_trend
+
+    rng = np.random.default_rng(seed)
+    effects = [0.0] + ([tau_effect] if tau_effect is not None else [-0.3, -0.5])
+    sims = min(sims, 4000)  # exact p-values per series: keep the loop short
+    rows = []
+    for tau in effects:
+        # slope per step giving E[τ] ≈ tau for N(0, 1) noise: τ = (2/π) asin(slope / sqrt(2) / ...) is length-free
+        # for neighbouring pairs only, so calibrate by the linear-trend correlation: slope s with
+        # τ ≈ (2/π) arcsin(ρ), ρ the Pearson correlation of a line of slope s with unit noise.
+        rho = np.sin(np.pi * abs(tau) / 2)
+        p_dec = np.zeros((sims, len(lengths)))
+        p_inc = np.zeros_like(p_dec)
+        for j, n in enumerate(lengths):
+            x = np.arange(n, dtype=float)
+            sd_x = x.std()
+            slope = -rho / np.sqrt(max(1 - rho ** 2, 1e-12)) / sd_x if tau else 0.0
+            for i in range(sims):
+                _, p_dec[i, j], p_inc[i, j] = kendall_trend(slope * x + rng.standard_normal(n))
+        codes = c5_codes(p_dec, p_inc)
+        rows.append({"kendall τ (about)": tau, "series": len(lengths), **_rates(codes)})
+    return pd.DataFrame(rows)
+
+
+def min_detectable_tau(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |τ| a one-sided Kendall test of n points detects with the given power (normal approximation,
+    var(τ) = 2(2n + 5) / (9 n (n − 1)) under the null)."""
+    from scipy.stats import norm
+
+    sd = np.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))
+    return float((norm.ppf(1 - alpha) + norm.ppf(power)) * sd)
+
+
+def c1_rates(dim: int = 300, n_examples: int = 200, C: int = 10, strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0),
+             sims: int = 200, seed: int = 0) -> pd.DataFrame:
+    """C1's count rule on a spiked model of per-example gradient vectors: g = m_{y} + ε with C class means of norm
+    ``strength`` (random directions) and isotropic noise of unit variance per coordinate / dim. G = the second
+    moment of the g's, its within part = the second moment of the ε around their class means; k = eigenvalues of
+    G above the within part's top eigenvalue → :func:`about_c_codes`. A model of the rule's behaviour, not of a
+    network: with no class structure the count is near 0, with strong class means it is C."""
+    from .spectra_rules import about_c_codes
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    per = n_examples // C
+    for s in strengths:
+        k = np.zeros(sims, dtype=int)
+        for i in range(sims):
+            means = rng.standard_normal((C, dim))
+            means *= s / np.linalg.norm(means, axis=1, keepdims=True)
+            noise = rng.standard_normal((C, per, dim)) / np.sqrt(dim)
+            g = (means[:, None, :] + noise).reshape(-1, dim)
+            within = (noise - noise.mean(1, keepdims=True)).reshape(-1, dim)
+            edge = np.linalg.eigvalsh(within.T @ within / len(g)).max()
+            k[i] = int(np.sum(np.linalg.eigvalsh(g.T @ g / len(g)) > edge))
+        rows.append({"class-mean strength": s, "mean count": k.mean(), **_rates(about_c_codes(k, C))})
+    return pd.DataFrame(rows)

@@ -144,19 +144,33 @@ def c4_classify(w1_layers: Sequence[float], floor: float) -> str:
 
 
 def c4_codes(n_middle: np.ndarray | int, n_outer: np.ndarray | int, total: int, p0: float,
+             all_middle: np.ndarray | bool = True, all_outer: np.ndarray | bool = True,
              alpha: float = ALPHA) -> np.ndarray:
-    """R if P(Bin(total, p0) ≥ n_middle) < alpha; N if P(Bin(total, 1 − p0) ≥ n_outer) < alpha; else I."""
+    """R if P(Bin(total, p0) ≥ n_middle) < alpha and every network's majority is "middle" (``all_middle``);
+    N if P(Bin(total, 1 − p0) ≥ n_outer) < alpha and every network's majority is "outer"; else I."""
     p_mid = stats.binom.sf(np.asarray(n_middle) - 1, total, p0)
     p_out = stats.binom.sf(np.asarray(n_outer) - 1, total, 1 - p0)
-    return np.where(p_mid < alpha, R, np.where(p_out < alpha, N, I))
+    return np.where((p_mid < alpha) & np.asarray(all_middle), R,
+                    np.where((p_out < alpha) & np.asarray(all_outer), N, I))
 
 
-def c4_rule(labels: Sequence[str], layer_counts: Sequence[int]) -> Verdict:
-    """:func:`c4_codes` on the readings' labels ("middle" / "outer" / "tie") and their networks' layer counts."""
+def majorities(labels: Sequence[str], networks: Sequence[str]) -> tuple[bool, bool]:
+    """(every network's readings are mostly "middle", every network's readings are mostly "outer")."""
+    by: dict[str, list[str]] = {}
+    for label, net in zip(labels, networks):
+        by.setdefault(net, []).append(label)
+    mostly = lambda what: all(v.count(what) > len(v) / 2 for v in by.values())  # noqa: E731
+    return mostly("middle"), mostly("outer")
+
+
+def c4_rule(labels: Sequence[str], layer_counts: Sequence[int], networks: Sequence[str]) -> Verdict:
+    """:func:`c4_codes` on the readings' labels ("middle" / "outer" / "tie"), their networks' layer counts and names."""
     labels = list(labels)
     if not labels:
         return Verdict.INCONCLUSIVE
-    return verdict_of(c4_codes(labels.count("middle"), labels.count("outer"), len(labels), chance_rate(layer_counts)))
+    all_mid, all_out = majorities(labels, networks)
+    return verdict_of(c4_codes(labels.count("middle"), labels.count("outer"), len(labels), chance_rate(layer_counts),
+                               all_mid, all_out))
 
 
 # ----------------------------------------------------------------------------- C5: trends

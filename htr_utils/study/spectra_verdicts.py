@@ -1,0 +1,327 @@
+"""C1-C5 under PROTOCOL.md: the readings as tables beside the training state, and the verdicts.
+
+Inputs are the spectra runs (:class:`htr_utils.study.runs.Run`: per-epoch metrics and curvature
+records) and their readings (:mod:`htr_utils.study.spectra_readings`: class structure and SLQ atoms
+taken from the kept weights). The rules themselves are :mod:`htr_utils.study.spectra_rules`, the
+one implementation that :mod:`htr_utils.study.calibration` also applies to simulated data.
+Every table carries the training loss and accuracies of the epoch it reads.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import spectra_rules as rules
+from .data import num_classes
+from .depth_trends import is_middle
+from .verdicts import Verdict, VerdictResult
+
+FULL = "full"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
+
+
+def block(reading: Any, name: str) -> Any:
+    """The block ``name`` ("full" or a layer) of a class reading."""
+    return _get(reading, "blocks")[name]
+
+
+def classes_of(run: Any) -> int:
+    return num_classes(run.config.dataset)
+
+
+def is_smooth(run: Any) -> bool:
+    """A network whose layer blocks have a residual: LeNet with GELU / tanh (ReLU, max-pool and eval BatchNorm
+    make the logits piecewise linear in one layer's weights, so H_l = 0 and G_l = Hess_l exactly)."""
+    return run.config.model == "lenet" and run.config.model_kwargs.get("activation", "relu") != "relu"
+
+
+def epoch_state(run: Any, epoch: int) -> dict[str, float]:
+    """Training loss, training and test accuracy after ``epoch`` (NaN at initialisation)."""
+    m = run.metrics
+    row = m[m["epoch"] == epoch]
+    if epoch < 1 or row.empty:
+        return {"train_loss": np.nan, "train_acc": np.nan, "test_acc": np.nan}
+    r = row.iloc[0]
+    return {"train_loss": float(r["train_loss"]), "train_acc": float(r["train_acc"]), "test_acc": float(r["test_acc"])}
+
+
+def layer_names(run: Any) -> list[str]:
+    return list(run.curvature(run.curvature_epochs()[-1]).layers)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+# ----------------------------------------------------------------------------- C1 and C3: class structure
+
+
+def class_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (run, block, epoch, examples per class): outliers above the bulk edge, the edge, λ_1, λ_C,
+    λ_C+1, the overlap of the top-C eigenvectors with the class means (and its chance value), the earlier
+    largest-gap count, and the training state of the epoch."""
+    from .spectra_analysis import outlier_verdict
+
+    rows = []
+    for label, run in runs.items():
+        C = classes_of(run)
+        for (epoch, n), reading in sorted(_get(readings[label], "classes").items()):
+            for name, b in _get(reading, "blocks").items():
+                top = np.asarray(_get(b, "hess_top"), dtype=float)
+                rows.append({"run": label, "block": name, "epoch": epoch, "per_class": n,
+                             "outliers": int(_get(b, "outliers")), "bulk_edge": float(_get(b, "bulk_edge")),
+                             "lambda_1": top[0], "lambda_C": top[C - 1] if len(top) >= C else np.nan,
+                             "lambda_C+1": top[C] if len(top) > C else np.nan,
+                             "overlap": float(_get(b, "overlap")), "overlap_chance": float(_get(b, "overlap_chance")),
+                             "gap_count_earlier": outlier_verdict(top, C)["outliers"], "dim": int(_get(b, "dim")),
+                             **epoch_state(run, epoch)})
+    return pd.DataFrame(rows)
+
+
+def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows C1 and C3 decide on: each run's last read epoch, its largest number of examples per class."""
+    keep = []
+    for _, g in table.groupby("run", sort=False):
+        last = g[g["epoch"] == g["epoch"].max()]
+        keep.append(last[last["per_class"] == last["per_class"].max()])
+    return pd.concat(keep, ignore_index=True) if keep else table.iloc[:0]
+
+
+def c1_verdict(table: pd.DataFrame, C: int) -> VerdictResult:
+    """C1: per network, the count of Hessian eigenvalues above the bulk edge λ_max(G_within) at the last
+    epoch on the most examples per class, about C (|k − C| ≤ 2); combined with "all_of"."""
+    full = primary_rows(table[table["block"] == FULL])
+    counts = dict(zip(full["run"], full["outliers"]))
+    verdict = rules.c1_rule(counts, C)
+    parts = "; ".join(f"{r['run']}: k = {r['outliers']} above the edge {r['bulk_edge']:.3g} (epoch {r['epoch']}, "
+                      f"{r['per_class']}/class, training loss {r['train_loss']:.3f}; overlap with the class means "
+                      f"{r['overlap']:.2f}, chance {r['overlap_chance']:.1e}; earlier gap count {r['gap_count_earlier']})"
+                      for _, r in full.iterrows())
+    return VerdictResult(verdict, f"C = {C}; {parts}", {"counts": counts, "C": C,
+                                                        "rows": full.to_dict("records")})
+
+
+def gelu_layer_agreement(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """C3 (b): for networks with smooth activations, top-C disagreement a_l(G_l) of every layer at every epoch
+    >= 1 with G and H recorded, beside the training state."""
+    rows = []
+    for label, run in runs.items():
+        if not is_smooth(run):
+            continue
+        C = classes_of(run)
+        for e in run.curvature_epochs():
+            rec = run.curvature(e)
+            if e < 1 or "ggn" not in rec.kinds:
+                continue
+            for layer in rec.layers:
+                h, g = rec.kinds["hessian"].layers[layer].top, rec.kinds["ggn"].layers[layer].top
+                res = rec.kinds["residual"].layers[layer].top if "residual" in rec.kinds else ()
+                rows.append({"run": label, "layer": layer, "epoch": e,
+                             "a_ggn": rules.top_disagreement(g, h, C),
+                             "a_residual": rules.top_disagreement(res, h, C) if len(res) else np.nan,
+                             **epoch_state(run, e)})
+    return pd.DataFrame(rows)
+
+
+def c3_verdict(table: pd.DataFrame, agreement: pd.DataFrame, C: int) -> VerdictResult:
+    """C3: (a) share of layer blocks with about C eigenvalues above their bulk edge (last epoch, most examples
+    per class), (b) share of smooth-network (layer, epoch) readings with G_l within 10 % of Hess_l."""
+    layers = primary_rows(table[table["block"] != FULL])
+    counts = layers["outliers"].tolist()
+    a = agreement["a_ggn"].tolist() if len(agreement) else []
+    verdict = rules.c3_rule(counts, C, a)
+    ok = rules.about_c_codes(np.asarray(counts), C) == rules.R if counts else np.array([])
+    s_a = float(np.mean(ok)) if len(ok) else float("nan")
+    s_b = float(np.mean(np.asarray(a) <= rules.TOP_THRESHOLD)) if a else float("nan")
+    per_run = "; ".join(f"{run}: " + ", ".join(f"{r['block']} {r['outliers']}" for _, r in g.iterrows())
+                        for run, g in layers.groupby("run", sort=False))
+    measured = (f"(a) {int(np.sum(ok))}/{len(ok)} layer blocks have about C = {C} eigenvalues above their bulk edge "
+                f"({per_run}); (b) G_l within 10 % of Hess_l (top C) in {int(round(s_b * len(a))) if a else 0}/{len(a)} "
+                f"readings of the smooth network")
+    return VerdictResult(verdict, measured, {"share_counts": s_a, "share_agreement": s_b, "counts": counts,
+                                             "rows": layers.to_dict("records")})
+
+
+# ----------------------------------------------------------------------------- C2
+
+
+def gauss_newton_table(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (run, epoch >= 1 with G and H): top-C disagreement of G and of H with Hess (full network),
+    and the number of Hess and G Ritz values above H's edge max|λ(H)|."""
+    rows = []
+    for label, run in runs.items():
+        C = classes_of(run)
+        for e in run.curvature_epochs():
+            rec = run.curvature(e)
+            if e < 1 or not {"ggn", "residual"} <= set(rec.kinds):
+                continue
+            h, g, r = (rec.kinds[k].full for k in ("hessian", "ggn", "residual"))
+            edge_h = float(np.max(np.abs(r.density.nodes)))
+            rows.append({"run": label, "epoch": e, "a_ggn": rules.top_disagreement(g.top, h.top, C),
+                         "a_residual": rules.top_disagreement(r.top, h.top, C), "H_edge": edge_h,
+                         "hess_above_H_edge": int(np.sum(np.asarray(h.top) > edge_h)),
+                         "ggn_above_H_edge": int(np.sum(np.asarray(g.top) > edge_h)),
+                         "lambda_1": float(h.top[0]), **epoch_state(run, e)})
+    return pd.DataFrame(rows)
+
+
+def restart_floor(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> dict[str, float]:
+    """C2's noise floor per run: top-C disagreement between two independent Lanczos runs of Hess (last epoch,
+    fewest examples per class read)."""
+    out = {}
+    for label, run in runs.items():
+        cls = _get(readings[label], "classes")
+        last = max(e for e, _ in cls)
+        n = min(k for e, k in cls if e == last)
+        b = block(cls[(last, n)], FULL)
+        out[label] = rules.top_disagreement(_get(b, "hess_top_restart"), _get(b, "hess_top"), classes_of(run))
+    return out
+
+
+def c2_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> VerdictResult:
+    floor = float(max(floors.values())) if floors else float("nan")
+    verdict = rules.c2_rule(table["a_ggn"].to_numpy(), table["a_residual"].to_numpy(), floor)
+    pass_g = int((table["a_ggn"] <= rules.TOP_THRESHOLD).sum())
+    pass_h = int((table["a_residual"] <= rules.TOP_THRESHOLD).sum())
+    measured = (f"top-C eigenvalues of G within 10 % of Hess's in {pass_g}/{len(table)} (run, epoch) readings "
+                f"(median disagreement {table['a_ggn'].median():.3f}); the same criterion with H: {pass_h}/{len(table)} "
+                f"(median {table['a_residual'].median():.2f}); noise floor (two Lanczos runs of Hess) {floor:.1e}")
+    return VerdictResult(verdict, measured, {"pass_ggn": pass_g, "pass_residual": pass_h, "total": len(table),
+                                             "floor": floor, "floors": dict(floors)})
+
+
+# ----------------------------------------------------------------------------- C4
+
+
+def _measure(runs_atoms: Any) -> tuple[np.ndarray, np.ndarray]:
+    return rules.pooled_atoms([(np.asarray(n, dtype=float), np.asarray(w, dtype=float)) for n, w in runs_atoms])
+
+
+def distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (run, epoch, layer): W1 between the layer's pooled SLQ atoms and the full Hessian's (pool A),
+    KL at the full Hessian's smoothing width, the noise floor W1(A, B), the layer's depth and middle-half flag,
+    and the training state."""
+    rows = []
+    for label, run in runs.items():
+        for epoch, d in sorted(_get(readings[label], "distances").items()):
+            a, b = _measure(_get(d, "full_a")), _measure(_get(d, "full_b"))
+            floor = rules.w1_atoms(*a, *b)
+            sigma = run.curvature(epoch).kinds["hessian"].full.density.sigma if epoch in run.curvature_epochs() \
+                else np.nan
+            layers = list(_get(d, "layers"))
+            for i, name in enumerate(layers):
+                m = _measure(_get(d, "layers")[name])
+                rows.append({"run": label, "epoch": epoch, "layer": name, "index": i, "num_layers": len(layers),
+                             "middle": is_middle(i, len(layers)), "w1": rules.w1_atoms(*m, *a),
+                             "kl_common": rules.common_width_kl(a, m, sigma) if np.isfinite(sigma) else np.nan,
+                             "floor": floor, **epoch_state(run, epoch)})
+    return pd.DataFrame(rows)
+
+
+def c4_readings(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, epoch): the closest middle and outer layers, their W1, the floor and the classification."""
+    rows = []
+    for (label, epoch), g in table.groupby(["run", "epoch"], sort=False):
+        g = g.sort_values("index")
+        w1 = g["w1"].to_numpy()
+        mid, out = g[g["middle"]], g[~g["middle"]]
+        rows.append({"run": label, "epoch": epoch, "num_layers": len(g), "closest": g.loc[g["w1"].idxmin(), "layer"],
+                     "middle_layer": mid.loc[mid["w1"].idxmin(), "layer"], "middle_w1": mid["w1"].min(),
+                     "outer_layer": out.loc[out["w1"].idxmin(), "layer"], "outer_w1": out["w1"].min(),
+                     "floor": g["floor"].iloc[0], "reading": rules.c4_classify(w1, g["floor"].iloc[0]),
+                     "train_loss": g["train_loss"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def null_table(runs: Mapping[str, Any], readings: Mapping[str, Any], distances: pd.DataFrame) -> pd.DataFrame:
+    """Size-matched null: per (run, layer) at the epoch with subsets, the layer's W1 beside the W1 of random
+    parameter subsets of the layer's size (min, mean, max), and whether the layer is closer than every subset."""
+    rows = []
+    for label in runs:
+        for epoch, d in sorted(_get(readings[label], "distances").items()):
+            null = _get(d, "null") or {}
+            if not null:
+                continue
+            a = _measure(_get(d, "full_a"))
+            for name, subsets in null.items():
+                w = np.array([rules.w1_atoms(*_measure([s]), *a) for s in subsets])
+                layer_w1 = distances[(distances["run"] == label) & (distances["epoch"] == epoch)
+                                     & (distances["layer"] == name)]["w1"].iloc[0]
+                rows.append({"run": label, "epoch": epoch, "layer": name, "w1": layer_w1, "null_min": w.min(),
+                             "null_mean": w.mean(), "null_max": w.max(), "subsets": len(w),
+                             "closer_than_size": bool(layer_w1 < w.min())})
+    return pd.DataFrame(rows)
+
+
+def c4_verdict(readings_table: pd.DataFrame) -> VerdictResult:
+    labels = readings_table["reading"].tolist()
+    counts = readings_table["num_layers"].tolist()
+    verdict = rules.c4_rule(labels, counts, readings_table["run"].tolist())
+    n_mid, n_out = labels.count("middle"), labels.count("outer")
+    p0 = rules.chance_rate(counts)
+    from scipy.stats import binom
+    p_mid = float(binom.sf(n_mid - 1, len(labels), p0))
+    p_out = float(binom.sf(n_out - 1, len(labels), 1 - p0))
+    per_run = "; ".join(f"{run}: " + ", ".join(f"e{r['epoch']} {r['closest']} ({r['reading']})" for _, r in g.iterrows())
+                        for run, g in readings_table.groupby("run", sort=False))
+    measured = (f"middle closest beyond the noise floor in {n_mid}/{len(labels)} readings, outer in {n_out}, tie in "
+                f"{labels.count('tie')}; chance rate {p0:.3f}, P(Bin ≥ {n_mid}) = {p_mid:.3g}, P(outer ≥ {n_out}) = "
+                f"{p_out:.3g} [{per_run}]")
+    return VerdictResult(verdict, measured, {"middle": n_mid, "outer": n_out, "tie": labels.count("tie"),
+                                             "total": len(labels), "chance": p0, "p_middle": p_mid, "p_outer": p_out})
+
+
+# ----------------------------------------------------------------------------- C5
+
+
+def trend_series(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """Per run, block (full or layer) and curvature epoch >= 1: λ_max, Hutchinson trace, and the training state."""
+    from .depth_trends import curvature_series, load_records
+
+    frames = []
+    for label, run in runs.items():
+        s = curvature_series(load_records(run))
+        s = s[s["epoch"] >= 1].copy()
+        state = pd.DataFrame([{"epoch": e, **epoch_state(run, e)} for e in sorted(s["epoch"].unique())])
+        frames.append(s.merge(state, on="epoch").assign(run=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def trend_table(series: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, scope, quantity): number of points, Kendall τ against the epoch, exact one-sided p."""
+    rows = []
+    for (label, depth, scope), g in series.groupby(["run", "depth", "scope"], sort=False):
+        g = g.sort_values("epoch")
+        for q in ("lambda_max", "trace"):
+            tau, p_dec, p_inc = rules.kendall_trend(g[q].to_numpy())
+            rows.append({"run": label, "scope": scope, "level": FULL if scope == FULL else "layer", "quantity": q,
+                         "n": len(g), "first_epoch": int(g["epoch"].iloc[0]), "last_epoch": int(g["epoch"].iloc[-1]),
+                         "first": float(g[q].iloc[0]), "last": float(g[q].iloc[-1]), "tau": tau,
+                         "p_decrease": p_dec, "p_increase": p_inc})
+    return pd.DataFrame(rows)
+
+
+def c5_verdict(trends: pd.DataFrame) -> VerdictResult:
+    full = trends[trends["level"] == FULL]
+    series = {f"{r['run']} {r['quantity']}": np.arange(r["n"]) for _, r in full.iterrows()}  # lengths only
+    del series
+    verdict = rules.verdict_of(rules.c5_codes(full["p_decrease"].to_numpy(), full["p_increase"].to_numpy()))
+    layer = trends[trends["level"] == "layer"]
+    layer_down = int((layer["p_decrease"] < 0.05).sum())
+    parts = "; ".join(f"{r['run']} {r['quantity']}: {r['first']:.4g} → {r['last']:.4g} (epochs {r['first_epoch']}–"
+                      f"{r['last_epoch']}, n = {r['n']}, τ = {r['tau']:.2f}, p↓ = {r['p_decrease']:.2g})"
+                      for _, r in full.iterrows())
+    measured = (f"full network: {int((full['p_decrease'] < 0.05).sum())}/{len(full)} series decrease significantly "
+                f"[{parts}]; layers: {layer_down}/{len(layer)}")
+    return VerdictResult(verdict, measured, {"full_decreasing": int((full["p_decrease"] < 0.05).sum()),
+                                             "full_total": len(full), "layer_decreasing": layer_down,
+                                             "layer_total": len(layer)})
