@@ -42,13 +42,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-# The regularisation runs of notebooks 06-08 are trained first by TRAIN_PROCS processes of one
-# thread each, sharing the run cache through its locks (on 2 cores about 25 % more runs per hour
-# than one process with 2 threads); the notebooks then read them and train whatever else they need.
+# The spectra runs of notebooks 01-05 (with their readings) and the regularisation runs of 06-08 are
+# trained first by TRAIN_PROCS processes of one thread each, sharing the run cache through its locks
+# (on 2 cores about 25 % more runs per hour than one process with 2 threads); the notebooks then read
+# them and train whatever else they need.
 TRAIN_PROCS ?= 2
 reproduce: setup
 	@pids=""; for i in $$(seq 0 $$(($(TRAIN_PROCS) - 1))); do \
-	  $(PY) -m htr_utils.study.regularisation --profile $(PROFILE) --shard $$i/$(TRAIN_PROCS) --threads 1 & \
+	  ( $(PY) -m htr_utils.study.spectra_readings --profile $(PROFILE) --shard $$i/$(TRAIN_PROCS) --threads 1 && \
+	    $(PY) -m htr_utils.study.regularisation --profile $(PROFILE) --shard $$i/$(TRAIN_PROCS) --threads 1 ) & \
 	  pids="$$pids $$!"; done; status=0; for p in $$pids; do wait $$p || status=1; done; exit $$status
 	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE)
 

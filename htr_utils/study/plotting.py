@@ -623,3 +623,120 @@ def plot_step_costs(costs: pd.DataFrame) -> plt.Figure:
     ax.invert_yaxis()
     ax.set_xlabel("seconds per training step (median, IQR)")
     return fig
+
+
+# ------------------------------------------------------------------- spectra claims under PROTOCOL.md
+
+
+def _runs_axes(n: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.4)) -> tuple[plt.Figure, np.ndarray]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def plot_outliers_vs_epoch(table: pd.DataFrame, C: int, block: str = "full") -> plt.Figure:
+    """Per run: eigenvalues above the bulk edge at every read epoch (one line per examples-per-class), the
+    band C ± 2, and the training loss on a second axis."""
+    t = table[table["block"] == block]
+    runs = list(dict.fromkeys(t["run"]))
+    fig, axes = _runs_axes(len(runs))
+    for ax, run in zip(axes, runs):
+        g = t[t["run"] == run]
+        ax.axhspan(C - 2, C + 2, color="0.9", label=f"C ± 2 (C = {C})")
+        for n, gn in g.groupby("per_class"):
+            gn = gn.sort_values("epoch")
+            ax.plot(gn["epoch"], gn["outliers"], "o-", label=f"outliers, {n}/class")
+            ax.plot(gn["epoch"], gn["gap_count_earlier"], "x:", alpha=0.6, label=f"earlier gap count, {n}/class")
+        ax2 = ax.twinx()
+        loss = g.drop_duplicates("epoch").sort_values("epoch")
+        ax2.plot(loss["epoch"], loss["train_loss"], color="0.4", lw=1, ls="--")
+        ax2.set_ylabel("training loss (dashed)")
+        ax2.grid(False)
+        ax.set(title=run, xlabel="epoch", ylabel="eigenvalues above the bulk edge")
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_with_edge(table: pd.DataFrame, tops: Mapping[str, Sequence[float]], C: int) -> plt.Figure:
+    """Per run (last epoch, most examples per class): the top Hessian Ritz values, the bulk edge λ_max(G_within)
+    as a dashed line and the C-th position marked."""
+    runs = list(tops)
+    fig, axes = _runs_axes(len(runs))
+    for ax, run in zip(axes, runs):
+        row = table[table["run"] == run].iloc[0]
+        v = np.asarray(tops[run], dtype=float)
+        k = np.arange(1, len(v) + 1)
+        ax.semilogy(k[v > 0], v[v > 0], "o", ms=4)
+        ax.axhline(row["bulk_edge"], ls="--", color="C3", label=f"bulk edge {row['bulk_edge']:.3g}")
+        ax.axvline(C + 0.5, ls=":", color="0.5", label=f"k = C = {C}")
+        ax.set(title=f"{run}: epoch {row['epoch']}, {row['per_class']}/class, k = {row['outliers']}",
+               xlabel="k", ylabel="λ_k(Hess)")
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_disagreement(table: pd.DataFrame, threshold: float = 0.10, by: str = "run") -> plt.Figure:
+    """Top-C disagreement with Hess of G (filled) and of H (open) per epoch, log scale, the rule's threshold dashed."""
+    groups = list(dict.fromkeys(table[by]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, name in enumerate(groups):
+        g = table[table[by] == name].sort_values("epoch")
+        ax.semilogy(g["epoch"], g["a_ggn"], "o-", color=f"C{i % 10}", label=f"{name}: G")
+        if "a_residual" in g and g["a_residual"].notna().any():
+            ax.semilogy(g["epoch"], g["a_residual"], "o--", mfc="none", color=f"C{i % 10}", label=f"{name}: H")
+    ax.axhline(threshold, ls="--", color="k", lw=1, label=f"threshold {threshold:g}")
+    ax.set(xlabel="epoch", ylabel="max_k≤C |λ_k(X) − λ_k(Hess)| / λ_k(Hess)")
+    ax.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_distances(table: pd.DataFrame, null: pd.DataFrame | None = None) -> plt.Figure:
+    """Per run: W1 of each layer to the full Hessian against normalised depth, one line per read epoch, the
+    middle half shaded, the noise floor as a band above the smallest distance, the size-matched null as bars."""
+    runs = list(dict.fromkeys(table["run"]))
+    fig, axes = _runs_axes(len(runs))
+    for ax, run in zip(axes, runs):
+        g = table[table["run"] == run]
+        L = int(g["num_layers"].iloc[0])
+        ax.axvspan(0.25, 0.75, color="0.93", label="middle half")
+        for j, (epoch, ge) in enumerate(g.groupby("epoch")):
+            ge = ge.sort_values("index")
+            x = (ge["index"] + 0.5) / L
+            ax.semilogy(x, ge["w1"], "o-", color=plt.cm.viridis(j / max(1, g["epoch"].nunique() - 1)),
+                        label=f"epoch {epoch} (floor {ge['floor'].iloc[0]:.2g})")
+        if null is not None and len(null):
+            nl = null[null["run"] == run].merge(g[["layer", "index"]].drop_duplicates(), on="layer")
+            x = (nl["index"] + 0.5) / L
+            ax.errorbar(x, nl["null_mean"], yerr=[nl["null_mean"] - nl["null_min"], nl["null_max"] - nl["null_mean"]],
+                        fmt="s", color="C3", mfc="none", capsize=3, label="random subsets, same size")
+        ax.set(title=run, xlabel="normalised depth", ylabel="W1(layer, full)")
+        ax.legend(fontsize="xx-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curvature_trends(series: pd.DataFrame, trends: pd.DataFrame) -> plt.Figure:
+    """Full-network λ_max and trace against the epoch per run (log scale), Kendall τ and p in the legend, and the
+    training loss dashed on a second axis."""
+    full = series[series["scope"] == FULL]
+    runs = list(dict.fromkeys(full["run"]))
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.2 * len(runs)), squeeze=False)
+    for (ax_l, ax_t), run in zip(axes, runs):
+        g = full[full["run"] == run].sort_values("epoch")
+        for ax, q in ((ax_l, "lambda_max"), (ax_t, "trace")):
+            r = trends[(trends["run"] == run) & (trends["scope"] == FULL) & (trends["quantity"] == q)].iloc[0]
+            ax.semilogy(g["epoch"], g[q], "o-", ms=3, label=f"τ = {r['tau']:.2f}, p↓ = {r['p_decrease']:.2g}")
+            ax2 = ax.twinx()
+            ax2.plot(g["epoch"], g["train_loss"], color="0.4", lw=1, ls="--")
+            ax2.grid(False)
+            ax2.set_ylabel("training loss (dashed)")
+            ax.set(title=f"{run}: {q}", xlabel="epoch")
+            ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
