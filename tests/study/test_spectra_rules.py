@@ -1,0 +1,101 @@
+"""C1-C5 rules of PROTOCOL.md: every branch, exact p-values, exact W1, and their calibration."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from htr_utils.study import spectra_rules as r
+from htr_utils.study.calibration import c1_rates, c4_rates, c5_rates, min_detectable_tau
+from htr_utils.study.verdicts import Verdict
+
+
+def test_about_c_and_c1():
+    assert list(r.about_c_codes([10, 8, 12, 7, 13, 4, 21, 5, 20], 10)) == [r.R, r.R, r.R, r.I, r.I, r.N, r.N, r.I, r.I]
+    assert r.c1_rule({"a": 10, "b": 9}, 10) is Verdict.REPRODUCED
+    assert r.c1_rule({"a": 10, "b": 3}, 10) is Verdict.NOT_REPRODUCED      # any network not: not reproduced
+    assert r.c1_rule({"a": 10, "b": 6}, 10) is Verdict.INCONCLUSIVE
+
+
+def test_top_disagreement_and_c2():
+    assert r.top_disagreement([10, 5, 1], [10, 4, 1], 3) == pytest.approx(0.25)
+    assert math.isnan(r.top_disagreement([10], [10, 4], 2))
+    ok, bad = [0.01] * 8, [0.5] * 8
+    assert r.c2_rule(ok, bad, floor=0.001) is Verdict.REPRODUCED
+    assert r.c2_rule(bad, bad, floor=0.001) is Verdict.NOT_REPRODUCED
+    assert r.c2_rule(ok, ok, floor=0.001) is Verdict.INCONCLUSIVE           # H passes too: no discrimination
+    assert r.c2_rule(ok, bad, floor=0.2) is Verdict.INCONCLUSIVE            # noise floor above the threshold
+    assert r.c2_rule(ok[:4] + bad[:4], bad, floor=0.001) is Verdict.INCONCLUSIVE
+
+
+def test_c3():
+    assert r.c3_rule([10] * 8, 10, [0.01] * 4) is Verdict.REPRODUCED
+    assert r.c3_rule([1] * 8, 10, [0.01] * 4) is Verdict.NOT_REPRODUCED
+    assert r.c3_rule([10] * 8, 10, [0.5] * 4) is Verdict.NOT_REPRODUCED
+    assert r.c3_rule([10] * 4 + [1] * 4, 10, [0.01] * 4) is Verdict.INCONCLUSIVE
+    assert r.c3_rule([10] * 8, 10, []) is Verdict.INCONCLUSIVE               # no smooth network: (b) undecided
+
+
+def test_w1_atoms_is_exact():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        xa, xb = rng.normal(size=7), rng.normal(1, 2, size=5)
+        wa, wb = rng.random(7), rng.random(5)
+        assert r.w1_atoms(xa, wa, xb, wb) == pytest.approx(stats.wasserstein_distance(xa, xb, wa, wb), rel=1e-12)
+    assert r.w1_atoms([0.0], [1.0], [3.0], [1.0]) == pytest.approx(3.0)
+
+
+def test_pooled_atoms_and_common_width_kl():
+    nodes, weights = r.pooled_atoms([([0.0, 1.0], [2.0, 2.0]), ([5.0], [1.0])])
+    assert list(nodes) == [0, 1, 5] and np.allclose(weights, [0.25, 0.25, 0.5])
+    a, b, sigma = (np.array([0.0]), np.array([1.0])), (np.array([1.0]), np.array([1.0])), 0.5
+    # two Gaussians of one width: KL = (Δμ)² / (2σ²), up to the tails beyond the grid (± 3σ)
+    assert r.common_width_kl(a, b, sigma, grid_points=4096) == pytest.approx(1 / (2 * sigma ** 2), rel=1e-2)
+    assert r.common_width_kl(a, a, sigma) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_c4_classify_codes_and_rule():
+    # LeNet: 5 layers, middle half = indices 2, 3
+    assert r.middle_share(5) == pytest.approx(0.4) and r.middle_share(9) == pytest.approx(4 / 9)
+    assert r.c4_classify([5, 5, 1, 5, 5], floor=0.5) == "middle"
+    assert r.c4_classify([1, 5, 5, 5, 5], floor=0.5) == "outer"
+    assert r.c4_classify([1, 5, 1.2, 5, 5], floor=0.5) == "tie"
+    p0 = r.chance_rate([5] * 10 + [9] * 5)
+    assert r.c4_codes(10, 0, 15, p0) == r.R and r.c4_codes(9, 0, 15, p0) == r.I
+    assert r.c4_codes(0, 13, 15, p0) == r.N and r.c4_codes(0, 12, 15, p0) == r.I
+    assert r.c4_codes(12, 0, 15, p0, all_middle=False) == r.I               # one network mostly not middle
+    nets = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+    counts = [5] * 10 + [9] * 5
+    assert r.c4_rule(["middle"] * 15, counts, nets) is Verdict.REPRODUCED
+    assert r.c4_rule(["middle"] * 10 + ["outer"] * 5, counts, nets) is Verdict.INCONCLUSIVE
+    assert r.c4_rule(["outer"] * 15, counts, nets) is Verdict.NOT_REPRODUCED
+
+
+def test_exact_kendall_and_three_points_never_significant():
+    tau, p_dec, p_inc = r.kendall_trend([3, 2, 1])
+    assert tau == -1 and p_dec == pytest.approx(1 / 6) and p_dec > 0.05      # n = 3 cannot reach 5 %
+    assert r.kendall_trend(list(range(10, 0, -1)))[1] == pytest.approx(1 / math.factorial(10))
+    assert r.kendall_trend(list(range(10)))[2] == pytest.approx(1 / math.factorial(10))
+    with pytest.raises(ValueError, match="fewer than 5"):
+        r.c5_rule({"short": [3, 2, 1]})
+
+
+def test_c5_codes_and_rule():
+    down, up, flat = list(range(10, 0, -1)), list(range(10)), [1, 3, 2, 5, 4, 6, 3, 2, 4, 5]
+    assert r.c5_rule({"a": down, "b": down}) is Verdict.REPRODUCED
+    assert r.c5_rule({"a": down, "b": up}) is Verdict.NOT_REPRODUCED
+    assert r.c5_rule({"a": down, "b": flat}) is Verdict.INCONCLUSIVE
+
+
+def test_calibration_matches_the_protocol():
+    design = [(5, 5), (5, 5), (9, 5)]
+    exch = c4_rates(design, sims=20000)
+    assert exch["P(reproduced)"] < 0.05 and exch["P(not reproduced)"] < 0.05
+    dep = c4_rates(design, dependent=True, sims=20000)
+    assert dep["P(reproduced)"] == pytest.approx(0.4 * 0.4 * 4 / 9, abs=0.01)   # all three networks middle
+    assert c4_rates(design, middle_win_rate=0.8, sims=20000)["P(reproduced)"] > 0.75
+    rates = c5_rates([20, 20], sims=200)
+    assert rates.loc[0, "P(reproduced)"] <= 0.05 and rates.loc[0, "P(not reproduced)"] <= 0.1
+    assert min_detectable_tau(10) > min_detectable_tau(50) > 0
+    c1 = c1_rates(dim=120, n_examples=200, C=10, strengths=(0.0, 3.0), sims=10)
+    assert c1.loc[0, "P(reproduced)"] == 0 and c1.loc[1, "P(reproduced)"] == 1
