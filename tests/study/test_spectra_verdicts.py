@@ -1,0 +1,56 @@
+"""C1 and C4 tables and verdicts (spectra_verdicts) on constructed readings: the wiring from readings to rules."""
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from htr_utils.study import spectra_verdicts as sv
+from htr_utils.study.spectra_readings import ClassBlock, ClassReading, DistanceReading, RunReadings
+from htr_utils.study.verdicts import Verdict
+
+
+def _run(model="lenet", epochs=5):
+    metrics = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(1, 0.1, epochs),
+                            "train_acc": np.linspace(0.5, 0.99, epochs), "test_acc": np.linspace(0.5, 0.9, epochs)})
+    return SimpleNamespace(config=SimpleNamespace(dataset="digits", model=model, model_kwargs={}), metrics=metrics,
+                           curvature_epochs=lambda: [])
+
+
+def _class_reading(epoch, n, k):
+    top = tuple(float(v) for v in np.r_[np.linspace(100, 50, k), np.linspace(5, 1, 30 - k)])
+    block = ClassBlock(dim=1000, bulk_edge=10.0, hess_top=top, outliers=k, overlap=0.6, overlap_chance=0.01)
+    return ClassReading(epoch, n, 16, {"full": block, "conv1": block}, 1.0)
+
+
+def test_c1_reads_the_last_epoch_on_most_examples():
+    runs = {"a": _run(), "b": _run()}
+    readings = {"a": RunReadings(classes={(1, 10): _class_reading(1, 10, 3), (5, 10): _class_reading(5, 10, 3),
+                                          (5, 100): _class_reading(5, 100, 10)}),
+                "b": RunReadings(classes={(5, 10): _class_reading(5, 10, 2), (5, 100): _class_reading(5, 100, 9)})}
+    table = sv.class_table(runs, readings)
+    assert set(table["block"]) == {"full", "conv1"} and table["train_loss"].notna().all()
+    primary = sv.primary_rows(table[table["block"] == "full"])
+    assert list(primary["per_class"]) == [100, 100] and list(primary["outliers"]) == [10, 9]
+    assert sv.c1_verdict(table, 10).verdict is Verdict.REPRODUCED
+    readings["b"].classes[(5, 100)] = _class_reading(5, 100, 2)
+    assert sv.c1_verdict(sv.class_table(runs, readings), 10).verdict is Verdict.NOT_REPRODUCED
+
+
+def _distance(epoch, closest):
+    """Five layers; the full spectrum's atoms are copied into layer ``closest``, the others are shifted away."""
+    full = [([0.0, 1.0, 5.0], [0.6, 0.3, 0.1])] * 2
+    layers = {f"l{i}": ([([0.0, 1.0, 5.0], [0.6, 0.3, 0.1])] * 2 if i == closest
+                        else [([0.0, 1.0 + i, 9.0], [0.5, 0.3, 0.2])] * 2) for i in range(5)}
+    return DistanceReading(epoch, 2, 16, full, full, layers)
+
+
+def test_c4_tally_from_readings():
+    runs = {n: _run() for n in ("a", "b", "c")}
+    middle = {n: RunReadings(distances={e: _distance(e, 2) for e in range(1, 6)}) for n in runs}
+    table = sv.distance_table(runs, middle)
+    assert (table.loc[table["layer"] == "l2", "w1"] == 0).all() and (table["floor"] == 0).all()
+    classified = sv.c4_readings(table)
+    assert (classified["reading"] == "middle").all()
+    assert sv.c4_verdict(classified).verdict is Verdict.REPRODUCED
+    outer = {n: RunReadings(distances={e: _distance(e, 0) for e in range(1, 6)}) for n in runs}
+    assert sv.c4_verdict(sv.c4_readings(sv.distance_table(runs, outer))).verdict is Verdict.NOT_REPRODUCED
