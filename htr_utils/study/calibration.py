@@ -146,55 +146,197 @@ def c4_rates(design: list[tuple[int, int]], middle_win_rate: float | None = None
     return _rates(c4_codes(n_mid, n_out, len(counts), chance_rate(counts), all_mid, all_out))
 
 
-def c5_rates(lengths: list[int], tau_effect: float | None = None, sims: int = 20000, seed: int = 0) -> pd.DataFrame:
-    """C5's rule on simulated series of the given lengths: iid noise (no trend) and a linear decrease plus noise
-    of a signal-to-noise ratio giving about Kendall τ = ``tau_effect`` (default −0.3, −0.5); rates per scenario."""
-    from .spectra_rules import c5_codes, kendall_trend
+def c4_exact_rates(design: list[tuple[int, int]], middle_win_rate: float | None = None, dependent: bool = False,
+                   tie_rate: float = 0.0, majority: bool = True) -> dict[str, float]:
+    """The exact verdict frequencies that :func:`c4_rates` estimates, by enumerating every tally.
+
+    Same model and arguments as :func:`c4_rates` (``design``: one (number of layers, number of read
+    epochs) per network). Every combination of per-network outcomes (independent readings: the
+    trinomial counts of "middle", "outer" and "tie"; dependent: one outcome for all of a network's
+    readings) is weighted by its probability and judged by :func:`c4_codes`, so a simulation
+    estimate can be checked against it. ``majority=False``: the first version of the rule, the
+    binomial conditions alone (before the protocol's amendment), for comparison.
+    """
+    import itertools
+
+    from scipy.stats import multinomial
+
+    from .spectra_rules import c4_codes, chance_rate, middle_share
+
+    total = sum(e for _, e in design)
+    p0 = chance_rate([L for L, e in design for _ in range(e)])
+    per_network = []
+    for L, epochs in design:
+        p_mid = middle_share(L) if middle_win_rate is None else middle_win_rate
+        probs = [(1 - tie_rate) * p_mid, (1 - tie_rate) * (1 - p_mid), tie_rate]
+        if dependent:
+            outcomes = [(epochs, 0, probs[0]), (0, epochs, probs[1]), (0, 0, probs[2])]
+        else:
+            outcomes = [(m, o, float(multinomial.pmf([m, o, epochs - m - o], epochs, probs)))
+                        for m in range(epochs + 1) for o in range(epochs + 1 - m)]
+        per_network.append([(m, o, p, m > epochs / 2, o > epochs / 2) for m, o, p in outcomes])
+    combos = list(itertools.product(*per_network))
+    n_mid = np.array([sum(c[0] for c in combo) for combo in combos])
+    n_out = np.array([sum(c[1] for c in combo) for combo in combos])
+    prob = np.array([np.prod([c[2] for c in combo]) for combo in combos])
+    all_mid = np.array([all(c[3] for c in combo) for combo in combos]) | (not majority)
+    all_out = np.array([all(c[4] for c in combo) for combo in combos]) | (not majority)
+    codes = c4_codes(n_mid, n_out, total, p0, all_mid, all_out)
+    return {"P(reproduced)": float(prob[codes == R].sum()), "P(not reproduced)": float(prob[codes == N].sum()),
+            "P(inconclusive)": float(prob[codes == I].sum())}
+
+
+def kendall_null(n: int) -> np.ndarray:
+    """Exact null distribution of the number D of discordant pairs (inversions) of n untied points against their
+    index: element d is P(D = d), d = 0 … n(n − 1)/2 (Mahonian numbers / n!, built one point at a time)."""
+    dist = np.ones(1)
+    for m in range(2, n + 1):
+        dist = np.convolve(dist, np.full(m, 1.0 / m))
+    return dist
+
+
+def kendall_exact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kendall τ against the index with exact one-sided p-values (decrease, increase), vectorised over all but the
+    last axis of ``values`` (untied series, e.g. with continuous noise).
+
+    The same numbers as :func:`htr_utils.study.spectra_rules.kendall_trend` (a test checks it) without one
+    scipy call per series: D = number of pairs i < j with v_i > v_j, p_decrease = P(D' ≥ D),
+    p_increase = P(D' ≤ D) under the exact null :func:`kendall_null`.
+    """
+    v = np.asarray(values, dtype=float)
+    n = v.shape[-1]
+    pairs = n * (n - 1) // 2
+    d = np.zeros(v.shape[:-1], dtype=int)
+    for lag in range(1, n):
+        d += (v[..., :-lag] > v[..., lag:]).sum(-1)
+    null = kendall_null(n)
+    cdf = np.cumsum(null)
+    sf = np.cumsum(null[::-1])[::-1]
+    return (pairs - 2 * d) / pairs, np.minimum(sf[d], 1.0), np.minimum(cdf[d], 1.0)
+
+
+def expected_tau(n: int, slope: float) -> float:
+    """E[Kendall τ] of slope · i + ε_i, i = 0 … n − 1, ε iid N(0, 1): the mean over pairs i < j of
+    2 Φ(slope (j − i) / √2) − 1 (exact for Gaussian noise)."""
+    from scipy.stats import norm
+
+    lag = np.arange(1, n)
+    return float(np.sum((n - lag) * (2 * norm.cdf(slope * lag / np.sqrt(2)) - 1)) / (n * (n - 1) / 2))
+
+
+def slope_for_tau(n: int, tau: float) -> float:
+    """The slope per step (in noise standard deviations) at which :func:`expected_tau` equals ``tau`` (−1 < τ < 1)."""
+    from scipy.optimize import brentq
+
+    if not -1 < tau < 1:
+        raise ValueError(f"slope_for_tau: τ must lie in (−1, 1), got {tau}")
+    if tau == 0:
+        return 0.0
+    bound = 1.0
+    while abs(expected_tau(n, np.sign(tau) * bound)) < abs(tau):
+        bound *= 2
+    return float(brentq(lambda s: expected_tau(n, s) - tau, -bound, bound, xtol=1e-12))
+
+
+def simulate_trends(lengths: list[int], slopes: list[float], sims: int, rng: np.random.Generator,
+                    chunk: int = 5000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """τ, p_decrease, p_increase (each of shape (sims, series)) of series slope · i + N(0, 1) noise, one per length."""
+    tau, p_dec, p_inc = (np.empty((sims, len(lengths))) for _ in range(3))
+    for j, (n, slope) in enumerate(zip(lengths, slopes)):
+        trend = slope * np.arange(n)
+        for start in range(0, sims, chunk):
+            stop = min(start + chunk, sims)
+            tau[start:stop, j], p_dec[start:stop, j], p_inc[start:stop, j] = kendall_exact(
+                trend + rng.standard_normal((stop - start, n)))
+    return tau, p_dec, p_inc
+
+
+def c5_rates(lengths: list[int], tau_effect: float | None = None, sims: int = 20000, seed: int = 0,
+             snr: float | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """C5's rule (:func:`c5_codes`) on simulated series of the given lengths (one per series the rule judges;
+    cpu: λ_max and trace of three networks, 50, 50, 50, 50, 10, 10 points); one row per scenario.
+
+    Scenarios: no trend (iid N(0, 1) noise, the null), then a linear decrease plus the same noise in every
+    series, either of expected Kendall τ = ``tau_effect`` in every series (default: −0.3 and −0.5; the slope
+    differs with the length, :func:`slope_for_tau`), or, with ``snr`` given, a total decrease over the series
+    of ``snr`` noise standard deviations. Series are independent (the protocol's calibration assumption);
+    p-values are exact (:func:`kendall_exact`). Columns: the scenario, each length's expected τ, the share
+    of series decreasing significantly, P(reproduced), P(not reproduced), P(inconclusive).
+    """
+    from .spectra_rules import c5_codes
 
     rng = np.random.default_rng(seed)
-    effects = [0.0] + ([tau_effect] if tau_effect is not None else [-0.3, -0.5])
-    sims = min(sims, 4000)  # exact p-values per series: keep the loop short
+    scenarios: list[tuple[str, list[float]]] = [("no trend", [0.0] * len(lengths))]
+    if snr is not None:
+        scenarios.append((f"decrease of {snr:g} noise sd over the series", [-snr / (n - 1) for n in lengths]))
+    else:
+        for tau in ([tau_effect] if tau_effect is not None else [-0.3, -0.5]):
+            scenarios.append((f"decrease, E[τ] = {tau:g}", [slope_for_tau(n, tau) for n in lengths]))
     rows = []
-    for tau in effects:
-        # slope per step giving E[τ] ≈ tau for N(0, 1) noise: τ = (2/π) asin(slope / sqrt(2) / ...) is length-free
-        # for neighbouring pairs only, so calibrate by the linear-trend correlation: slope s with
-        # τ ≈ (2/π) arcsin(ρ), ρ the Pearson correlation of a line of slope s with unit noise.
-        rho = np.sin(np.pi * abs(tau) / 2)
-        p_dec = np.zeros((sims, len(lengths)))
-        p_inc = np.zeros_like(p_dec)
-        for j, n in enumerate(lengths):
-            x = np.arange(n, dtype=float)
-            sd_x = x.std()
-            slope = -rho / np.sqrt(max(1 - rho ** 2, 1e-12)) / sd_x if tau else 0.0
-            for i in range(sims):
-                _, p_dec[i, j], p_inc[i, j] = kendall_trend(slope * x + rng.standard_normal(n))
-        codes = c5_codes(p_dec, p_inc)
-        rows.append({"kendall τ (about)": tau, "series": len(lengths), **_rates(codes)})
+    for label, slopes in scenarios:
+        _, p_dec, p_inc = simulate_trends(lengths, slopes, sims, rng)
+        taus = {f"E[τ] (n = {n})": round(expected_tau(n, s), 3) for n, s in sorted(set(zip(lengths, slopes)))}
+        rows.append({"scenario": label, "series": len(lengths), **taus,
+                     "share of series decreasing": float((p_dec < alpha).mean()),
+                     **_rates(c5_codes(p_dec, p_inc, alpha))})
     return pd.DataFrame(rows)
+
+
+def c5_null_rates(lengths: list[int], alpha: float = 0.05) -> dict[str, float]:
+    """Exact verdict frequencies of C5's rule with no trend in any series (independent series):
+    P(reproduced) = Π P(p_decrease < α), P(not reproduced) = 1 − Π (1 − P(p_increase < α / series))."""
+    m = len(lengths)
+    p_r, p_not_n = 1.0, 1.0
+    for n in lengths:
+        null = kendall_null(n)
+        p_dec = np.cumsum(null[::-1])[::-1]          # P(D' ≥ d) for d = 0 … n(n−1)/2
+        p_inc = np.cumsum(null)                      # P(D' ≤ d)
+        p_r *= float(null[p_dec < alpha].sum())
+        p_not_n *= 1 - float(null[p_inc < alpha / m].sum())
+    return {"P(reproduced)": p_r, "P(not reproduced)": 1 - p_not_n, "P(inconclusive)": p_not_n - p_r}
 
 
 def min_detectable_tau(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest |τ| a one-sided Kendall test of n points detects with the given power (normal approximation,
-    var(τ) = 2(2n + 5) / (9 n (n − 1)) under the null)."""
+    var(τ) = 2(2n + 5) / (9 n (n − 1)) under the null; conservative, since τ varies less under a trend —
+    :func:`trend_power` gives the exact test's power by simulation)."""
     from scipy.stats import norm
 
     sd = np.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))
     return float((norm.ppf(1 - alpha) + norm.ppf(power)) * sd)
 
 
-def c1_rates(dim: int = 300, n_examples: int = 200, C: int = 10, strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0),
+def trend_power(n: int, tau: float, alpha: float = 0.05, sims: int = 20000, seed: int = 0) -> float:
+    """P(exact one-sided p_decrease < alpha) for one series of n points, linear trend of expected τ = ``tau`` < 0
+    plus N(0, 1) noise."""
+    _, p_dec, _ = simulate_trends([n], [slope_for_tau(n, tau)], sims, np.random.default_rng(seed))
+    return float((p_dec < alpha).mean())
+
+
+def c1_rates(dim: int = 300, n_examples: int = 200, C: int = 10,
+             spike_strengths: tuple[float, ...] = (0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0),
              sims: int = 200, seed: int = 0) -> pd.DataFrame:
-    """C1's count rule on a spiked model of per-example gradient vectors: g = m_{y} + ε with C class means of norm
-    ``strength`` (random directions) and isotropic noise of unit variance per coordinate / dim. G = the second
-    moment of the g's, its within part = the second moment of the ε around their class means; k = eigenvalues of
-    G above the within part's top eigenvalue → :func:`about_c_codes`. A model of the rule's behaviour, not of a
-    network: with no class structure the count is near 0, with strong class means it is C."""
+    """C1's count rule on a spiked model of per-example gradient vectors; one row per class-mean strength.
+
+    g = m_y + ε, n_examples / C examples per class, C class means of norm ``strength`` in random directions,
+    ε isotropic with variance 1 / dim per coordinate (so ‖ε‖ ≈ 1: the strength is the class means' size
+    relative to the per-example noise). G = the second moment of the g's; its within part = the second
+    moment of the ε around their class (sample) means; k = eigenvalues of G above the within part's top
+    eigenvalue (the bulk edge) → :func:`about_c_codes`. Eigenvalues come from the n × n Gram matrices
+    (the same non-zero spectrum).
+
+    This is a model of the rule's behaviour, not of a network: with no class structure k is small (the
+    class sample means of pure noise still lift one or two eigenvalues of G over the within edge), so the
+    rule says not reproduced; the class means separate from the bulk once (roughly, the BBP threshold)
+    strength² / C > √(dim / n) / dim — 0.20 at the defaults — and then k = C.
+    """
     from .spectra_rules import about_c_codes
 
     rng = np.random.default_rng(seed)
     rows = []
     per = n_examples // C
-    for s in strengths:
+    n = per * C
+    for s in spike_strengths:
         k = np.zeros(sims, dtype=int)
         for i in range(sims):
             means = rng.standard_normal((C, dim))
@@ -202,7 +344,7 @@ def c1_rates(dim: int = 300, n_examples: int = 200, C: int = 10, strengths: tupl
             noise = rng.standard_normal((C, per, dim)) / np.sqrt(dim)
             g = (means[:, None, :] + noise).reshape(-1, dim)
             within = (noise - noise.mean(1, keepdims=True)).reshape(-1, dim)
-            edge = np.linalg.eigvalsh(within.T @ within / len(g)).max()
-            k[i] = int(np.sum(np.linalg.eigvalsh(g.T @ g / len(g)) > edge))
+            edge = np.linalg.eigvalsh(within @ within.T / n).max()
+            k[i] = int(np.sum(np.linalg.eigvalsh(g @ g.T / n) > edge))
         rows.append({"class-mean strength": s, "mean count": k.mean(), **_rates(about_c_codes(k, C))})
     return pd.DataFrame(rows)

@@ -97,5 +97,5 @@ def test_calibration_matches_the_protocol():
     rates = c5_rates([20, 20], sims=200)
     assert rates.loc[0, "P(reproduced)"] <= 0.05 and rates.loc[0, "P(not reproduced)"] <= 0.1
     assert min_detectable_tau(10) > min_detectable_tau(50) > 0
-    c1 = c1_rates(dim=120, n_examples=200, C=10, strengths=(0.0, 3.0), sims=10)
+    c1 = c1_rates(dim=120, n_examples=200, C=10, spike_strengths=(0.0, 3.0), sims=10)
     assert c1.loc[0, "P(reproduced)"] == 0 and c1.loc[1, "P(reproduced)"] == 1
