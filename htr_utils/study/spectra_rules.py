@@ -58,15 +58,23 @@ def share_codes(share: np.ndarray | float, hi: float = SHARE_HIGH, lo: float = S
 
 
 def _share_below(values: Sequence[float], threshold: float) -> float:
-    v = np.asarray(values, dtype=float)
+    """Share of the finite ``values`` that are ≤ threshold (NaN if none is finite).
+
+    A NaN disagreement (fewer than C Ritz values recorded) is a missing reading, not a failed one:
+    it decides nothing either way.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
     return float(np.mean(v <= threshold)) if len(v) else float("nan")
 
 
 def c2_rule(a_ggn: Sequence[float], a_residual: Sequence[float], floor: float,
             threshold: float = TOP_THRESHOLD) -> Verdict:
     """Share of readings with a(G) ≤ threshold decides (≥ 0.75 R, ≤ 0.25 N); inconclusive if H passes in more than
-    25 % of readings (the criterion would not discriminate) or the noise floor reaches the threshold."""
-    if not len(a_ggn) or not (floor < threshold) or _share_below(a_residual, threshold) > SHARE_LOW:
+    25 % of readings (the criterion would not discriminate), if H has no reading (the check cannot be made) or if
+    the noise floor is not below the threshold (NaN floor included). NaN readings are left out of both shares."""
+    share_h = _share_below(a_residual, threshold)
+    if not np.isfinite(share_h) or share_h > SHARE_LOW or not (floor < threshold):
         return Verdict.INCONCLUSIVE
     return verdict_of(share_codes(_share_below(a_ggn, threshold)))
 
@@ -108,6 +116,8 @@ def common_width_kl(measure_a: tuple[np.ndarray, np.ndarray], measure_b: tuple[n
     """KL(a‖b) between two discrete measures both smoothed with the same Gaussian width ``sigma`` on one grid
     spanning both supports ± 3σ; densities are normalised on the grid, and ``floor`` (relative to each peak)
     keeps the logarithm finite where b vanishes."""
+    if not sigma > 0:
+        raise ValueError(f"common_width_kl: the smoothing width must be positive, got {sigma!r}")
     (xa, wa), (xb, wb) = measure_a, measure_b
     lo = min(np.min(xa), np.min(xb)) - 3 * sigma
     hi = max(np.max(xa), np.max(xb)) + 3 * sigma
@@ -138,7 +148,9 @@ def c4_classify(w1_layers: Sequence[float], floor: float) -> str:
     reverse, else "tie"."""
     w = np.asarray(w1_layers, dtype=float)
     L = len(w)
-    mid = np.array([is_middle(i, L) for i in range(L)])
+    mid = np.array([is_middle(i, L) for i in range(L)], dtype=bool)
+    if not mid.any() or mid.all():
+        raise ValueError(f"c4_classify: {L} layers have no middle-half or no outer layer to compare")
     m, o = w[mid].min(), w[~mid].min()
     return "middle" if m + floor < o else "outer" if o + floor < m else "tie"
 

@@ -26,6 +26,16 @@ def test_top_disagreement_and_c2():
     assert r.c2_rule(ok, ok, floor=0.001) is Verdict.INCONCLUSIVE           # H passes too: no discrimination
     assert r.c2_rule(ok, bad, floor=0.2) is Verdict.INCONCLUSIVE            # noise floor above the threshold
     assert r.c2_rule(ok[:4] + bad[:4], bad, floor=0.001) is Verdict.INCONCLUSIVE
+    assert r.c2_rule(ok, bad, floor=0.10) is Verdict.INCONCLUSIVE           # floor must lie below the threshold
+    assert r.c2_rule(ok, bad, floor=float("nan")) is Verdict.INCONCLUSIVE   # no floor measured
+    assert r.c2_rule(ok, bad[:6] + [0.01] * 2, floor=0.001) is Verdict.REPRODUCED   # H passes in 25 %: still discriminates
+    assert r.c2_rule(ok, bad[:5] + [0.01] * 3, floor=0.001) is Verdict.INCONCLUSIVE  # H passes in 37.5 %
+    assert r.c2_rule(ok[:6] + bad[:2], bad, floor=0.001) is Verdict.REPRODUCED      # exactly 75 % pass
+    assert r.c2_rule(ok[:2] + bad[:6], bad, floor=0.001) is Verdict.NOT_REPRODUCED  # exactly 25 % pass
+    # a NaN disagreement (too few Ritz values) is a missing reading: it neither passes nor fails
+    assert r.c2_rule(ok + [float("nan")] * 8, bad, floor=0.001) is Verdict.REPRODUCED
+    assert r.c2_rule(ok, [float("nan")] * 8, floor=0.001) is Verdict.INCONCLUSIVE  # H unread: no discrimination check
+    assert r.c2_rule([], bad, floor=0.001) is Verdict.INCONCLUSIVE
 
 
 def test_c3():
@@ -52,6 +62,27 @@ def test_pooled_atoms_and_common_width_kl():
     # two Gaussians of one width: KL = (Δμ)² / (2σ²), up to the tails beyond the grid (± 3σ)
     assert r.common_width_kl(a, b, sigma, grid_points=4096) == pytest.approx(1 / (2 * sigma ** 2), rel=1e-2)
     assert r.common_width_kl(a, a, sigma) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="positive"):
+        r.common_width_kl(a, b, 0.0)
+
+
+def test_common_width_kl_against_a_direct_integral():
+    from scipy import integrate
+
+    a = (np.array([0.0, 0.5, 2.0]), np.array([1.0, 2.0, 1.0]))
+    b = (np.array([0.3, 1.5]), np.array([1.0, 1.0]))
+    sigma = 0.4
+    lo, hi = -3 * sigma, 2.0 + 3 * sigma
+
+    def density(measure):
+        x, w = measure
+        f = lambda t: float(np.sum(w * np.exp(-0.5 * ((t - x) / sigma) ** 2)))  # noqa: E731
+        z = integrate.quad(f, lo, hi, points=list(x), limit=200)[0]
+        return lambda t: f(t) / z
+
+    p, q = density(a), density(b)
+    direct = integrate.quad(lambda t: p(t) * np.log(p(t) / q(t)), lo, hi, points=[0, 0.3, 0.5, 1.5, 2], limit=200)[0]
+    assert r.common_width_kl(a, b, sigma, grid_points=4096) == pytest.approx(direct, rel=1e-3)
 
 
 def test_c4_classify_codes_and_rule():
@@ -60,10 +91,19 @@ def test_c4_classify_codes_and_rule():
     assert r.c4_classify([5, 5, 1, 5, 5], floor=0.5) == "middle"
     assert r.c4_classify([1, 5, 5, 5, 5], floor=0.5) == "outer"
     assert r.c4_classify([1, 5, 1.2, 5, 5], floor=0.5) == "tie"
+    assert r.c4_classify([5, 5, 1, 5, 1.6], floor=0.5) == "middle"         # margin just above the floor
+    with pytest.raises(ValueError, match="no middle-half or no outer"):
+        r.c4_classify([1.0], floor=0.0)
     p0 = r.chance_rate([5] * 10 + [9] * 5)
     assert r.c4_codes(10, 0, 15, p0) == r.R and r.c4_codes(9, 0, 15, p0) == r.I
     assert r.c4_codes(0, 13, 15, p0) == r.N and r.c4_codes(0, 12, 15, p0) == r.I
     assert r.c4_codes(12, 0, 15, p0, all_middle=False) == r.I               # one network mostly not middle
+    assert r.c4_codes(0, 14, 15, p0, all_outer=False) == r.I
+    # vectorised over readings; the thresholds are the exact binomial tails
+    n_mid = np.arange(16)
+    assert list(r.c4_codes(n_mid, 15 - n_mid, 15, p0)) == [r.N] * 3 + [r.I] * 7 + [r.R] * 6
+    assert stats.binom.sf(9, 15, p0) < 0.05 < stats.binom.sf(8, 15, p0)
+    assert stats.binom.sf(12, 15, 1 - p0) < 0.05 < stats.binom.sf(11, 15, 1 - p0)
     nets = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
     counts = [5] * 10 + [9] * 5
     assert r.c4_rule(["middle"] * 15, counts, nets) is Verdict.REPRODUCED
@@ -85,6 +125,17 @@ def test_c5_codes_and_rule():
     assert r.c5_rule({"a": down, "b": down}) is Verdict.REPRODUCED
     assert r.c5_rule({"a": down, "b": up}) is Verdict.NOT_REPRODUCED
     assert r.c5_rule({"a": down, "b": flat}) is Verdict.INCONCLUSIVE
+    # N needs p_increase < α / series: with 6 series a 5-point increase (p = 1/120 > 0.05/6) is not enough ...
+    five_up = [1, 2, 3, 4, 5]
+    assert r.c5_rule({"a": five_up, **{k: flat for k in "bcdef"}}) is Verdict.INCONCLUSIVE
+    # ... but one of 6 points is (p = 1/720 < 0.05/6)
+    assert r.c5_rule({"a": five_up + [6], **{k: flat for k in "bcdef"}}) is Verdict.NOT_REPRODUCED
+    # vectorised over leading axes: rows are simulated designs, the last axis the series
+    p_dec = np.array([[0.01, 0.04], [0.01, 0.2], [0.5, 0.5]])
+    p_inc = np.array([[0.9, 0.9], [0.9, 0.9], [0.02, 0.9]])
+    assert list(r.c5_codes(p_dec, p_inc)) == [r.R, r.I, r.N]
+    with pytest.raises(ValueError, match="record the curvature at more epochs"):
+        r.c5_rule({"long": down, "vgg trace": [3, 2, 1, 0]})
 
 
 def test_calibration_matches_the_protocol():
