@@ -141,6 +141,7 @@ def c3_verdict(table: pd.DataFrame, agreement: pd.DataFrame, C: int) -> VerdictR
     verdict = rules.c3_rule(counts, C, a)
     ok = rules.about_c_codes(np.asarray(counts), C) == rules.R if counts else np.array([])
     s_a = float(np.mean(ok)) if len(ok) else float("nan")
+    a = [v for v in a if np.isfinite(v)]  # a NaN (too few Ritz values) is a missing reading, as in the rule
     s_b = float(np.mean(np.asarray(a) <= rules.TOP_THRESHOLD)) if a else float("nan")
     per_run = "; ".join(f"{run}: " + ", ".join(f"{r['block']} {r['outliers']}" for _, r in g.iterrows())
                         for run, g in layers.groupby("run", sort=False))
@@ -192,8 +193,9 @@ def c2_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> VerdictResul
     verdict = rules.c2_rule(table["a_ggn"].to_numpy(), table["a_residual"].to_numpy(), floor)
     pass_g = int((table["a_ggn"] <= rules.TOP_THRESHOLD).sum())
     pass_h = int((table["a_residual"] <= rules.TOP_THRESHOLD).sum())
-    measured = (f"top-C eigenvalues of G within 10 % of Hess's in {pass_g}/{len(table)} (run, epoch) readings "
-                f"(median disagreement {table['a_ggn'].median():.3f}); the same criterion with H: {pass_h}/{len(table)} "
+    n_g, n_h = int(table["a_ggn"].notna().sum()), int(table["a_residual"].notna().sum())
+    measured = (f"top-C eigenvalues of G within 10 % of Hess's in {pass_g}/{n_g} (run, epoch) readings "
+                f"(median disagreement {table['a_ggn'].median():.3f}); the same criterion with H: {pass_h}/{n_h} "
                 f"(median {table['a_residual'].median():.2f}); noise floor (two Lanczos runs of Hess) {floor:.1e}")
     return VerdictResult(verdict, measured, {"pass_ggn": pass_g, "pass_residual": pass_h, "total": len(table),
                                              "floor": floor, "floors": dict(floors)})
@@ -312,8 +314,11 @@ def trend_table(series: pd.DataFrame) -> pd.DataFrame:
 
 def c5_verdict(trends: pd.DataFrame) -> VerdictResult:
     full = trends[trends["level"] == FULL]
-    series = {f"{r['run']} {r['quantity']}": np.arange(r["n"]) for _, r in full.iterrows()}  # lengths only
-    del series
+    short = full[full["n"] < rules.MIN_TREND_POINTS]
+    if len(short):
+        raise ValueError(f"C5: series {[f'{r.run} {r.quantity} (n = {r.n})' for r in short.itertuples()]} have fewer "
+                         f"than {rules.MIN_TREND_POINTS} points; no trend is tested on so few (at n = 3 the smallest "
+                         "exact p is 1/6): record the curvature at more epochs")
     verdict = rules.verdict_of(rules.c5_codes(full["p_decrease"].to_numpy(), full["p_increase"].to_numpy()))
     layer = trends[trends["level"] == "layer"]
     layer_down = int((layer["p_decrease"] < 0.05).sum())
