@@ -81,13 +81,15 @@ def collect_verdicts(directory: str | Path) -> dict[str, dict]:
 
 
 def machine_description() -> dict[str, str]:
-    """Platform, Python, torch version, CPU count and GPU (if any) of this machine."""
+    """Platform, Python, CPU count and the facts that change numbers (:func:`runs.environment`): CPU model,
+    torch's CPU capability, threads, torch version, GPU (if any)."""
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpus": str(os.cpu_count())}
     try:
-        import torch
-        info["torch"] = torch.__version__
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        from .runs import environment
+        env = environment()
+        info.update(torch=env["torch"], gpu=env["gpu"] or "none", cpu_model=env["cpu_model"],
+                    cpu_capability=str(env["cpu_capability"]), threads=str(env["threads"]))
     except Exception:  # pragma: no cover - torch is a dependency, but the report should not need it
         info["torch"] = "unavailable"
     return info
@@ -158,7 +160,9 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
         f"# Reproduction report — profile `{profile}`",
         "",
         f"- Date: {_dt.datetime.now().isoformat(timespec='seconds')}",
-        f"- Machine: {machine['platform']}, {machine['cpus']} CPUs, GPU: {machine.get('gpu', 'none')}",
+        f"- Machine: {machine['platform']}, {machine['cpus']} CPUs ({machine.get('cpu_model', 'unknown')}, "
+        f"torch CPU capability {machine.get('cpu_capability', 'unknown')}, {machine.get('threads', '?')} threads), "
+        f"GPU: {machine.get('gpu', 'none')}",
         f"- Software: Python {machine['python']}, torch {machine.get('torch')}",
         "",
         "Each verdict follows a rule stated in its notebook before the result "

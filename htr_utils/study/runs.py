@@ -29,10 +29,11 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import io
+import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
@@ -90,12 +91,26 @@ def run_path(config: TrainConfig, root: str | Path = DEFAULT_ROOT) -> Path:
     return Path(root) / config_hash(config)
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what ``platform`` knows), or "unknown"."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment(device: str | torch.device | None = None) -> dict:
-    """What besides the config changes a run's numbers: torch version, CPU threads and instruction set,
-    device type (and GPU model), deterministic-algorithm flags."""
+    """What besides the config changes a run's numbers: torch version, CPU threads, model and the
+    instruction set torch's kernels use, device type (and GPU model), deterministic-algorithm flags."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": dev.type,
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "cpu_model": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),

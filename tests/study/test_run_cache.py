@@ -57,7 +57,7 @@ def test_done_json_records_epochs_rows_and_checksums(reference):
     assert reference.verify() is True
     env = reference.config_info()["environment"]
     assert env == runs.environment("cpu") if env["device"] == "cpu" else True
-    assert set(env) >= {"torch", "threads", "device", "cpu_capability", "deterministic"}
+    assert set(env) >= {"torch", "threads", "device", "cpu_model", "cpu_capability", "deterministic"}
 
 
 @pytest.mark.slow
@@ -243,3 +243,12 @@ def test_a_killed_slow_writer_cannot_leave_a_mixed_run(reference, tmp_path):
     assert run.verify() and integrity["metric_rows"] == len(run.metrics) == run.checkpoint()["epoch"] == 2
     assert result["metrics"] == _numbers(reference) and result["weights"] == _weights(reference)
     assert not list(path.rglob("*.tmp"))
+
+
+def test_cpu_model_is_read_from_cpuinfo_and_never_empty(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD   EPYC 7B13 64-Core Processor\n")
+    assert runs.cpu_model(info) == "AMD EPYC 7B13 64-Core Processor"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model line (some ARM kernels)
+    assert runs.cpu_model(info) and runs.cpu_model(tmp_path / "absent")  # falls back to platform's answer
+    assert runs.environment("cpu")["cpu_model"] == runs.cpu_model()
