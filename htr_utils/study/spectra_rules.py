@@ -7,7 +7,6 @@ applies the same functions to simulated numbers to get the rules' error rates.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np

@@ -17,7 +17,7 @@ import pandas as pd
 from . import spectra_rules as rules
 from .data import num_classes
 from .depth_trends import is_middle
-from .verdicts import Verdict, VerdictResult
+from .verdicts import VerdictResult
 
 FULL = "full"
 
@@ -189,7 +189,8 @@ def restart_floor(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> dict[
 
 
 def c2_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> VerdictResult:
-    floor = float(max(floors.values())) if floors else float("nan")
+    # np.max, not max(): a NaN floor (an unread restart) must make the floor NaN wherever it sits
+    floor = float(np.max(np.asarray(list(floors.values()), dtype=float))) if floors else float("nan")
     verdict = rules.c2_rule(table["a_ggn"].to_numpy(), table["a_residual"].to_numpy(), floor)
     pass_g = int((table["a_ggn"] <= rules.TOP_THRESHOLD).sum())
     pass_h = int((table["a_residual"] <= rules.TOP_THRESHOLD).sum())

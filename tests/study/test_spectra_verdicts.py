@@ -54,3 +54,11 @@ def test_c4_tally_from_readings():
     assert sv.c4_verdict(classified).verdict is Verdict.REPRODUCED
     outer = {n: RunReadings(distances={e: _distance(e, 0) for e in range(1, 6)}) for n in runs}
     assert sv.c4_verdict(sv.c4_readings(sv.distance_table(runs, outer))).verdict is Verdict.NOT_REPRODUCED
+
+
+def test_c2_a_nan_floor_makes_c2_inconclusive_wherever_it_sits():
+    """max() would keep 0.001 when the NaN comes second; the rule says an unread floor is inconclusive."""
+    table = pd.DataFrame({"a_ggn": [0.01] * 8, "a_residual": [0.9] * 8})
+    assert sv.c2_verdict(table, {"a": 0.001, "b": 0.002}).verdict == Verdict.REPRODUCED
+    for floors in ({"a": float("nan"), "b": 0.001}, {"a": 0.001, "b": float("nan")}):
+        assert sv.c2_verdict(table, floors).verdict == Verdict.INCONCLUSIVE
