@@ -111,8 +111,8 @@ def c1_verdict(table: pd.DataFrame, C: int) -> VerdictResult:
 
 
 def gelu_layer_agreement(runs: Mapping[str, Any]) -> pd.DataFrame:
-    """C3 (b): for networks with smooth activations, top-C disagreement a_l(G_l) of every layer at every epoch
-    >= 1 with G and H recorded, beside the training state."""
+    """C3 (b): for networks with smooth activations, top-C disagreement a_l(G_l) of every layer but the output
+    layer (an identity there: H_l = 0) at every epoch >= 1 with G and H recorded, beside the training state."""
     rows = []
     for label, run in runs.items():
         if not is_smooth(run):
@@ -122,7 +122,7 @@ def gelu_layer_agreement(runs: Mapping[str, Any]) -> pd.DataFrame:
             rec = run.curvature(e)
             if e < 1 or "ggn" not in rec.kinds:
                 continue
-            for layer in rec.layers:
+            for layer in list(rec.layers)[:-1]:  # the output layer: logits linear in it, H_l = 0 for any activation
                 h, g = rec.kinds["hessian"].layers[layer].top, rec.kinds["ggn"].layers[layer].top
                 res = rec.kinds["residual"].layers[layer].top if "residual" in rec.kinds else ()
                 rows.append({"run": label, "layer": layer, "epoch": e,

@@ -62,3 +62,20 @@ def test_c2_a_nan_floor_makes_c2_inconclusive_wherever_it_sits():
     assert sv.c2_verdict(table, {"a": 0.001, "b": 0.002}).verdict == Verdict.REPRODUCED
     for floors in ({"a": float("nan"), "b": 0.001}, {"a": 0.001, "b": float("nan")}):
         assert sv.c2_verdict(table, floors).verdict == Verdict.INCONCLUSIVE
+
+
+def test_c3_b_leaves_out_the_output_layer_where_h_is_zero_by_construction():
+    top = tuple(float(v) for v in np.linspace(50, 1, 12))
+    blocks = lambda shift: {"conv1": SimpleNamespace(top=tuple(t * shift for t in top)),  # noqa: E731
+                            "fc3": SimpleNamespace(top=top)}
+    rec = SimpleNamespace(layers=["conv1", "fc3"], kinds={"hessian": SimpleNamespace(layers=blocks(1.0)),
+                                                          "ggn": SimpleNamespace(layers=blocks(0.5)),
+                                                          "residual": SimpleNamespace(layers=blocks(0.5))})
+    run = _run()
+    run.config.model_kwargs = {"activation": "gelu"}
+    run.curvature_epochs, run.curvature = (lambda: [0, 1, 2]), (lambda e: rec)
+    table = sv.gelu_layer_agreement({"gelu": run})
+    assert list(table["layer"]) == ["conv1", "conv1"] and list(table["epoch"]) == [1, 2]
+    assert (table["a_ggn"] > 0.4).all()  # G_l at half of Hess_l disagrees; fc3 (G = Hess there) is not counted
+    run.config.model_kwargs = {}
+    assert sv.gelu_layer_agreement({"relu": run}).empty
