@@ -16,7 +16,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[study,dev]'
+	$(PY) -m pip install -q -e '.[study,dev,cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
@@ -42,16 +42,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-# The spectra runs of notebooks 01-05 (with their readings) and the regularisation runs of 06-08 are
-# trained first by TRAIN_PROCS processes of one thread each, sharing the run cache through its locks
+# The run grid first (htr_utils.study.grid: every run the notebooks need, with the spectra readings),
+# on a Dask LocalCluster of TRAIN_PROCS one-thread workers sharing the run cache through its locks
 # (on 2 cores about 25 % more runs per hour than one process with 2 threads); the notebooks then read
-# them and train whatever else they need.
+# the cache (and train whatever a notebook alone still lacks).
 TRAIN_PROCS ?= 2
 reproduce: setup
-	@pids=""; for i in $$(seq 0 $$(($(TRAIN_PROCS) - 1))); do \
-	  ( $(PY) -m htr_utils.study.spectra_readings --profile $(PROFILE) --shard $$i/$(TRAIN_PROCS) --threads 1 && \
-	    $(PY) -m htr_utils.study.regularisation --profile $(PROFILE) --shard $$i/$(TRAIN_PROCS) --threads 1 ) & \
-	  pids="$$pids $$!"; done; status=0; for p in $$pids; do wait $$p || status=1; done; exit $$status
+	$(PY) -m htr_utils.study.grid train --profile $(PROFILE) --workers $(TRAIN_PROCS) --threads 1
 	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE)
 
 smoke: setup

@@ -254,6 +254,32 @@ def _unavailable_message(name: str, root: Path, dirs: Sequence[Path], train: boo
             "The 'digits' data set ships with scikit-learn and needs no files.")
 
 
+def _raw_files_present(name: str, dirs: Sequence[Path], train: bool) -> bool:
+    """Whether the raw files of a split are on disk (names only; nothing is read)."""
+    if name in ("fashionmnist", "mnist"):
+        prefix = "train" if train else "t10k"
+        return all(_find_file(dirs, f"{prefix}-{kind}") is not None for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+    if name in ("cifar10", "cifar100"):
+        files = (["train"] if train else ["test"]) if name == "cifar100" else (
+            [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"])
+        return any(all((d / f).is_file() for f in files) for d in dirs)
+    return _find_file(dirs, "train_32x32.mat" if train else "test_32x32.mat") is not None
+
+
+def missing_data(name: str, root: str | Path = "data") -> str | None:
+    """None if both splits of ``name`` are on disk under ``root`` (digits always are), else what is
+    missing and the ways to get it: a plan can skip such runs instead of failing in the middle."""
+    name = _check_name(name)
+    if name == "digits":
+        return None
+    root = Path(root)
+    dirs = _search_dirs(name, root)
+    for train in (True, False):
+        if not _raw_files_present(name, dirs, train):
+            return _unavailable_message(name, root, dirs, train, "not on disk")
+    return None
+
+
 _CACHE: dict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
 

@@ -12,12 +12,11 @@
   (:mod:`htr_utils.study.regularisation_rules`) and report the earlier rules beside them.
 
 Training goes through :func:`htr_utils.study.runs.train_run`, so every run is cached and resumable;
-``python -m htr_utils.study.regularisation --profile cpu [--shard i/k]`` trains all of them ahead of
-the notebooks (k processes with i = 0 .. k−1 share the work through the run cache's locks).
+:func:`study_runs` lists a study's runs that wait on no choice of γ; :mod:`htr_utils.study.grid`
+trains all of them ahead of the notebooks, here or on a Dask cluster.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import time
@@ -32,7 +31,7 @@ import torch
 from .statistics import (bootstrap_difference, min_detectable_effect, paired_difference, partial_spearman_bootstrap,
                          spearman_bootstrap, welch_difference)
 from .data import make_loader
-from .profiles import RegStudy, get_profile
+from .profiles import RegStudy
 from .runs import Run, train_run
 from .regularisation_rules import c6a_rule, c6b_rule, c7_rule, established_gain
 from .verdicts import Verdict, VerdictResult, combine
@@ -496,23 +495,13 @@ def choose_gammas(study: RegStudy, root: Path, data_root: str | Path = "data",
     return tables, gammas
 
 
-def planned_runs(profile: str | None = None) -> tuple[list[TrainConfig], list[TrainConfig]]:
-    """The runs notebooks 06-08 need that do not wait for a choice of γ, in two lists:
-    (the selection grids and the plain arms of the deciding studies, then the sweep and the side
-    studies). The HTR arms of the deciding studies come after the first list (:func:`train_all`).
-    """
-    P = get_profile(profile)
-    first: list[TrainConfig] = []
-    for study in (s for s in P.regularisation.values() if s.decides):
-        first += [c for rule in ("all", *study.middle_rules) if study.grid(rule)
-                  for c in study.grid_configs(rule).values()]
-        first += [c.replace(seed=s) for c in study.arms().values() for s in study.seeds
-                  if not c.htr_gamma or not study.grid("all")]
-    later = [cfg.replace(seed=s) for cfg in P.sweep_runs.values() for s in P.sweep_seeds]
-    for study in (s for s in P.regularisation.values() if not s.decides):
-        later += [c.replace(seed=s) for c in study.arms().values() for s in study.seeds]
-    first = _unique(first)
-    return first, [c for c in _unique(later) if c not in first]
+def study_runs(study: RegStudy) -> list[TrainConfig]:
+    """The runs of ``study`` that do not wait for a choice of γ: its selection grids and plain arms
+    (every arm × seed where there is no γ grid, as in a side study)."""
+    cfgs = [c for rule in ("all", *study.middle_rules) if study.grid(rule) for c in study.grid_configs(rule).values()]
+    cfgs += [c.replace(seed=s) for c in study.arms().values() for s in study.seeds
+             if not c.htr_gamma or not study.grid("all")]
+    return _unique(cfgs)
 
 
 def _unique(cfgs: Sequence[TrainConfig]) -> list[TrainConfig]:
@@ -523,53 +512,8 @@ def _unique(cfgs: Sequence[TrainConfig]) -> list[TrainConfig]:
     return list(out.values())
 
 
-def train_all(profile: str | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
-    """Every run notebooks 06-08 need for ``profile``, ahead of the notebooks.
-
-    Order: the selection grids and plain arms, the HTR arms at the chosen γ, then the sweep and
-    the side studies (``decides`` False). ``shard`` (i, k): this process trains every k-th run
-    starting at i of each stage first, then
-    goes over all of them (waiting on runs another process holds; the run cache's lock keeps one
-    trainer per run), so k processes started with i = 0 .. k−1 share the work.
-    """
-    from .outputs import data_root
-    P = get_profile(profile)
-    root, droot = P.runs_dir(), data_root()
-    i, k = shard
-
-    def run_stage(cfgs: Sequence[TrainConfig], what: str) -> None:
-        for cfg in list(cfgs[i::k]) + list(cfgs):
-            print(f"{what}: {describe_config(cfg)}", flush=True)
-            _train_or_diverge(cfg, root, droot, progress)
-
-    first, later = planned_runs(profile)
-    run_stage(first, "selection and plain arms")
-    second = []
-    for name, study in P.regularisation.items():
-        if study.decides:
-            _, gammas = choose_gammas(study, root, droot, progress)
-            print(f"{name}: γ {gammas}", flush=True)
-            second += [c.replace(seed=s) for c in study.arms(gammas).values() for s in study.seeds]
-    run_stage([c for c in _unique(second) if c not in first], "HTR arms at the chosen γ")
-    run_stage(later, "sweep and side studies")
-
-
 def describe_config(cfg: TrainConfig) -> str:
     """One line naming a run: model, data, seed, and what sets it apart (batch, lr, wd, γ, penalised set)."""
     extra = f", γ {cfg.htr_gamma:g} on {cfg.htr_params}" if cfg.htr_gamma else ""
     return (f"{cfg.model} {cfg.dataset} seed {cfg.seed}, batch {cfg.batch_size}, lr {cfg.lr:g}, wd {cfg.weight_decay:g}, "
             f"{cfg.epochs} epochs{extra}")
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="train the runs of notebooks 06-08 ahead of time")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--shard", default="0/1", help="i/k: this process takes every k-th run from i first (k processes)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = ap.parse_args()
-    i, k = (int(v) for v in args.shard.split("/"))
-    if not 0 <= i < k:
-        ap.error(f"--shard {args.shard}: need 0 <= i < k")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train_all(args.profile, progress=k == 1, shard=(i, k))  # k processes: one line per run, no interleaved bars

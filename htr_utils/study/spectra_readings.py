@@ -16,14 +16,13 @@ the runs. All Lanczos chains of one reading advance in lockstep, one batched pro
 random start derives from (run seed, epoch, examples per class, chain), so a reading repeats exactly.
 A reading is computed once and read back from its JSON file afterwards.
 
-``python -m htr_utils.study.spectra_readings --profile cpu [--shard i/k] [--threads N]`` trains the
-profile's spectra runs and takes their readings ahead of the notebooks.
+:mod:`htr_utils.study.grid` trains the profile's spectra runs and takes their readings ahead of the
+notebooks (:func:`read_run`).
 """
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,24 +291,3 @@ def spectra_readings(profile: str | None = None, progress: bool = True, labels: 
         run = train_run(cfg, root=P.runs_dir(), progress=progress, data_root=data_root())
         out[label] = read_run(run, P.spectra_reading[label], progress, data_root())
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from .profiles import get_profile
-
-    ap = argparse.ArgumentParser(description="train the spectra runs of notebooks 01-05 and take their readings")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--shard", default="0/1", help="i/k: this process takes every k-th run from i (k processes)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = ap.parse_args(argv)
-    i, k = (int(v) for v in args.shard.split("/"))
-    if not 0 <= i < k:
-        ap.error(f"--shard {args.shard}: need 0 <= i < k")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    labels = list(get_profile(args.profile).spectra_runs)[i::k]
-    spectra_readings(args.profile, labels=labels)
-
-
-if __name__ == "__main__":
-    main()

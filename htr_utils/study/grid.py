@@ -1,0 +1,302 @@
+"""The study's run grid: plan every run a profile's notebooks need, then train the missing ones here or
+on a Dask cluster, with one progress bar over the grid.
+
+    python -m htr_utils.study.grid plan  --profile cpu [--select NAME ...]
+    python -m htr_utils.study.grid train --profile cpu [--select NAME ...] [--workers N | --scheduler ADDRESS]
+                                         [--threads T] [--device D]
+
+The plan is the notebooks' own requests, deduplicated by run hash: the spectra runs of 01-05 (each
+with its readings, :mod:`.spectra_readings`), the sweep of 06, and the regularisation studies of
+07-08, whose HTR arms wait for γ to be chosen on the selection grid (so the grid trains in two
+stages). ``--select`` keeps the named settings: a spectra run's or a regularisation study's label
+(both, where they share one, e.g. ``lenet_fashionmnist``) or ``sweep``. A run whose data set is not
+on disk is listed as skipped, with how to get the data.
+
+Executors: ``local`` (default; in this process, one run after another, epochs shown beneath the
+grid's bar) and Dask (``--workers N``: a ``LocalCluster`` of N processes, the CPU threads split
+among them; ``--scheduler ADDRESS``: any running Dask cluster, e.g. a SLURM one, whose workers must
+see the same run cache). A run is trained by one process at a time (the run folder's OS lock,
+:mod:`.runs`), resumes from its last finished epoch when its worker dies (Dask retries the task),
+and its numbers depend only on its config and the thread count, so a grid gives the same runs
+on any executor at the same threads per run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .profiles import Profile, SpectraReading, get_profile
+from .training import TrainConfig
+
+SWEEP = "sweep"
+
+
+@dataclass(frozen=True)
+class GridTask:
+    """One run of the grid: the setting that asks for it, its config, and the readings taken after it."""
+    setting: str
+    config: TrainConfig
+    readings: SpectraReading | None = None
+    skipped: str | None = None  # why it cannot run here (data not on disk, with the ways to get it)
+
+    @property
+    def hash(self) -> str:
+        from .runs import config_hash
+        return config_hash(self.config)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def settings(P: Profile) -> list[str]:
+    """The names ``--select`` accepts for profile ``P``."""
+    return list(dict.fromkeys([*P.spectra_runs, *P.regularisation, SWEEP]))
+
+
+def _check_select(P: Profile, select: Sequence[str] | None) -> set[str]:
+    known = settings(P)
+    if select is None:
+        return set(known)
+    unknown = [s for s in select if s not in known]
+    if unknown:
+        raise ValueError(f"--select {' '.join(unknown)}: not a setting of profile {P.name!r}; "
+                         f"choose from {', '.join(known)}")
+    return set(select)
+
+
+def _task(setting: str, cfg: TrainConfig, data_root: Path, readings: SpectraReading | None = None) -> GridTask:
+    from .data import missing_data
+    return GridTask(setting, cfg, readings, missing_data(cfg.dataset, data_root))
+
+
+def _dedup(tasks: Sequence[GridTask], seen: set[str] | None = None) -> list[GridTask]:
+    seen = set() if seen is None else seen
+    out = []
+    for t in tasks:
+        if t.hash not in seen:
+            seen.add(t.hash)
+            out.append(t)
+    return out
+
+
+def plan(profile: str | Profile | None = None, select: Sequence[str] | None = None,
+         data_root: str | Path | None = None) -> list[GridTask]:
+    """The runs that wait on nothing (spectra runs, γ selection grids, plain arms, sweep, side studies),
+    each once (a run several settings share keeps the first setting's name)."""
+    from .outputs import data_root as default_data_root
+    from .regularisation import study_runs
+    P = get_profile(profile) if not isinstance(profile, Profile) else profile
+    keep = _check_select(P, select)
+    droot = Path(data_root) if data_root is not None else default_data_root()
+    tasks = [_task(label, cfg, droot, P.spectra_reading.get(label))
+             for label, cfg in P.spectra_runs.items() if label in keep]
+    for name, study in P.regularisation.items():
+        if name in keep:
+            tasks += [_task(name, cfg, droot) for cfg in study_runs(study)]
+    if SWEEP in keep:
+        tasks += [_task(SWEEP, cfg.replace(seed=s), droot) for cfg in P.sweep_runs.values() for s in P.sweep_seeds]
+    return _dedup(tasks)
+
+
+def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | None = None,
+               data_root: str | Path | None = None, done: Sequence[GridTask] = ()) -> list[GridTask]:
+    """The HTR arms of the deciding studies at the γ their selection grid chose (read from the cache,
+    so after :func:`plan`'s runs), minus those in ``done``."""
+    from .outputs import data_root as default_data_root
+    from .regularisation import choose_gammas, select_gamma
+    P = get_profile(profile) if not isinstance(profile, Profile) else profile
+    keep = _check_select(P, select)
+    droot = Path(data_root) if data_root is not None else default_data_root()
+    tasks = []
+    for name, study in P.regularisation.items():
+        if name not in keep or missing_data_of(study.base, droot) or not (study.decides or study.grid("all")):
+            continue  # a side study without a γ grid is trained at the published γ by plan()
+        if study.decides:  # notebook 08: every rule's γ
+            _, gammas = choose_gammas(study, P.runs_dir(), droot)
+        else:  # notebook 07 only: full HTR's γ
+            gammas = {"all": select_gamma(study, "all", P.runs_dir(), droot)[1]}
+        tasks += [_task(name, c.replace(seed=s), droot) for c in study.arms(gammas).values() for s in study.seeds]
+    return _dedup(tasks, {t.hash for t in done})
+
+
+def missing_data_of(cfg: TrainConfig, data_root: Path) -> str | None:
+    from .data import missing_data
+    return missing_data(cfg.dataset, data_root)
+
+
+def describe(tasks: Sequence[GridTask], root: Path) -> str:
+    """One line per run: cached / to train / skipped, then the counts."""
+    from .regularisation import describe_config
+    lines, counts = [], {"cached": 0, "to train": 0, "skipped": 0}
+    for t in tasks:
+        state = "skipped" if t.skipped else "cached" if (root / t.hash / "done.json").is_file() else "to train"
+        counts[state] += 1
+        lines.append(f"  {t.hash}  {state:8s}  {t.setting}: {describe_config(t.config)}")
+    for t in tasks:
+        if t.skipped:
+            lines.append(f"skipped {t.hash} ({t.setting}, {t.config.dataset}): {t.skipped}")
+    return "\n".join(lines + [", ".join(f"{n} {k}" for k, n in counts.items())])
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def worker_device(device: str | None) -> str | None:
+    """The device of this process's runs: ``device`` if given; with several GPUs, a Dask worker takes
+    GPU (its number mod the GPU count); else None (CUDA if available, else CPU)."""
+    if device is not None:
+        return device
+    import torch
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1:
+        try:
+            from distributed import get_worker
+            name = get_worker().name
+        except (ImportError, ValueError):
+            return None
+        return f"cuda:{int(name) % n}" if str(name).isdigit() else None
+    return None
+
+
+def run_task(task: GridTask, root: str, data_root: str, threads: int | None = None, device: str | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Train (or resume, or find cached) one run and take its readings; what happened, as a dict.
+
+    Runs in the grid's process (local) or on a Dask worker; a diverged run is an outcome, not an error.
+    """
+    import torch
+
+    from .runs import run_path, train_run
+    from .spectra_readings import read_run
+    from .training import TrainingDiverged
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    cached = (run_path(task.config, root) / "done.json").is_file()
+    start = time.perf_counter()
+    try:
+        run = train_run(task.config, root=root, progress=progress, data_root=data_root,
+                        device=worker_device(device))
+        if task.readings is not None:
+            read_run(run, task.readings, progress=progress, data_root=data_root)
+        status = "cached" if cached else "trained"
+    except TrainingDiverged as err:
+        status = f"diverged ({' '.join(str(err).split())[:120]})"
+    finally:
+        used = torch.get_num_threads()
+        torch.set_num_threads(before)  # the caller's setting, as it was (local executor)
+    return {"hash": task.hash, "setting": task.setting, "status": status, "seconds": time.perf_counter() - start,
+            "pid": os.getpid(), "threads": used}
+
+
+# ---------------------------------------------------------------------------------------------- executors
+Executor = Callable[[Sequence[GridTask], Callable[[dict], None]], None]
+
+
+def local_executor(root: Path, data_root: Path, threads: int | None, device: str | None) -> Executor:
+    """One run after another in this process, each run's epoch bars beneath the grid's."""
+    def execute(tasks: Sequence[GridTask], done: Callable[[dict], None]) -> None:
+        for t in tasks:
+            done(run_task(t, str(root), str(data_root), threads, device, progress=True))
+    return execute
+
+
+def dask_executor(client: Any, root: Path, data_root: Path, threads: int | None, device: str | None,
+                  retries: int = 3) -> Executor:
+    """Every run as one Dask task (key: the run's hash, so a run is never submitted twice); a task whose
+    worker died is retried (``retries``) and resumes the run from its last finished epoch."""
+    from distributed import as_completed
+
+    def execute(tasks: Sequence[GridTask], done: Callable[[dict], None]) -> None:
+        futures = [client.submit(run_task, t, str(root), str(data_root), threads, device, key=f"run-{t.hash}",
+                                 retries=retries, pure=False) for t in tasks]
+        for future in as_completed(futures):
+            done(future.result())
+    return execute
+
+
+def _dask_client(workers: int | None, scheduler: str | None, threads: int | None) -> Any:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise SystemExit("the Dask executor needs dask and distributed: pip install -e '.[cluster]' "
+                         "(make setup installs them)") from None
+    if scheduler:
+        return Client(scheduler)
+    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})
+    return Client(cluster)
+
+
+def train(profile: str | Profile | None = None, select: Sequence[str] | None = None,
+          execute: Executor | None = None, threads: int | None = None, device: str | None = None,
+          progress: bool = True) -> list[dict]:
+    """Plan, then train every missing run with ``execute`` (default: local), then the HTR arms at the
+    chosen γ; the outcomes of every run (skipped ones included), in the order they finished."""
+    from tqdm.auto import tqdm
+
+    from .outputs import data_root
+    P = get_profile(profile) if not isinstance(profile, Profile) else profile
+    root, droot = P.runs_dir(), data_root()
+    execute = execute or local_executor(root, droot, threads, device)
+    first = plan(P, select, droot)
+    print(describe(first, root), flush=True)
+    outcomes = [{"hash": t.hash, "setting": t.setting, "status": "skipped", "why": t.skipped}
+                for t in first if t.skipped]
+    bar = tqdm(total=len(first) - len(outcomes), desc="grid runs", unit="run", disable=not progress)
+
+    def done(outcome: dict) -> None:
+        outcomes.append(outcome)
+        bar.update(1)
+        bar.write(f"{outcome['hash']} {outcome['setting']}: {outcome['status']} ({outcome['seconds']:.0f} s)")
+
+    execute([t for t in first if not t.skipped], done)
+    second = [t for t in gamma_arms(P, select, droot, first) if not t.skipped]
+    if second:
+        bar.total += len(second)
+        bar.refresh()
+        bar.write(f"γ chosen: {len(second)} HTR arm runs follow")
+        execute(second, done)
+    bar.close()
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m htr_utils.study.grid",
+                                 description="plan and train the runs a profile's notebooks need")
+    ap.add_argument("command", choices=("plan", "train"))
+    ap.add_argument("--profile", default=None, help="smoke, cpu or paper (default: $HTR_PROFILE, else cpu)")
+    ap.add_argument("--select", nargs="+", default=None, metavar="NAME", help="only these settings")
+    ex = ap.add_mutually_exclusive_group()
+    ex.add_argument("--workers", type=int, default=None, help="a Dask LocalCluster of N worker processes")
+    ex.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads per run (default: local torch's choice; Dask: the cores split among workers)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available; "
+                                                   "Dask workers take one GPU each where several exist)")
+    args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers {args.workers}: need at least 1")
+    P = get_profile(args.profile)
+    try:
+        _check_select(P, args.select)
+    except ValueError as err:
+        ap.error(str(err))
+    if args.command == "plan":
+        from .outputs import data_root
+        print(describe(plan(P, args.select, data_root()), P.runs_dir()))
+        return
+    if args.workers is None and args.scheduler is None:
+        train(P, args.select, threads=args.threads, device=args.device)
+        return
+    from .outputs import data_root
+    with _dask_client(args.workers, args.scheduler, args.threads) as client:
+        threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None)
+        print(f"Dask scheduler {client.scheduler.address}; {threads or 'default'} threads per run", flush=True)
+        train(P, args.select, dask_executor(client, P.runs_dir(), data_root(), threads, args.device),
+              threads=threads, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The run grid: its plan is what the notebooks ask for, and Dask workers (two, or one killed mid-run)
+give the same runs as one process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from htr_utils.study import grid, profiles, regularisation, runs
+from htr_utils.study.profiles import Profile, RegStudy, SpectraReading
+from htr_utils.study.training import TIMING_COLUMNS, TrainConfig
+
+TINY = TrainConfig(dataset="digits", model="mlp", width=0.25, train_size=60, test_size=30, batch_size=30, epochs=2,
+                   curvature_every=2, curvature_init=False, lanczos_iters=4, examples_per_class=1, trace_probes=2,
+                   layerwise=False)
+TINY_REG = TINY.replace(val_fraction=0.2, htr_freq=1, htr_start_epoch=1, htr_probes=2)
+
+
+def tiny_profile(root: Path, epochs: int = 2) -> Profile:
+    reg = TINY_REG.replace(epochs=epochs)
+    return Profile(
+        name="tiny", description="test grid", runs_root=str(root),
+        spectra_runs={"spectra": TINY.replace(keep_checkpoints=True, epochs=epochs)},
+        spectra_reading={"spectra": SpectraReading(class_epochs=(1,), distance_epochs=(epochs,), examples_per_class=1,
+                                                      large_examples_per_class=2, slq_probes=2, null_subsets=1,
+                                                      lanczos_iters=4)},
+        sweep_runs={"base": reg, "lr_high": reg.replace(lr=reg.lr * 5)}, sweep_seeds=(0,),
+        regularisation={"reg": RegStudy(base=reg, seeds=(1, 2), l2=1e-4, gamma=1e-3, middle_gamma=1e-4,
+                                               gamma_grid=(1e-3, 1e-2), middle_gamma_grid=(1e-3,),
+                                               middle_rules=("middle",), cost_rules=("middle",))})
+
+
+def _numbers(root: Path, h: str) -> tuple:
+    run = runs.Run(root / h)
+    return run.metrics.drop(columns=list(TIMING_COLUMNS)).to_json(), [
+        v.tolist() for v in run.load_model().state_dict().values()]
+
+
+def test_plan_selects_by_setting_and_names_unknown_ones(tmp_path):
+    P = tiny_profile(tmp_path)
+    everything = grid.plan(P)
+    assert len({t.hash for t in everything}) == len(everything)
+    assert [t.setting for t in grid.plan(P, ["spectra"])] == ["spectra"]
+    assert {t.setting for t in grid.plan(P, ["spectra", "reg"])} == {"spectra", "reg"}
+    assert {t.setting for t in grid.plan(P, ["sweep"])} == {"sweep"}
+    with pytest.raises(ValueError, match=r"--select nope: not a setting of profile 'tiny'; choose from spectra, reg, sweep"):
+        grid.plan(P, ["nope"])
+
+
+def test_runs_whose_data_is_not_on_disk_are_skipped_with_how_to_get_it(tmp_path):
+    P = Profile(name="t", description="", runs_root=str(tmp_path), spectra_runs={"m": TINY.replace(dataset="svhn")},
+                sweep_runs={}, regularisation={})
+    (task,) = grid.plan(P, data_root=tmp_path / "nodata")
+    assert task.skipped and "train_32x32.mat" in task.skipped and "Ways to get it" in task.skipped
+    (outcome,) = grid.train(P, progress=False)  # the repository's data/ has no SVHN either
+    assert outcome["hash"] == task.hash and outcome["status"] == "skipped" and "train_32x32.mat" in outcome["why"]
+    assert not list(tmp_path.iterdir())[1:]  # nothing trained: only nodata/ could be there
+
+
+@pytest.mark.slow
+def test_the_plan_is_what_the_notebooks_ask_for(tmp_path, monkeypatch):
+    """Train the plan, then make the notebooks' requests (the calls notebooks 01-08 make) against the
+    cache: they must find every run there, and use every planned run."""
+    from htr_utils.study.outputs import data_root
+    from htr_utils.study.spectra_analysis import spectra_runs
+    from htr_utils.study.spectra_readings import spectra_readings
+    P = tiny_profile(tmp_path)
+    monkeypatch.setitem(profiles.PROFILES, "tiny", P)
+    outcomes = grid.train(P, progress=False)
+    planned = {o["hash"] for o in outcomes}
+    assert all(o["status"] == "trained" for o in outcomes) and len(planned) == len(outcomes)
+
+    asked: set[str] = set()
+    real = runs.train_run
+
+    def must_be_cached(cfg, root=runs.DEFAULT_ROOT, *args, **kwargs):
+        asked.add(runs.config_hash(cfg))
+        assert (runs.run_path(cfg, root) / "done.json").is_file(), f"a notebook needs a run the plan lacks: {cfg}"
+        return real(cfg, root, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "train_run", must_be_cached)
+    monkeypatch.setattr(regularisation, "train_run", must_be_cached)
+    spectra_readings("tiny", progress=False)                                      # 01-04
+    spectra_runs("tiny", progress=False)                                          # 05
+    for cfg in P.sweep_runs.values():                                             # 06
+        for seed in P.sweep_seeds:
+            must_be_cached(cfg.replace(seed=seed), P.runs_dir(), data_root=data_root(), progress=False)
+    root, droot = P.runs_dir(), data_root()
+    for study in P.regularisation.values():                                       # 07
+        _, g = regularisation.select_gamma(study, "all", root, droot)
+        regularisation.train_arms(study, {"all": g}, root, droot, arms=("sgd", "sgd_l2", "htr", "l2_htr"))
+    for study in (s for s in P.regularisation.values() if s.decides):             # 08
+        _, gammas = regularisation.choose_gammas(study, root, droot)
+        regularisation.train_arms(study, gammas, root, droot, arms=("sgd", "htr", "htr_middle"))
+    assert asked == planned
+    readings = list((tmp_path / grid.plan(P, ["spectra"])[0].hash / "readings").glob("*.json"))
+    assert len(readings) == 3  # class @1 per class, class @2 per class (last epoch), distance at the last epoch
+
+
+def _cluster(n: int = 2):
+    distributed = pytest.importorskip("distributed", reason="the Dask executor needs the 'cluster' extra")
+    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    return distributed.Client(cluster)
+
+
+@pytest.mark.slow
+def test_two_dask_workers_train_the_same_runs_as_one_process(tmp_path):
+    sequential, parallel = tiny_profile(tmp_path / "seq"), tiny_profile(tmp_path / "dask")
+    grid.train(sequential, threads=1, progress=False)
+    with _cluster() as client:
+        from htr_utils.study.outputs import data_root
+        execute = grid.dask_executor(client, parallel.runs_dir(), data_root(), threads=1, device="cpu")
+        outcomes = grid.train(parallel, execute=execute, threads=1, progress=False)
+    assert len({o["pid"] for o in outcomes}) == 2 and {o["threads"] for o in outcomes} == {1}
+    hashes = sorted(o["hash"] for o in outcomes)
+    assert hashes == sorted(p.name for p in (tmp_path / "seq").iterdir())
+    for h in hashes:
+        assert runs.Run(tmp_path / "dask" / h).verify()
+        assert _numbers(tmp_path / "dask", h) == _numbers(tmp_path / "seq", h), h  # bit-identical
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_leaves_no_corrupt_file_and_the_grid_finishes(tmp_path):
+    P = tiny_profile(tmp_path / "dask", epochs=40)
+    (task,) = grid.plan(P, ["spectra"])
+    run_dir = tmp_path / "dask" / task.hash
+    killed: list[int] = []
+
+    def kill_when_epoch_3_is_saved() -> None:  # the holder of the run's lock is the worker training it
+        deadline = time.time() + 90
+        while time.time() < deadline and not killed:
+            if (run_dir / "models" / "epoch_003.pt").is_file():
+                pid = json.loads((run_dir / runs.LOCK_FILE).read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_when_epoch_3_is_saved, daemon=True)
+    with _cluster() as client:
+        from htr_utils.study.outputs import data_root
+        execute = grid.dask_executor(client, P.runs_dir(), data_root(), threads=1, device="cpu")
+        watcher.start()
+        outcomes = grid.train(P, ["spectra"], execute=execute, threads=1, progress=False)
+    watcher.join()
+    assert killed, "the run finished before the worker could be killed"
+    (outcome,) = outcomes
+    assert outcome["status"] == "trained" and outcome["pid"] != killed[0]
+    run = runs.Run(run_dir)
+    assert run.verify() and not list(run_dir.rglob("*.tmp"))
+    reference = grid.run_task(task, str(tmp_path / "seq"), str(data_root()), threads=1, device="cpu")
+    assert reference["status"] == "trained"
+    assert _numbers(run_dir.parent, task.hash) == _numbers(tmp_path / "seq", task.hash)
