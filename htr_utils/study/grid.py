@@ -134,9 +134,10 @@ def describe(tasks: Sequence[GridTask], root: Path) -> str:
         state = "skipped" if t.skipped else "cached" if (root / t.hash / "done.json").is_file() else "to train"
         counts[state] += 1
         lines.append(f"  {t.hash}  {state:8s}  {t.setting}: {describe_config(t.config)}")
-    for t in tasks:
-        if t.skipped:
-            lines.append(f"skipped {t.hash} ({t.setting}, {t.config.dataset}): {t.skipped}")
+    why = {t.config.dataset: t.skipped for t in tasks if t.skipped}  # one message per missing data set
+    for dataset, message in why.items():
+        n = sum(1 for t in tasks if t.skipped and t.config.dataset == dataset)
+        lines.append(f"skipped {n} run(s) on {dataset}: {message}")
     return "\n".join(lines + [", ".join(f"{n} {k}" for k, n in counts.items())])
 
 
