@@ -217,16 +217,16 @@ def dask_executor(client: Any, root: Path, data_root: Path, threads: int | None,
 
 def _dask_client(workers: int | None, scheduler: str | None, threads: int | None) -> Any:
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise SystemExit("the Dask executor needs dask and distributed: pip install -e '.[cluster]' "
                          "(make setup installs them)") from None
     if scheduler:
         return Client(scheduler)
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})
-    return Client(cluster)
+    # the Client owns the LocalCluster it starts, so leaving the Client stops the workers too
+    return Client(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                  env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})
 
 
 def train(profile: str | Profile | None = None, select: Sequence[str] | None = None,

@@ -104,8 +104,8 @@ def test_the_plan_is_what_the_notebooks_ask_for(tmp_path, monkeypatch):
 
 def _cluster(n: int = 2):
     distributed = pytest.importorskip("distributed", reason="the Dask executor needs the 'cluster' extra")
-    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-    return distributed.Client(cluster)
+    # a Client that starts its own LocalCluster closes it (and its worker processes) on exit
+    return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 @pytest.mark.slow
