@@ -175,10 +175,11 @@ def run_task(task: GridTask, root: str, data_root: str, threads: int | None = No
     cached = (run_path(task.config, root) / "done.json").is_file()
     start = time.perf_counter()
     try:
-        run = train_run(task.config, root=root, progress=progress, data_root=data_root,
-                        device=worker_device(device))
+        dev = worker_device(device)
+        run = train_run(task.config, root=root, progress=progress, data_root=data_root, device=dev)
         if task.readings is not None:
-            read_run(run, task.readings, progress=progress, data_root=data_root)
+            read_run(run, task.readings, progress=progress, data_root=data_root,
+                     device=dev or ("cuda" if torch.cuda.is_available() else "cpu"))
         status = "cached" if cached else "trained"
     except TrainingDiverged as err:
         status = f"diverged ({' '.join(str(err).split())[:120]})"

@@ -711,10 +711,11 @@ def plot_layer_distances(table: pd.DataFrame, null: pd.DataFrame | None = None) 
             ax.semilogy(x, ge["w1"], "o-", color=plt.cm.viridis(j / max(1, g["epoch"].nunique() - 1)),
                         label=f"epoch {epoch} (floor {ge['floor'].iloc[0]:.2g})")
         if null is not None and len(null):
-            nl = null[null["run"] == run].merge(g[["layer", "index"]].drop_duplicates(), on="layer")
+            nl = null[null["run"] == run]
+            nl = nl[nl["epoch"] == nl["epoch"].max()].merge(g[["layer", "index"]].drop_duplicates(), on="layer")
             x = (nl["index"] + 0.5) / L
             ax.errorbar(x, nl["null_mean"], yerr=[nl["null_mean"] - nl["null_min"], nl["null_max"] - nl["null_mean"]],
-                        fmt="s", color="C3", mfc="none", capsize=3, label="random subsets, same size")
+                        fmt="s", color="C3", mfc="none", capsize=3, label="random subsets, same size (last epoch)")
         ax.set(title=run, xlabel="normalised depth", ylabel="W1(layer, full)")
         ax.legend(fontsize="xx-small")
     fig.tight_layout()

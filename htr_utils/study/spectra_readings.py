@@ -6,13 +6,13 @@
   the overlap of the top-C Ritz vectors with the span of the C class means; for the full block also
   the top Ritz values of a second, independent Lanczos run.
 * :class:`DistanceReading` (C4): the quadrature atoms of independent SLQ runs of the full Hessian (two
-  pools of K), of every layer block (K each) and, when asked, of the Hessian restricted to random
-  coordinate subsets of each layer's size.
+  pools of K), of every layer block (K each) and of the Hessian restricted to S random coordinate
+  subsets of each layer's size (K each; the size-matched null of PROTOCOL.md's amendment 2).
 
 The curvature examples are drawn as the runs draw theirs (:func:`htr_utils.study.data.class_balanced_subset`
 with the run's ``data_seed``; on 10 per class they are the run's own), in batches of at most 10 per
 class; model in eval mode, parameters = every Conv/Linear weight (the runs' layer blocks), float32 as
-the runs. All Lanczos chains of one reading advance in lockstep, one batched product per step. Every
+the runs, on ``device`` (CPU unless given). All Lanczos chains of one reading advance in lockstep, one batched product per step. Every
 random start derives from (run seed, epoch, examples per class, chain), so a reading repeats exactly.
 A reading is computed once and read back from its JSON file afterwards.
 
@@ -89,7 +89,7 @@ class DistanceReading:
     full_a: Atoms
     full_b: Atoms
     layers: dict[str, Atoms]
-    null: dict[str, Atoms] = field(default_factory=dict)
+    null: dict[str, list[Atoms]] = field(default_factory=dict)  # layer -> S subsets of its size, K runs each
     seconds: float = float("nan")
 
     def to_json(self) -> dict:
@@ -99,7 +99,8 @@ class DistanceReading:
     def from_json(cls, d: dict) -> "DistanceReading":
         pairs = lambda runs: [(list(n), list(w)) for n, w in runs]  # noqa: E731
         return cls(int(d["epoch"]), int(d["probes"]), int(d["lanczos_iters"]), pairs(d["full_a"]), pairs(d["full_b"]),
-                   {k: pairs(v) for k, v in d["layers"].items()}, {k: pairs(v) for k, v in d.get("null", {}).items()},
+                   {k: pairs(v) for k, v in d["layers"].items()},
+                   {k: [pairs(s) for s in v] for k, v in d.get("null", {}).items()},
                    float(d.get("seconds") or float("nan")))
 
 
@@ -121,7 +122,7 @@ def lockstep(matmat, dim: int, dtype: torch.dtype, device: torch.device, chains:
     for idx, seed in chains:
         n = dim if idx is None else len(idx)
         start = rademacher(n, torch.Generator().manual_seed(seed), dtype, device)
-        runs.append((idx, LanczosChain(start, min(num_iters, n), tol)))
+        runs.append((None if idx is None else idx.to(device), LanczosChain(start, min(num_iters, n), tol)))
     while live := [(idx, c) for idx, c in runs if not c.done]:
         V = torch.zeros((dim, len(live)), dtype=dtype, device=device)
         for j, (idx, c) in enumerate(live):
@@ -138,7 +139,8 @@ def lockstep(matmat, dim: int, dtype: torch.dtype, device: torch.device, chains:
 # ----------------------------------------------------------------------------- inputs of a reading
 
 
-def _examples(run: Any, per_class: int, data_root: str | Path | None) -> list[tuple[Tensor, Tensor]]:
+def _examples(run: Any, per_class: int, data_root: str | Path | None,
+              device: str | torch.device = "cpu") -> list[tuple[Tensor, Tensor]]:
     """The class-balanced curvature examples of ``run`` (``per_class`` per class), in batches of ≤ 10 per class."""
     from .outputs import data_root as default_root
 
@@ -149,7 +151,7 @@ def _examples(run: Any, per_class: int, data_root: str | Path | None) -> list[tu
     batches = []
     for start in range(0, per_class, BATCH_PER_CLASS):
         rows = torch.cat([ix[start:start + BATCH_PER_CLASS] for ix in order.values()])
-        batches.append((x[rows], y[rows]))
+        batches.append((x[rows].to(device), y[rows].to(device)))
     return batches
 
 
@@ -174,16 +176,16 @@ def _top(tri: Any, k: int) -> np.ndarray:
 
 
 def class_reading(run: Any, epoch: int, per_class: int, lanczos_iters: int = 128,
-                  data_root: str | Path | None = None) -> ClassReading:
+                  data_root: str | Path | None = None, device: str | torch.device = "cpu") -> ClassReading:
     """The :class:`ClassReading` of ``run`` at ``epoch`` on ``per_class`` examples per class (cached)."""
     path = run.path / "readings" / f"class_e{epoch:03d}_n{per_class}_it{lanczos_iters}.json"
     if path.is_file():
         return ClassReading.from_json(read_json(path))
     t0 = time.perf_counter()
-    model = run.load_model(epoch)
+    model = run.load_model(epoch, device)
     C = num_classes(run.config.dataset)
     names, idx = _blocks(model)
-    data = _examples(run, per_class, data_root)
+    data = _examples(run, per_class, data_root, device)
     loss = nn.CrossEntropyLoss()
     hess = hvp_operator(model, loss, data, params=names, kind="hessian")
     ggn = hvp_operator(model, loss, data, params=names, kind="ggn")
@@ -215,16 +217,17 @@ def class_reading(run: Any, epoch: int, per_class: int, lanczos_iters: int = 128
 
 
 def distance_reading(run: Any, epoch: int, probes: int, lanczos_iters: int = 128, null_subsets: int = 0,
-                     data_root: str | Path | None = None) -> DistanceReading:
-    """The :class:`DistanceReading` of ``run`` at ``epoch`` on the run's curvature examples (cached)."""
+                     data_root: str | Path | None = None, device: str | torch.device = "cpu") -> DistanceReading:
+    """The :class:`DistanceReading` of ``run`` at ``epoch`` on the run's curvature examples (cached); every layer
+    also gets ``null_subsets`` random coordinate subsets of its size, ``probes`` SLQ runs each."""
     per_class = run.config.examples_per_class
-    path = run.path / "readings" / f"distance_e{epoch:03d}_k{probes}_s{null_subsets}_it{lanczos_iters}.json"
+    path = run.path / "readings" / f"distance_e{epoch:03d}_k{probes}_null{null_subsets}_it{lanczos_iters}.json"
     if path.is_file():
         return DistanceReading.from_json(read_json(path))
     t0 = time.perf_counter()
-    model = run.load_model(epoch)
+    model = run.load_model(epoch, device)
     names, idx = _blocks(model)
-    hess = hvp_operator(model, nn.CrossEntropyLoss(), _examples(run, per_class, data_root), params=names)
+    hess = hvp_operator(model, nn.CrossEntropyLoss(), _examples(run, per_class, data_root, device), params=names)
     seed = lambda *parts: derived_seed(run.config.seed, epoch, 7919, *parts)  # noqa: E731
     chains: list[tuple[Tensor | None, int]] = [(None, seed(0, p)) for p in range(2 * probes)]
     keys = [("full_a" if p < probes else "full_b", None) for p in range(2 * probes)]
@@ -234,9 +237,9 @@ def distance_reading(run: Any, epoch: int, probes: int, lanczos_iters: int = 128
     gen = torch.Generator().manual_seed(seed(3))
     for li, (layer, ix) in enumerate(idx.items()):
         for s in range(null_subsets):
-            subset = torch.randperm(hess.dim, generator=gen)[: len(ix)].sort().values
-            chains.append((subset, seed(2, li, s)))
-            keys.append(("null", layer))
+            subset = torch.randperm(hess.dim, generator=gen)[: len(ix)].sort().values.to(hess.device)
+            chains += [(subset, seed(2, li, s, p)) for p in range(probes)]
+            keys += [("null", (layer, s))] * probes
     tris = lockstep(hess.matmat, hess.dim, hess.dtype, hess.device, chains, lanczos_iters)
     atoms: dict[str, Any] = {"full_a": [], "full_b": [], "layers": {k: [] for k in idx}, "null": {}}
     for (what, layer), tri in zip(keys, tris):
@@ -244,6 +247,12 @@ def distance_reading(run: Any, epoch: int, probes: int, lanczos_iters: int = 128
         pair = ([float(v) for v in evals], [float(v) for v in evecs[0] ** 2])
         if layer is None:
             atoms[what].append(pair)
+        elif what == "null":
+            name, s = layer
+            subsets = atoms["null"].setdefault(name, [])
+            if len(subsets) == s:
+                subsets.append([])
+            subsets[s].append(pair)
         else:
             atoms[what].setdefault(layer, []).append(pair)
     reading = DistanceReading(epoch, probes, lanczos_iters, atoms["full_a"], atoms["full_b"], atoms["layers"],
@@ -253,26 +262,28 @@ def distance_reading(run: Any, epoch: int, probes: int, lanczos_iters: int = 128
 
 
 def planned_readings(run: Any, reading: Any) -> list[tuple[str, tuple]]:
-    """The readings the profile asks of ``run``: ("class", (epoch, n)) and ("distance", (epoch, with_null))."""
+    """The readings the profile asks of ``run``: ("class", (epoch, n)) and ("distance", (epoch, null subsets))."""
     large_epochs = reading.large_epochs if reading.large_epochs is not None else (run.config.epochs,)
     plan = [("class", (e, reading.examples_per_class)) for e in reading.class_epochs]
     plan += [("class", (e, reading.large_examples_per_class)) for e in large_epochs]
-    last = max(reading.distance_epochs)
-    plan += [("distance", (e, e == last)) for e in reading.distance_epochs]
+    plan += [("distance", (e, reading.null_subsets)) for e in reading.distance_epochs]
     return plan
 
 
-def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Path | None = None) -> RunReadings:
-    """Every reading ``reading`` (a :class:`htr_utils.study.profiles.SpectraReading`) asks of ``run``."""
+def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Path | None = None,
+             device: str | torch.device | None = None) -> RunReadings:
+    """Every reading ``reading`` (a :class:`htr_utils.study.profiles.SpectraReading`) asks of ``run``, computed on
+    ``device`` (None: CPU) where not cached."""
+    device = device or "cpu"
     out = RunReadings()
     plan = planned_readings(run, reading)
     bar = tqdm(plan, desc=f"readings {run.path.name}", disable=_progress_disabled(progress), leave=False)
     for what, (epoch, arg) in bar:
         if what == "class":
-            out.classes[(epoch, arg)] = class_reading(run, epoch, arg, reading.lanczos_iters, data_root)
+            out.classes[(epoch, arg)] = class_reading(run, epoch, arg, reading.lanczos_iters, data_root, device)
         else:
-            out.distances[epoch] = distance_reading(run, epoch, reading.slq_probes, reading.lanczos_iters,
-                                                    reading.null_subsets if arg else 0, data_root)
+            out.distances[epoch] = distance_reading(run, epoch, reading.slq_probes, reading.lanczos_iters, arg,
+                                                    data_root, device)
     return out
 
 

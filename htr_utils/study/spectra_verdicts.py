@@ -246,8 +246,9 @@ def c4_readings(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def null_table(runs: Mapping[str, Any], readings: Mapping[str, Any], distances: pd.DataFrame) -> pd.DataFrame:
-    """Size-matched null: per (run, layer) at the epoch with subsets, the layer's W1 beside the W1 of random
-    parameter subsets of the layer's size (min, mean, max), and whether the layer is closer than every subset."""
+    """Size-matched null: per (run, epoch, layer), the layer's W1 beside the W1 of random parameter subsets of the
+    layer's size (each pooled over its SLQ runs as the layer is; min, mean, max), and whether the layer is closer
+    than every subset."""
     rows = []
     for label in runs:
         for epoch, d in sorted(_get(readings[label], "distances").items()):
@@ -256,7 +257,7 @@ def null_table(runs: Mapping[str, Any], readings: Mapping[str, Any], distances: 
                 continue
             a = _measure(_get(d, "full_a"))
             for name, subsets in null.items():
-                w = np.array([rules.w1_atoms(*_measure([s]), *a) for s in subsets])
+                w = np.array([rules.w1_atoms(*_measure(s), *a) for s in subsets])
                 layer_w1 = distances[(distances["run"] == label) & (distances["epoch"] == epoch)
                                      & (distances["layer"] == name)]["w1"].iloc[0]
                 rows.append({"run": label, "epoch": epoch, "layer": name, "w1": layer_w1, "null_min": w.min(),

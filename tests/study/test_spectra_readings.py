@@ -62,8 +62,12 @@ def test_readings_are_cached_and_repeat(run, tmp_path):
 def test_distance_reading_atoms(run):
     d = distance_reading(run, 2, probes=2, lanczos_iters=6, null_subsets=2)
     assert len(d.full_a) == len(d.full_b) == 2 and all(len(v) == 2 for v in d.layers.values())
-    assert set(d.null) == set(d.layers) and all(len(v) == 2 for v in d.null.values())
-    for nodes, weights in d.full_a + [p for v in d.layers.values() for p in v]:
+    # the size-matched null: 2 subsets per layer, each with as many SLQ runs as the layer
+    assert set(d.null) == set(d.layers) and all(len(v) == 2 and all(len(s) == 2 for s in v) for v in d.null.values())
+    for name, subsets in d.null.items():   # a subset of the layer's size has at most that many Ritz values
+        assert all(len(nodes) == len(d.layers[name][0][0]) for s in subsets for nodes, _ in s)
+    for nodes, weights in d.full_a + [p for v in d.layers.values() for p in v] + \
+            [p for v in d.null.values() for s in v for p in s]:
         assert abs(sum(weights) - 1) < 1e-4 and len(nodes) == len(weights)
     assert d.full_a != d.full_b   # independent starts
     assert DistanceReading.from_json(d.to_json()) == d
@@ -74,4 +78,4 @@ def test_read_run_follows_the_plan(run):
                              large_examples_per_class=3, slq_probes=2, null_subsets=1, lanczos_iters=6)
     out = read_run(run, reading, progress=False)
     assert set(out.classes) == {(1, 2), (2, 2), (2, 3)} and set(out.distances) == {1, 2}
-    assert not out.distances[1].null and out.distances[2].null
+    assert all(len(out.distances[e].null[k]) == 1 for e in (1, 2) for k in out.distances[e].layers)  # every epoch
