@@ -7,10 +7,13 @@ calibrated in one form and applied in another.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy.stats import t as t_dist
 
+from .depth_trends import is_middle
 from .regularisation_rules import (EQUIVALENCE_MARGIN, I, N, R, c6a_codes, c6b_codes, c7_accuracy_codes)
 from .statistics import partial_spearman
 
@@ -115,60 +118,55 @@ def regularisation_calibration(sd: float, n: int, gain: float = EQUIVALENCE_MARG
 # ----------------------------------------------------------------------------- spectra claims (C1, C4, C5)
 
 
-def c4_rates(design: list[tuple[int, int]], middle_win_rate: float | None = None, dependent: bool = False,
-             tie_rate: float = 0.0, sims: int = 20000, seed: int = 0) -> dict[str, float]:
-    """C4's rule on simulated readings. ``design``: one (number of layers, number of read epochs) per network.
+Network = tuple[float, float, int]  # C4: a network's null (p_mid, p_out) per reading and its number of readings
 
-    Each reading is a tie with probability ``tie_rate``; otherwise "middle" with probability the
-    network's middle share (``middle_win_rate`` None: layers exchangeable, no depth effect) or
-    ``middle_win_rate``, else "outer". ``dependent``: all readings of a network share one outcome
-    (the worst case for a tally that counts them as independent).
+
+def _c4_outcomes(design: Sequence[Network], truth: Sequence[tuple[float, float]] | None) -> list[tuple[float, float]]:
+    return [(pm, po) for pm, po, _ in design] if truth is None else list(truth)
+
+
+def c4_rates(design: Sequence[Network], truth: Sequence[tuple[float, float]] | None = None, dependent: bool = False,
+             sims: int = 20000, seed: int = 0) -> dict[str, float]:
+    """C4's rule (amendment 2) on simulated readings. ``design``: per network (p_mid, p_out, readings), the
+    size-matched null rates of each of its readings and how many there are. ``truth``: per network the
+    probabilities that a reading is "middle" / "outer" (None: the null itself, i.e. size explains everything).
+    ``dependent``: all readings of a network share one outcome (the worst case for a tally).
     """
-    from .spectra_rules import c4_codes, chance_rate, middle_share
+    from .spectra_rules import c4_codes
 
     rng = np.random.default_rng(seed)
-    counts = [L for L, e in design for _ in range(e)]
-    n_mid = np.zeros(sims, dtype=int)
-    n_out = np.zeros(sims, dtype=int)
-    all_mid = np.ones(sims, dtype=bool)
-    all_out = np.ones(sims, dtype=bool)
-    for L, epochs in design:
-        p_mid = middle_share(L) if middle_win_rate is None else middle_win_rate
+    p_mid = [pm for pm, _, e in design for _ in range(e)]
+    p_out = [po for _, po, e in design for _ in range(e)]
+    n_mid, n_out = np.zeros(sims, dtype=int), np.zeros(sims, dtype=int)
+    all_mid, all_out = np.ones(sims, dtype=bool), np.ones(sims, dtype=bool)
+    for (_, _, epochs), (tm, to) in zip(design, _c4_outcomes(design, truth)):
         draws = 1 if dependent else epochs
-        u, t = rng.random((sims, draws)), rng.random((sims, draws))
-        mid = (t >= tie_rate) & (u < p_mid)
-        out = (t >= tie_rate) & (u >= p_mid)
+        u = rng.random((sims, draws))
+        mid, out = u < tm, (u >= tm) & (u < tm + to)
         scale = epochs if dependent else 1
         n_mid += scale * mid.sum(1)
         n_out += scale * out.sum(1)
         all_mid &= mid.sum(1) > draws / 2
         all_out &= out.sum(1) > draws / 2
-    return _rates(c4_codes(n_mid, n_out, len(counts), chance_rate(counts), all_mid, all_out))
+    return _rates(c4_codes(n_mid, n_out, p_mid, p_out, all_mid, all_out))
 
 
-def c4_exact_rates(design: list[tuple[int, int]], middle_win_rate: float | None = None, dependent: bool = False,
-                   tie_rate: float = 0.0, majority: bool = True) -> dict[str, float]:
-    """The exact verdict frequencies that :func:`c4_rates` estimates, by enumerating every tally.
-
-    Same model and arguments as :func:`c4_rates` (``design``: one (number of layers, number of read
-    epochs) per network). Every combination of per-network outcomes (independent readings: the
-    trinomial counts of "middle", "outer" and "tie"; dependent: one outcome for all of a network's
-    readings) is weighted by its probability and judged by :func:`c4_codes`, so a simulation
-    estimate can be checked against it. ``majority=False``: the first version of the rule, the
-    binomial conditions alone (before the protocol's amendment), for comparison.
-    """
+def c4_exact_rates(design: Sequence[Network], truth: Sequence[tuple[float, float]] | None = None,
+                   dependent: bool = False) -> dict[str, float]:
+    """The exact verdict frequencies that :func:`c4_rates` estimates, by enumerating every tally (same arguments):
+    every combination of per-network (middle, outer, tie) counts is weighted by its probability and judged by
+    :func:`htr_utils.study.spectra_rules.c4_codes`."""
     import itertools
 
     from scipy.stats import multinomial
 
-    from .spectra_rules import c4_codes, chance_rate, middle_share
+    from .spectra_rules import c4_codes
 
-    total = sum(e for _, e in design)
-    p0 = chance_rate([L for L, e in design for _ in range(e)])
+    p_mid = [pm for pm, _, e in design for _ in range(e)]
+    p_out = [po for _, po, e in design for _ in range(e)]
     per_network = []
-    for L, epochs in design:
-        p_mid = middle_share(L) if middle_win_rate is None else middle_win_rate
-        probs = [(1 - tie_rate) * p_mid, (1 - tie_rate) * (1 - p_mid), tie_rate]
+    for (_, _, epochs), (tm, to) in zip(design, _c4_outcomes(design, truth)):
+        probs = [tm, to, max(0.0, 1.0 - tm - to)]
         if dependent:
             outcomes = [(epochs, 0, probs[0]), (0, epochs, probs[1]), (0, 0, probs[2])]
         else:
@@ -179,11 +177,85 @@ def c4_exact_rates(design: list[tuple[int, int]], middle_win_rate: float | None 
     n_mid = np.array([sum(c[0] for c in combo) for combo in combos])
     n_out = np.array([sum(c[1] for c in combo) for combo in combos])
     prob = np.array([np.prod([c[2] for c in combo]) for combo in combos])
-    all_mid = np.array([all(c[3] for c in combo) for combo in combos]) | (not majority)
-    all_out = np.array([all(c[4] for c in combo) for combo in combos]) | (not majority)
-    codes = c4_codes(n_mid, n_out, total, p0, all_mid, all_out)
+    all_mid = np.array([all(c[3] for c in combo) for combo in combos])
+    all_out = np.array([all(c[4] for c in combo) for combo in combos])
+    codes = c4_codes(n_mid, n_out, p_mid, p_out, all_mid, all_out)
     return {"P(reproduced)": float(prob[codes == R].sum()), "P(not reproduced)": float(prob[codes == N].sum()),
             "P(inconclusive)": float(prob[codes == I].sum())}
+
+
+def c4_smallest_p(design: Sequence[Network]) -> float:
+    """The smallest p-value C4's tally can reach on ``design`` (every reading "middle"): ∏ p_mid."""
+    return float(np.prod([pm ** e for pm, _, e in design]))
+
+
+# C4's generative model: layer sizes / 10 (LeNet: conv1 conv2 fc1 fc2 fc3; VGG11_bn width 0.125: 8 convs + classifier)
+MODEL_SIZES = {"lenet": (15, 240, 4800, 1008, 84), "vgg11_bn": (7, 115, 461, 922, 1843, 3686, 3686, 3686, 64)}
+
+
+def _gn_measure(J: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spectral measure of (J Pᵀ)ᵀ(J Pᵀ) restricted to ``cols``: the nonzero eigenvalues of J_S J_Sᵀ plus the zero mass."""
+    Js = J[:, cols]
+    ev = np.clip(np.linalg.eigvalsh(Js @ Js.T), 0.0, None)[-min(len(cols), J.shape[0]):]
+    n = len(cols)
+    return np.concatenate([ev, [0.0]]), np.concatenate([np.full(len(ev), 1.0 / n), [(n - len(ev)) / n]])
+
+
+def c4_model_reading(sizes: Sequence[int], rng: np.random.Generator, scale_sd: float = 1.0, middle_scale: float | None = None,
+                     rows: int = 90, C: int = 10, subsets: int = 5) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One simulated C4 reading in a Gauss–Newton model: G = JᵀJ, J (``rows`` examples × classes, with class
+    means) × parameters, each layer's columns scaled by exp(scale_sd · N(0, 1)) drawn independently (layers
+    exchangeable: no depth effect), or, with ``middle_scale``, the middle-half layers at that scale (a depth
+    effect). Returns the exact W1 of every layer to the full measure and, per layer, the W1 of ``subsets``
+    random coordinate subsets of its size."""
+    from .spectra_rules import w1_atoms
+
+    sizes = np.asarray(sizes)
+    L, N = len(sizes), int(sizes.sum())
+    scales = np.exp(scale_sd * rng.standard_normal(L))
+    if middle_scale is not None:
+        scales[[is_middle(i, L) for i in range(L)]] = middle_scale
+    labels = np.repeat(np.arange(C), rows // C)
+    J = (rng.standard_normal((C, N))[labels] + rng.standard_normal((len(labels), N))) * np.repeat(scales, sizes) / np.sqrt(N)
+    full = _gn_measure(J, np.arange(N))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    layer_w1 = np.array([w1_atoms(*_gn_measure(J, np.arange(bounds[i], bounds[i + 1])), *full) for i in range(L)])
+    null = [np.array([w1_atoms(*_gn_measure(J, np.sort(rng.choice(N, n, replace=False))), *full) for _ in range(subsets)])
+            for n in sizes]
+    return layer_w1, null
+
+
+def c4_model_readings(network: str, reps: int, seed: int = 0, **kw) -> list[tuple[str, float, float]]:
+    """``reps`` simulated readings of ``network`` (a key of :data:`MODEL_SIZES`): (label, p_mid, p_out) each, labelled
+    and judged against its own size-matched null exactly as the real readings are (floor 0: exact spectra)."""
+    from .spectra_rules import c4_classify, c4_null_rates
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(reps):
+        w1, null = c4_model_reading(MODEL_SIZES[network], rng, **kw)
+        out.append((c4_classify(w1, 0.0), *c4_null_rates(null, 0.0, seed=r)))
+    return out
+
+
+def c4_model_rates(pools: Sequence[Sequence[tuple[str, float, float]]], epochs: Sequence[int], dependent: bool = False,
+                   studies: int = 4000, seed: int = 0) -> dict[str, float]:
+    """C4's rule on studies assembled from simulated readings: network k's ``epochs[k]`` readings drawn from
+    ``pools[k]`` (independent) or one reading repeated (``dependent``)."""
+    from .spectra_rules import c4_codes, majorities
+
+    rng = np.random.default_rng(seed)
+    codes = []
+    for _ in range(studies):
+        labels, p_mid, p_out, nets = [], [], [], []
+        for k, (pool, e) in enumerate(zip(pools, epochs)):
+            picks = [rng.integers(len(pool))] * e if dependent else rng.integers(len(pool), size=e)
+            for j in picks:
+                lab, pm, po = pool[j]
+                labels.append(lab), p_mid.append(pm), p_out.append(po), nets.append(k)
+        all_mid, all_out = majorities(labels, nets)
+        codes.append(int(c4_codes(labels.count("middle"), labels.count("outer"), p_mid, p_out, all_mid, all_out)))
+    return _rates(np.array(codes))
 
 
 def kendall_null(n: int) -> np.ndarray:

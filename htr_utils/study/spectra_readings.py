@@ -271,12 +271,13 @@ def planned_readings(run: Any, reading: Any) -> list[tuple[str, tuple]]:
 
 
 def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Path | None = None,
-             device: str | torch.device | None = None) -> RunReadings:
-    """Every reading ``reading`` (a :class:`htr_utils.study.profiles.SpectraReading`) asks of ``run``, computed on
-    ``device`` (None: CPU) where not cached."""
+             device: str | torch.device | None = None, what: Sequence[str] = ("class", "distance")) -> RunReadings:
+    """The readings of the kinds ``what`` ("class": C1-C3, "distance": C4) that ``reading`` (a
+    :class:`htr_utils.study.profiles.SpectraReading`) asks of ``run``, computed on ``device`` (None: CPU) where
+    not cached."""
     device = device or "cpu"
     out = RunReadings()
-    plan = planned_readings(run, reading)
+    plan = [(kind, args) for kind, args in planned_readings(run, reading) if kind in what]
     bar = tqdm(plan, desc=f"readings {run.path.name}", disable=_progress_disabled(progress), leave=False)
     for what, (epoch, arg) in bar:
         if what == "class":
@@ -287,9 +288,10 @@ def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Pat
     return out
 
 
-def spectra_readings(profile: str | None = None, progress: bool = True, labels: Sequence[str] | None = None
-                     ) -> dict[str, RunReadings]:
-    """{label: RunReadings} of the profile's spectra runs (trained first if missing)."""
+def spectra_readings(profile: str | None = None, progress: bool = True, labels: Sequence[str] | None = None,
+                     what: Sequence[str] = ("class", "distance")) -> dict[str, RunReadings]:
+    """{label: RunReadings} of the profile's spectra runs (trained first if missing), readings of the kinds
+    ``what`` only."""
     from .outputs import data_root
     from .profiles import get_profile
     from .runs import train_run
@@ -300,5 +302,5 @@ def spectra_readings(profile: str | None = None, progress: bool = True, labels: 
         if labels is not None and label not in labels:
             continue
         run = train_run(cfg, root=P.runs_dir(), progress=progress, data_root=data_root())
-        out[label] = read_run(run, P.spectra_reading[label], progress, data_root())
+        out[label] = read_run(run, P.spectra_reading[label], progress, data_root(), what=what)
     return out

@@ -137,11 +137,6 @@ def middle_share(num_layers: int) -> float:
     return sum(is_middle(i, num_layers) for i in range(num_layers)) / num_layers
 
 
-def chance_rate(layer_counts: Sequence[int]) -> float:
-    """p0: the mean over readings of the middle share of the reading's network."""
-    return float(np.mean([middle_share(L) for L in layer_counts]))
-
-
 def c4_classify(w1_layers: Sequence[float], floor: float) -> str:
     """"middle" if the closest middle-half layer beats the closest outer one by more than ``floor``, "outer" if the
     reverse, else "tie"."""
@@ -154,15 +149,51 @@ def c4_classify(w1_layers: Sequence[float], floor: float) -> str:
     return "middle" if m + floor < o else "outer" if o + floor < m else "tie"
 
 
-def c4_codes(n_middle: np.ndarray | int, n_outer: np.ndarray | int, total: int, p0: float,
+def c4_null_rates(null_w1: Sequence[Sequence[float]], floor: float, draws: int = 4000, seed: int = 0
+                  ) -> tuple[float, float]:
+    """(p_mid, p_out) of one reading under the size-matched null (PROTOCOL.md, C4 amendment 2).
+
+    ``null_w1[l]``: W1 to the full measure of each random coordinate subset of layer l's size. A null draw
+    takes one subset per layer at random; p_mid and p_out are the shares of ``draws`` draws that
+    :func:`c4_classify` (same ``floor``) calls "middle" and "outer": how a network whose layers differed
+    only in size would read.
+    """
+    W = [np.asarray(w, dtype=float).ravel() for w in null_w1]
+    if any(len(w) == 0 for w in W):
+        raise ValueError("c4_null_rates: every layer needs at least one random subset of its size; "
+                         "take the distance readings with null_subsets > 0")
+    L = len(W)
+    mid = np.array([is_middle(i, L) for i in range(L)], dtype=bool)
+    if not mid.any() or mid.all():
+        raise ValueError(f"c4_null_rates: {L} layers have no middle-half or no outer layer to compare")
+    rng = np.random.default_rng(seed)
+    picks = np.stack([w[rng.integers(len(w), size=draws)] for w in W], axis=1)
+    m, o = picks[:, mid].min(1), picks[:, ~mid].min(1)
+    return float(np.mean(m + floor < o)), float(np.mean(o + floor < m))
+
+
+def poisson_binomial_sf(k: np.ndarray | int, probs: Sequence[float]) -> np.ndarray:
+    """P(X ≥ k) for X = a sum of independent Bernoulli(p_i) (exact, by convolution); k may be an array."""
+    pmf = np.ones(1)
+    for p in np.asarray(probs, dtype=float).ravel():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"poisson_binomial_sf: probabilities must lie in [0, 1], got {p!r}")
+        pmf = np.convolve(pmf, [1.0 - p, p])
+    tail = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])  # tail[j] = P(X ≥ j), j = 0..n+1
+    k = np.clip(np.asarray(k), 0, len(pmf))
+    return tail[k]
+
+
+def c4_codes(n_middle: np.ndarray | int, n_outer: np.ndarray | int, p_mid: Sequence[float], p_out: Sequence[float],
              all_middle: np.ndarray | bool = True, all_outer: np.ndarray | bool = True,
              alpha: float = ALPHA) -> np.ndarray:
-    """R if P(Bin(total, p0) ≥ n_middle) < alpha and every network's majority is "middle" (``all_middle``);
-    N if P(Bin(total, 1 − p0) ≥ n_outer) < alpha and every network's majority is "outer"; else I."""
-    p_mid = stats.binom.sf(np.asarray(n_middle) - 1, total, p0)
-    p_out = stats.binom.sf(np.asarray(n_outer) - 1, total, 1 - p0)
-    return np.where((p_mid < alpha) & np.asarray(all_middle), R,
-                    np.where((p_out < alpha) & np.asarray(all_outer), N, I))
+    """R if P(PoissonBinomial(p_mid) ≥ n_middle) < alpha and every network's majority is "middle" (``all_middle``);
+    N if P(PoissonBinomial(p_out) ≥ n_outer) < alpha and every network's majority is "outer"; else I.
+    ``p_mid`` / ``p_out``: each reading's size-matched null rates (:func:`c4_null_rates`)."""
+    p_m = poisson_binomial_sf(np.asarray(n_middle), p_mid)
+    p_o = poisson_binomial_sf(np.asarray(n_outer), p_out)
+    return np.where((p_m < alpha) & np.asarray(all_middle), R,
+                    np.where((p_o < alpha) & np.asarray(all_outer), N, I))
 
 
 def majorities(labels: Sequence[str], networks: Sequence[str]) -> tuple[bool, bool]:
@@ -174,14 +205,15 @@ def majorities(labels: Sequence[str], networks: Sequence[str]) -> tuple[bool, bo
     return mostly("middle"), mostly("outer")
 
 
-def c4_rule(labels: Sequence[str], layer_counts: Sequence[int], networks: Sequence[str]) -> Verdict:
-    """:func:`c4_codes` on the readings' labels ("middle" / "outer" / "tie"), their networks' layer counts and names."""
+def c4_rule(labels: Sequence[str], p_mid: Sequence[float], p_out: Sequence[float], networks: Sequence[str]) -> Verdict:
+    """:func:`c4_codes` on the readings' labels ("middle" / "outer" / "tie"), their null rates and networks."""
     labels = list(labels)
     if not labels:
         return Verdict.INCONCLUSIVE
+    if not len(labels) == len(p_mid) == len(p_out) == len(networks):
+        raise ValueError("c4_rule: labels, p_mid, p_out and networks need one entry per reading")
     all_mid, all_out = majorities(labels, networks)
-    return verdict_of(c4_codes(labels.count("middle"), labels.count("outer"), len(labels), chance_rate(layer_counts),
-                               all_mid, all_out))
+    return verdict_of(c4_codes(labels.count("middle"), labels.count("outer"), p_mid, p_out, all_mid, all_out))
 
 
 # ----------------------------------------------------------------------------- C5: trends

@@ -230,25 +230,10 @@ def distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.D
     return pd.DataFrame(rows)
 
 
-def c4_readings(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, epoch): the closest middle and outer layers, their W1, the floor and the classification."""
-    rows = []
-    for (label, epoch), g in table.groupby(["run", "epoch"], sort=False):
-        g = g.sort_values("index")
-        w1 = g["w1"].to_numpy()
-        mid, out = g[g["middle"]], g[~g["middle"]]
-        rows.append({"run": label, "epoch": epoch, "num_layers": len(g), "closest": g.loc[g["w1"].idxmin(), "layer"],
-                     "middle_layer": mid.loc[mid["w1"].idxmin(), "layer"], "middle_w1": mid["w1"].min(),
-                     "outer_layer": out.loc[out["w1"].idxmin(), "layer"], "outer_w1": out["w1"].min(),
-                     "floor": g["floor"].iloc[0], "reading": rules.c4_classify(w1, g["floor"].iloc[0]),
-                     "train_loss": g["train_loss"].iloc[0]})
-    return pd.DataFrame(rows)
-
-
 def null_table(runs: Mapping[str, Any], readings: Mapping[str, Any], distances: pd.DataFrame) -> pd.DataFrame:
     """Size-matched null: per (run, epoch, layer), the layer's W1 beside the W1 of random parameter subsets of the
-    layer's size (each pooled over its SLQ runs as the layer is; min, mean, max), and whether the layer is closer
-    than every subset."""
+    layer's size (each pooled over its SLQ runs as the layer is; every value, min, mean, max), and whether the layer
+    is closer than every subset."""
     rows = []
     for label in runs:
         for epoch, d in sorted(_get(readings[label], "distances").items()):
@@ -262,26 +247,60 @@ def null_table(runs: Mapping[str, Any], readings: Mapping[str, Any], distances: 
                                      & (distances["layer"] == name)]["w1"].iloc[0]
                 rows.append({"run": label, "epoch": epoch, "layer": name, "w1": layer_w1, "null_min": w.min(),
                              "null_mean": w.mean(), "null_max": w.max(), "subsets": len(w),
-                             "closer_than_size": bool(layer_w1 < w.min())})
+                             "closer_than_size": bool(layer_w1 < w.min()), "null_w1": [float(v) for v in w]})
     return pd.DataFrame(rows)
 
 
-def c4_verdict(readings_table: pd.DataFrame) -> VerdictResult:
-    labels = readings_table["reading"].tolist()
-    counts = readings_table["num_layers"].tolist()
-    verdict = rules.c4_rule(labels, counts, readings_table["run"].tolist())
+def c4_readings(table: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, epoch): the closest middle and outer layers, their W1, the floor, the classification, and
+    the reading's size-matched null rates p_mid / p_out (:func:`htr_utils.study.spectra_rules.c4_null_rates`)."""
+    rows = []
+    for (label, epoch), g in table.groupby(["run", "epoch"], sort=False):
+        g = g.sort_values("index")
+        w1, floor = g["w1"].to_numpy(), g["floor"].iloc[0]
+        mid, out = g[g["middle"]], g[~g["middle"]]
+        n = null[(null["run"] == label) & (null["epoch"] == epoch)] if len(null) else null
+        if set(n.get("layer", [])) != set(g["layer"]):
+            raise ValueError(f"C4: the reading of {label} at epoch {epoch} has no size-matched null for every layer; "
+                             "take the distance readings again with null_subsets > 0 (PROTOCOL.md, C4 amendment 2)")
+        by_layer = n.set_index("layer")["null_w1"]
+        p_mid, p_out = rules.c4_null_rates([by_layer[layer] for layer in g["layer"]], floor, seed=int(epoch))
+        rows.append({"run": label, "epoch": epoch, "num_layers": len(g), "closest": g.loc[g["w1"].idxmin(), "layer"],
+                     "middle_layer": mid.loc[mid["w1"].idxmin(), "layer"], "middle_w1": mid["w1"].min(),
+                     "outer_layer": out.loc[out["w1"].idxmin(), "layer"], "outer_w1": out["w1"].min(),
+                     "floor": floor, "reading": rules.c4_classify(w1, floor), "p_mid": p_mid, "p_out": p_out,
+                     "train_loss": g["train_loss"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def c4_verdict(readings_table: pd.DataFrame, null: str = "size-matched") -> VerdictResult:
+    """C4's verdict on the readings' tally. ``null="size-matched"``: each reading's p_mid / p_out (amendment 2, the
+    primary rule); ``"middle share"``: the chance rate of amendment 1 (every layer equally likely), for comparison."""
+    t = readings_table
+    labels = t["reading"].tolist()
+    if null == "size-matched":
+        p_mid, p_out = t["p_mid"].to_numpy(), t["p_out"].to_numpy()
+    elif null == "middle share":
+        p_mid = np.array([rules.middle_share(int(L)) for L in t["num_layers"]])
+        p_out = 1 - p_mid
+    else:
+        raise ValueError(f"c4_verdict: null must be 'size-matched' or 'middle share', got {null!r}")
+    verdict = rules.c4_rule(labels, p_mid, p_out, t["run"].tolist())
     n_mid, n_out = labels.count("middle"), labels.count("outer")
-    p0 = rules.chance_rate(counts)
-    from scipy.stats import binom
-    p_mid = float(binom.sf(n_mid - 1, len(labels), p0))
-    p_out = float(binom.sf(n_out - 1, len(labels), 1 - p0))
+    pv_mid = float(rules.poisson_binomial_sf(n_mid, p_mid))
+    pv_out = float(rules.poisson_binomial_sf(n_out, p_out))
+    smallest = float(np.prod(p_mid))
     per_run = "; ".join(f"{run}: " + ", ".join(f"e{r['epoch']} {r['closest']} ({r['reading']})" for _, r in g.iterrows())
-                        for run, g in readings_table.groupby("run", sort=False))
+                        for run, g in t.groupby("run", sort=False))
     measured = (f"middle closest beyond the noise floor in {n_mid}/{len(labels)} readings, outer in {n_out}, tie in "
-                f"{labels.count('tie')}; chance rate {p0:.3f}, P(Bin ≥ {n_mid}) = {p_mid:.3g}, P(outer ≥ {n_out}) = "
-                f"{p_out:.3g} [{per_run}]")
+                f"{labels.count('tie')}; {null} null expects {p_mid.sum():.1f} middle and {p_out.sum():.1f} outer: "
+                f"P(≥ {n_mid} middle) = {pv_mid:.3g}, P(≥ {n_out} outer) = {pv_out:.3g}; smallest attainable "
+                f"P(middle) = {smallest:.3g}" + (" (the design cannot reproduce C4: size alone predicts the middle)"
+                                                  if smallest >= rules.ALPHA else "") + f" [{per_run}]")
     return VerdictResult(verdict, measured, {"middle": n_mid, "outer": n_out, "tie": labels.count("tie"),
-                                             "total": len(labels), "chance": p0, "p_middle": p_mid, "p_outer": p_out})
+                                             "total": len(labels), "null": null, "expected_middle": float(p_mid.sum()),
+                                             "expected_outer": float(p_out.sum()), "p_middle": pv_mid,
+                                             "p_outer": pv_out, "smallest_p": smallest})
 
 
 # ----------------------------------------------------------------------------- C5

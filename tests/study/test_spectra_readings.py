@@ -79,3 +79,5 @@ def test_read_run_follows_the_plan(run):
     out = read_run(run, reading, progress=False)
     assert set(out.classes) == {(1, 2), (2, 2), (2, 3)} and set(out.distances) == {1, 2}
     assert all(len(out.distances[e].null[k]) == 1 for e in (1, 2) for k in out.distances[e].layers)  # every epoch
+    only = read_run(run, reading, progress=False, what=("class",))   # C1-C3 need no distance readings
+    assert set(only.classes) == set(out.classes) and not only.distances

@@ -1,4 +1,5 @@
 """C1-C5 rules of PROTOCOL.md: every branch, exact p-values, exact W1, and their calibration."""
+import itertools
 import math
 
 import numpy as np
@@ -94,21 +95,43 @@ def test_c4_classify_codes_and_rule():
     assert r.c4_classify([5, 5, 1, 5, 1.6], floor=0.5) == "middle"         # margin just above the floor
     with pytest.raises(ValueError, match="no middle-half or no outer"):
         r.c4_classify([1.0], floor=0.0)
-    p0 = r.chance_rate([5] * 10 + [9] * 5)
-    assert r.c4_codes(10, 0, 15, p0) == r.R and r.c4_codes(9, 0, 15, p0) == r.I
-    assert r.c4_codes(0, 13, 15, p0) == r.N and r.c4_codes(0, 12, 15, p0) == r.I
-    assert r.c4_codes(12, 0, 15, p0, all_middle=False) == r.I               # one network mostly not middle
-    assert r.c4_codes(0, 14, 15, p0, all_outer=False) == r.I
-    # vectorised over readings; the thresholds are the exact binomial tails
-    n_mid = np.arange(16)
-    assert list(r.c4_codes(n_mid, 15 - n_mid, 15, p0)) == [r.N] * 3 + [r.I] * 7 + [r.R] * 6
-    assert stats.binom.sf(9, 15, p0) < 0.05 < stats.binom.sf(8, 15, p0)
-    assert stats.binom.sf(12, 15, 1 - p0) < 0.05 < stats.binom.sf(11, 15, 1 - p0)
+    p_mid = [0.4] * 10 + [4 / 9] * 5
+    p_out = [1 - p for p in p_mid]
+    assert r.c4_codes(10, 0, p_mid, p_out) == r.R and r.c4_codes(8, 0, p_mid, p_out) == r.I
+    assert r.c4_codes(0, 13, p_mid, p_out) == r.N and r.c4_codes(0, 12, p_mid, p_out) == r.I
+    assert r.c4_codes(12, 0, p_mid, p_out, all_middle=False) == r.I               # one network mostly not middle
+    assert r.c4_codes(0, 14, p_mid, p_out, all_outer=False) == r.I
     nets = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
-    counts = [5] * 10 + [9] * 5
-    assert r.c4_rule(["middle"] * 15, counts, nets) is Verdict.REPRODUCED
-    assert r.c4_rule(["middle"] * 10 + ["outer"] * 5, counts, nets) is Verdict.INCONCLUSIVE
-    assert r.c4_rule(["outer"] * 15, counts, nets) is Verdict.NOT_REPRODUCED
+    assert r.c4_rule(["middle"] * 15, p_mid, p_out, nets) is Verdict.REPRODUCED
+    assert r.c4_rule(["middle"] * 10 + ["outer"] * 5, p_mid, p_out, nets) is Verdict.INCONCLUSIVE
+    assert r.c4_rule(["outer"] * 15, p_mid, p_out, nets) is Verdict.NOT_REPRODUCED
+    # where size alone predicts "middle" (null rate 1), even 15 of 15 is no evidence
+    assert r.c4_rule(["middle"] * 15, [1.0] * 15, [0.0] * 15, nets) is Verdict.INCONCLUSIVE
+    with pytest.raises(ValueError, match="one entry per reading"):
+        r.c4_rule(["middle"] * 15, p_mid[:3], p_out, nets)
+
+
+def test_poisson_binomial_tail_against_enumeration():
+    probs = [0.1, 0.5, 0.9, 0.3]
+    for k in range(6):
+        brute = sum(np.prod([p if b else 1 - p for p, b in zip(probs, bits)])
+                    for bits in itertools.product([0, 1], repeat=4) if sum(bits) >= k)
+        assert r.poisson_binomial_sf(k, probs) == pytest.approx(brute)
+    n = np.arange(16)
+    assert np.allclose(r.poisson_binomial_sf(n, [0.4] * 15), stats.binom.sf(n - 1, 15, 0.4))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        r.poisson_binomial_sf(1, [1.5])
+
+
+def test_c4_null_rates():
+    # the middle layer's size-matched subsets are always closest: the null says "middle" every time
+    assert r.c4_null_rates([[5, 6], [5, 6], [1, 2], [5, 6], [5, 6]], floor=0.5) == (1.0, 0.0)
+    # two layers' subsets overlap: each wins about half of the draws beyond a zero floor
+    p_mid, p_out = r.c4_null_rates([[1, 3], [9, 9], [2, 2], [9, 9], [9, 9]], floor=0.0, draws=20000)
+    assert p_mid == pytest.approx(0.5, abs=0.02) and p_out == pytest.approx(0.5, abs=0.02)
+    assert r.c4_null_rates([[1.0], [1.0], [1.0], [1.0], [1.0]], floor=0.1) == (0.0, 0.0)   # all ties
+    with pytest.raises(ValueError, match="null_subsets > 0"):
+        r.c4_null_rates([[1.0], [], [1.0], [1.0], [1.0]], floor=0.0)
 
 
 def test_exact_kendall_and_three_points_never_significant():
@@ -139,12 +162,12 @@ def test_c5_codes_and_rule():
 
 
 def test_calibration_matches_the_protocol():
-    design = [(5, 5), (5, 5), (9, 5)]
+    design = [(0.4, 0.6, 5), (0.4, 0.6, 5), (4 / 9, 5 / 9, 5)]
     exch = c4_rates(design, sims=20000)
     assert exch["P(reproduced)"] < 0.05 and exch["P(not reproduced)"] < 0.05
     dep = c4_rates(design, dependent=True, sims=20000)
     assert dep["P(reproduced)"] == pytest.approx(0.4 * 0.4 * 4 / 9, abs=0.01)   # all three networks middle
-    assert c4_rates(design, middle_win_rate=0.8, sims=20000)["P(reproduced)"] > 0.75
+    assert c4_rates(design, truth=[(0.8, 0.2)] * 3, sims=20000)["P(reproduced)"] > 0.75
     rates = c5_rates([20, 20], sims=200)
     assert rates.loc[0, "P(reproduced)"] <= 0.05 and rates.loc[0, "P(not reproduced)"] <= 0.1
     assert min_detectable_tau(10) > min_detectable_tau(50) > 0

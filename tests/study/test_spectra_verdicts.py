@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from htr_utils.study import spectra_verdicts as sv
 from htr_utils.study.spectra_readings import ClassBlock, ClassReading, DistanceReading, RunReadings
@@ -36,12 +37,20 @@ def test_c1_reads_the_last_epoch_on_most_examples():
     assert sv.c1_verdict(sv.class_table(runs, readings), 10).verdict is Verdict.NOT_REPRODUCED
 
 
-def _distance(epoch, closest):
+def _distance(epoch: int, closest: int, sized_middle: int | None = None) -> DistanceReading:
     """Five layers; the full spectrum's atoms are copied into layer ``closest``, the others are shifted away."""
     full = [([0.0, 1.0, 5.0], [0.6, 0.3, 0.1])] * 2
     layers = {f"l{i}": ([([0.0, 1.0, 5.0], [0.6, 0.3, 0.1])] * 2 if i == closest
                         else [([0.0, 1.0 + i, 9.0], [0.5, 0.3, 0.2])] * 2) for i in range(5)}
-    return DistanceReading(epoch, 2, 16, full, full, layers)
+    return DistanceReading(epoch, 2, 16, full, full, layers, _null(sized_middle))
+
+
+def _null(sized_middle: int | None = None) -> dict:
+    """Three random subsets per layer whose measures sit at W1 = 1, 2, 3 from the full one (the largest atom moved);
+    ``sized_middle``: that layer's subsets sit at W1 0.1 (a layer whose size alone makes it closest)."""
+    def subset(w1: float) -> list:
+        return [([0.0, 1.0, 5.0 + 10 * w1], [0.6, 0.3, 0.1])] * 2
+    return {f"l{i}": [subset(0.1 if i == sized_middle else w) for w in (1.0, 2.0, 3.0)] for i in range(5)}
 
 
 def test_c4_tally_from_readings():
@@ -49,11 +58,40 @@ def test_c4_tally_from_readings():
     middle = {n: RunReadings(distances={e: _distance(e, 2) for e in range(1, 6)}) for n in runs}
     table = sv.distance_table(runs, middle)
     assert (table.loc[table["layer"] == "l2", "w1"] == 0).all() and (table["floor"] == 0).all()
-    classified = sv.c4_readings(table)
+    null = sv.null_table(runs, middle, table)
+    assert np.allclose(np.stack(null["null_w1"]), [1.0, 2.0, 3.0])      # W1 of the pooled subset measures
+    classified = sv.c4_readings(table, null)
     assert (classified["reading"] == "middle").all()
+    # one subset per layer at random, W1 1, 2 or 3 each; equal minima are ties, so
+    # P(min over 2 middle < min over 3 outer) = sum_k P(mid min = k) P(out min > k) = (5/9)(8/27) + (3/9)(1/27)
+    assert classified["p_mid"].iloc[0] == pytest.approx(5 / 9 * 8 / 27 + 3 / 9 * 1 / 27, abs=0.02)
     assert sv.c4_verdict(classified).verdict is Verdict.REPRODUCED
+    assert sv.c4_verdict(classified, null="middle share").verdict is Verdict.REPRODUCED
     outer = {n: RunReadings(distances={e: _distance(e, 0) for e in range(1, 6)}) for n in runs}
-    assert sv.c4_verdict(sv.c4_readings(sv.distance_table(runs, outer))).verdict is Verdict.NOT_REPRODUCED
+    t_out = sv.distance_table(runs, outer)
+    assert sv.c4_verdict(sv.c4_readings(t_out, sv.null_table(runs, outer, t_out))).verdict is Verdict.NOT_REPRODUCED
+
+
+def test_c4_a_middle_winner_that_size_explains_is_no_evidence():
+    """The middle layer l2 is closest in all 15 readings, but so are its own-size random subsets: the fixed chance
+    rate (amendment 1) says reproduced, the size-matched null (amendment 2) does not."""
+    runs = {n: _run() for n in ("a", "b", "c")}
+    sized = {n: RunReadings(distances={e: _distance(e, 2, sized_middle=2) for e in range(1, 6)}) for n in runs}
+    table = sv.distance_table(runs, sized)
+    classified = sv.c4_readings(table, sv.null_table(runs, sized, table))
+    assert (classified["p_mid"] == 1.0).all()
+    assert sv.c4_verdict(classified, null="middle share").verdict is Verdict.REPRODUCED
+    result = sv.c4_verdict(classified)
+    assert result.verdict is Verdict.INCONCLUSIVE and "cannot reproduce" in result.measured
+
+
+def test_c4_without_the_size_matched_null_says_how_to_get_it():
+    runs = {"a": _run()}
+    bare = {"a": RunReadings(distances={1: DistanceReading(1, 2, 16, *(_distance(1, 2).__dict__[k]
+                                                                     for k in ("full_a", "full_b", "layers")))})}
+    table = sv.distance_table(runs, bare)
+    with pytest.raises(ValueError, match="null_subsets > 0"):
+        sv.c4_readings(table, sv.null_table(runs, bare, table))
 
 
 def test_c2_a_nan_floor_makes_c2_inconclusive_wherever_it_sits():
