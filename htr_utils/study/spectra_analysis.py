@@ -70,13 +70,17 @@ def run_overview(runs: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def describe_runs(runs: Mapping[str, Any]) -> str:
-    """One line naming each run's model, width, data set, training size, epochs and Hessian subset."""
+    """One line naming each run's model, width, data set, training size, epochs, Hessian subset and the machine that
+    trained it (from its config.json)."""
     parts = []
     for label, run in runs.items():
         c = run.config
         size = f"{c.train_size} train images" if c.train_size else "full training set"
+        env = run.config_info().get("environment") or {}
+        where = (f", trained on {env.get('gpu') or env.get('device')} (torch {env.get('torch')})"
+                 if env.get("device") == "cuda" else "")
         parts.append(f"{label}: {c.model} (width {c.width:g}) on {c.dataset}, {size}, {c.epochs} epochs, "
-                     f"Hessian on {c.examples_per_class}/class, {c.lanczos_iters} Lanczos steps")
+                     f"Hessian on {c.examples_per_class}/class, {c.lanczos_iters} Lanczos steps{where}")
     return "; ".join(parts)
 
 

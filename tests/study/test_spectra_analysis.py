@@ -189,3 +189,14 @@ def test_outlier_verdict():
     v = ss.outlier_verdict(top, 10)
     assert v["outliers"] == 10 and v["ok"] and v["gap_ratio"] == 10.0
     assert not ss.outlier_verdict(np.r_[50, np.linspace(2, 1, 19)], 10)["ok"]
+
+
+def test_describe_runs_names_the_gpu_that_trained_a_run():
+    from types import SimpleNamespace
+    cfg = TrainConfig(dataset="fashionmnist", model="lenet", epochs=50, examples_per_class=10)
+    env = {"device": "cuda", "gpu": "NVIDIA H200", "torch": "2.11.0+cu130"}
+    gpu = SimpleNamespace(config=cfg, config_info=lambda: {"environment": env})
+    cpu = SimpleNamespace(config=cfg, config_info=lambda: {"environment": {**env, "device": "cpu", "gpu": None}})
+    old = SimpleNamespace(config=cfg, config_info=lambda: {})   # runs written before the environment was recorded
+    text = ss.describe_runs({"a": gpu, "b": cpu, "c": old})
+    assert text.count("trained on NVIDIA H200 (torch 2.11.0+cu130)") == 1 and "50 epochs" in text
