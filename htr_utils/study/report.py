@@ -8,7 +8,8 @@ verdict (``reproduced`` / ``not reproduced`` / ``inconclusive``), the rule that 
 ``<DIR>/REPORT.md``: one row per notebook, with each notebook's wall time.
 
 Wall times are kept in ``<DIR>/timings.json`` ({notebook: {"wall_s", "status", "error"}}; status
-``ok`` / ``failed`` / ``interrupted``), merged run after run, so a partial rerun (``--only 03``)
+``ok`` / ``failed`` / ``interrupted`` / ``pending``: not run yet, earlier outputs withdrawn, ``error`` says
+why), merged run after run, so a partial rerun (``--only 03``)
 keeps the other notebooks' rows. Several runners may share one ``<DIR>``: the merge and the report
 are written under ``<DIR>/.report.lock`` (an OS lock), each file atomically.
 """
@@ -182,6 +183,9 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
         elif r.get("status") == "interrupted":
             verdict = "**interrupted** (rerun it)"
             v = {}  # nor for one stopped before its verdict
+        elif r.get("status") == "pending":
+            verdict = "**not run yet**: " + (r.get("error") or "")
+            v = {}  # nor for one whose earlier outputs were withdrawn
         else:
             verdict = f"**{v['verdict']}**" if v.get("verdict") else "no verdict"
         claim = v.get("claim")

@@ -88,6 +88,14 @@ def test_report_table(tmp_path: Path) -> None:
     assert "**FAILED**: cell 3: RuntimeError: out of memory" in lines[3]
 
 
+def test_a_pending_notebook_shows_why_and_no_stale_verdict(tmp_path: Path) -> None:
+    _verdict(tmp_path / "04_layer_vs_full", verdict="not reproduced", claim_id="C4", measured="old rule", profile="cpu")
+    text = report.write_report(tmp_path, {"04_layer_vs_full": {"wall_s": None, "status": "pending",
+                                                               "error": "its readings need a GPU"}}).read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("| 04")]
+    assert "**not run yet**: its readings need a GPU" in line and "old rule" not in line and "not reproduced" not in line
+
+
 def test_report_keeps_earlier_timings_and_collects(tmp_path: Path) -> None:
     _verdict(tmp_path / "01_a")
     _verdict(tmp_path / "02_b")
