@@ -35,7 +35,7 @@ data:
 # Unit tests, then every notebook under nbval with the smoke profile (kernels start in notebooks/;
 # outputs go to build/smoke/; --nbval-lax fails on any cell that raises: the checks are asserts).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 	HTR_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
 # The unit tests without the slow ones (training, papermill, benchmarks): a quick check while editing.

@@ -35,6 +35,13 @@ def tiny_profile(root: Path, epochs: int = 2) -> Profile:
                                                middle_rules=("middle",), cost_rules=("middle",))})
 
 
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory) -> tuple[Profile, list[dict]]:
+    """The tiny grid trained once by the local executor (one thread): the reference the Dask tests compare with."""
+    P = tiny_profile(tmp_path_factory.mktemp("seq"))
+    return P, grid.train(P, threads=1, progress=False)
+
+
 def _numbers(root: Path, h: str) -> tuple:
     run = runs.Run(root / h)
     return run.metrics.drop(columns=list(TIMING_COLUMNS)).to_json(), [
@@ -63,15 +70,14 @@ def test_runs_whose_data_is_not_on_disk_are_skipped_with_how_to_get_it(tmp_path)
 
 
 @pytest.mark.slow
-def test_the_plan_is_what_the_notebooks_ask_for(tmp_path, monkeypatch):
+def test_the_plan_is_what_the_notebooks_ask_for(trained_tiny, monkeypatch):
     """Train the plan, then make the notebooks' requests (the calls notebooks 01-08 make) against the
     cache: they must find every run there, and use every planned run."""
     from htr_utils.study.outputs import data_root
     from htr_utils.study.spectra_analysis import spectra_runs
     from htr_utils.study.spectra_readings import spectra_readings
-    P = tiny_profile(tmp_path)
+    P, outcomes = trained_tiny
     monkeypatch.setitem(profiles.PROFILES, "tiny", P)
-    outcomes = grid.train(P, progress=False)
     planned = {o["hash"] for o in outcomes}
     assert all(o["status"] == "trained" for o in outcomes) and len(planned) == len(outcomes)
 
@@ -98,34 +104,35 @@ def test_the_plan_is_what_the_notebooks_ask_for(tmp_path, monkeypatch):
         _, gammas = regularisation.choose_gammas(study, root, droot)
         regularisation.train_arms(study, gammas, root, droot, arms=("sgd", "htr", "htr_middle"))
     assert asked == planned
-    readings = list((tmp_path / grid.plan(P, ["spectra"])[0].hash / "readings").glob("*.json"))
+    readings = list((P.runs_dir() / grid.plan(P, ["spectra"])[0].hash / "readings").glob("*.json"))
     assert len(readings) == 3  # class @1 per class, class @2 per class (last epoch), distance at the last epoch
 
 
-def _cluster(n: int = 2):
+@pytest.fixture(scope="module")
+def client():
+    """Two one-thread Dask worker processes for this module's tests (a killed worker is restarted by its nanny)."""
     distributed = pytest.importorskip("distributed", reason="the Dask executor needs the 'cluster' extra")
     # a Client that starts its own LocalCluster closes it (and its worker processes) on exit
-    return distributed.Client(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    with distributed.Client(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c
 
 
 @pytest.mark.slow
-def test_two_dask_workers_train_the_same_runs_as_one_process(tmp_path):
-    sequential, parallel = tiny_profile(tmp_path / "seq"), tiny_profile(tmp_path / "dask")
-    grid.train(sequential, threads=1, progress=False)
-    with _cluster() as client:
-        from htr_utils.study.outputs import data_root
-        execute = grid.dask_executor(client, parallel.runs_dir(), data_root(), threads=1, device="cpu")
-        outcomes = grid.train(parallel, execute=execute, threads=1, progress=False)
+def test_two_dask_workers_train_the_same_runs_as_one_process(tmp_path, trained_tiny, client):
+    from htr_utils.study.outputs import data_root
+    sequential, parallel = trained_tiny[0], tiny_profile(tmp_path / "dask")
+    execute = grid.dask_executor(client, parallel.runs_dir(), data_root(), threads=1, device="cpu")
+    outcomes = grid.train(parallel, execute=execute, threads=1, progress=False)
     assert len({o["pid"] for o in outcomes}) == 2 and {o["threads"] for o in outcomes} == {1}
     hashes = sorted(o["hash"] for o in outcomes)
-    assert hashes == sorted(p.name for p in (tmp_path / "seq").iterdir())
+    assert hashes == sorted(p.name for p in sequential.runs_dir().iterdir())
     for h in hashes:
         assert runs.Run(tmp_path / "dask" / h).verify()
-        assert _numbers(tmp_path / "dask", h) == _numbers(tmp_path / "seq", h), h  # bit-identical
+        assert _numbers(tmp_path / "dask", h) == _numbers(sequential.runs_dir(), h), h  # bit-identical
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_run_leaves_no_corrupt_file_and_the_grid_finishes(tmp_path):
+def test_a_worker_killed_mid_run_leaves_no_corrupt_file_and_the_grid_finishes(tmp_path, client):
     P = tiny_profile(tmp_path / "dask", epochs=40)
     (task,) = grid.plan(P, ["spectra"])
     run_dir = tmp_path / "dask" / task.hash
@@ -140,12 +147,11 @@ def test_a_worker_killed_mid_run_leaves_no_corrupt_file_and_the_grid_finishes(tm
                 killed.append(pid)
             time.sleep(0.05)
 
+    from htr_utils.study.outputs import data_root
     watcher = threading.Thread(target=kill_when_epoch_3_is_saved, daemon=True)
-    with _cluster() as client:
-        from htr_utils.study.outputs import data_root
-        execute = grid.dask_executor(client, P.runs_dir(), data_root(), threads=1, device="cpu")
-        watcher.start()
-        outcomes = grid.train(P, ["spectra"], execute=execute, threads=1, progress=False)
+    execute = grid.dask_executor(client, P.runs_dir(), data_root(), threads=1, device="cpu")
+    watcher.start()
+    outcomes = grid.train(P, ["spectra"], execute=execute, threads=1, progress=False)
     watcher.join()
     assert killed, "the run finished before the worker could be killed"
     (outcome,) = outcomes
