@@ -105,13 +105,14 @@ def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | Non
     """The HTR arms of the deciding studies at the γ their selection grid chose (read from the cache,
     so after :func:`plan`'s runs), minus those in ``done``."""
     from .outputs import data_root as default_data_root
+    from .data import missing_data
     from .regularisation import choose_gammas, select_gamma
     P = get_profile(profile) if not isinstance(profile, Profile) else profile
     keep = _check_select(P, select)
     droot = Path(data_root) if data_root is not None else default_data_root()
     tasks = []
     for name, study in P.regularisation.items():
-        if name not in keep or missing_data_of(study.base, droot) or not (study.decides or study.grid("all")):
+        if name not in keep or missing_data(study.base.dataset, droot) or not (study.decides or study.grid("all")):
             continue  # a side study without a γ grid is trained at the published γ by plan()
         if study.decides:  # notebook 08: every rule's γ
             _, gammas = choose_gammas(study, P.runs_dir(), droot)
@@ -119,11 +120,6 @@ def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | Non
             gammas = {"all": select_gamma(study, "all", P.runs_dir(), droot)[1]}
         tasks += [_task(name, c.replace(seed=s), droot) for c in study.arms(gammas).values() for s in study.seeds]
     return _dedup(tasks, {t.hash for t in done})
-
-
-def missing_data_of(cfg: TrainConfig, data_root: Path) -> str | None:
-    from .data import missing_data
-    return missing_data(cfg.dataset, data_root)
 
 
 def describe(tasks: Sequence[GridTask], root: Path) -> str:
