@@ -104,9 +104,20 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def exact_gpu_kernels(device: str | torch.device | None = None) -> None:
+    """On a CUDA device: float32 products without TF32 (cuDNN convolutions use TF32 by default, about
+    three significant digits) and deterministic cuDNN kernels, for this process. No-op on a CPU."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 def environment(device: str | torch.device | None = None) -> dict:
     """What besides the config changes a run's numbers: torch version, CPU threads, model and the
-    instruction set torch's kernels use, device type (and GPU model), deterministic-algorithm flags."""
+    instruction set torch's kernels use, device type (and GPU model), deterministic-algorithm and TF32 flags."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": dev.type,
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
@@ -114,7 +125,9 @@ def environment(device: str | torch.device | None = None) -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
-            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+            if dev.type == "cuda" else False}
 
 
 def environment_differences(recorded: dict | None, current: dict) -> dict[str, tuple]:
@@ -348,6 +361,7 @@ def _train_locked(config: TrainConfig, path: Path, progress: bool, data_root, de
     if data_root is None:
         from .outputs import data_root as repo_data_root
         data_root = repo_data_root()
+    exact_gpu_kernels(device)
     current = environment(device)
     ckpt_path = path / "checkpoint.pt"
     if fresh or not (path / "config.json").is_file() or not ckpt_path.is_file():

@@ -38,6 +38,7 @@ from ..lanczos import LanczosChain, breakdown_tolerance, rademacher
 from ..layers import layer_groups
 from .data import class_balanced_subset, num_classes
 from .files import read_json, write_json
+from .runs import exact_gpu_kernels
 from .training import _progress_disabled, derived_seed, prepare_data
 
 FULL = "full"
@@ -276,6 +277,7 @@ def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Pat
     :class:`htr_utils.study.profiles.SpectraReading`) asks of ``run``, computed on ``device`` (None: CPU) where
     not cached."""
     device = device or "cpu"
+    exact_gpu_kernels(device)
     out = RunReadings()
     plan = [(kind, args) for kind, args in planned_readings(run, reading) if kind in what]
     bar = tqdm(plan, desc=f"readings {run.path.name}", disable=_progress_disabled(progress), leave=False)

@@ -57,7 +57,7 @@ def test_done_json_records_epochs_rows_and_checksums(reference):
     assert reference.verify() is True
     env = reference.config_info()["environment"]
     assert env == runs.environment("cpu") if env["device"] == "cpu" else True
-    assert set(env) >= {"torch", "threads", "device", "cpu_model", "cpu_capability", "deterministic"}
+    assert set(env) >= {"torch", "threads", "device", "cpu_model", "cpu_capability", "deterministic", "tf32"}
 
 
 @pytest.mark.slow
@@ -252,3 +252,13 @@ def test_cpu_model_is_read_from_cpuinfo_and_never_empty(tmp_path):
     info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model line (some ARM kernels)
     assert runs.cpu_model(info) and runs.cpu_model(tmp_path / "absent")  # falls back to platform's answer
     assert runs.environment("cpu")["cpu_model"] == runs.cpu_model()
+
+
+def test_exact_gpu_kernels_leaves_a_cpu_process_alone(monkeypatch):
+    """On a CPU the TF32 / cuDNN flags are not touched, and the record says no TF32 (it applies on CUDA only)."""
+    import torch
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    runs.exact_gpu_kernels("cpu")
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before
+    assert runs.environment("cpu")["tf32"] is False
