@@ -92,3 +92,14 @@ def test_paper_profile_settings():
     assert p.spectra_runs["vgg11_bn_fashionmnist"].lr == 1e-3 and p.spectra_runs["lenet_fashionmnist"].epochs == 50
     r18 = p.spectra_runs["resnet18_fashionmnist"]
     assert (r18.lr, r18.weight_decay, r18.batch_size) == (5e-3, 5e-5, 128)
+    # every published spectra setting: LeNet / VGG11_bn / ResNet18 on MNIST, FashionMNIST, SVHN, CIFAR-10
+    assert {f"{m}_{d}" for m in ("lenet", "vgg11_bn", "resnet18") for d in ("mnist", "fashionmnist", "svhn", "cifar10")
+            } <= set(p.spectra_runs)
+    assert set(p.spectra_reading) == set(p.spectra_runs)
+    # and every published HTR comparison, the ones beyond PAPER.md shown beside the verdicts
+    assert {"vgg11_bn_cifar100", "resnet18_cifar10", "vgg11_cifar10", "lenet_svhn", "vgg13_svhn"} <= set(p.regularisation)
+    c100 = p.regularisation["vgg11_bn_cifar100"]
+    assert (c100.gamma, c100.base.htr_start_epoch, c100.base.htr_probes, c100.base.epochs, c100.decides) == \
+        (1e-6, 30, 5, 100, False)
+    assert c100.base.curvature_every == c100.base.epochs and set(c100.arms()) == {"sgd", "sgd_l2", "htr"}
+    assert p.regularisation["vgg11_cifar10"].gamma == 1e-8 and p.regularisation["resnet18_cifar10"].gamma == 1e-5
