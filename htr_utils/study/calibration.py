@@ -125,68 +125,57 @@ def _c4_outcomes(design: Sequence[Network], truth: Sequence[tuple[float, float]]
     return [(pm, po) for pm, po, _ in design] if truth is None else list(truth)
 
 
+def _c4_bounds(design: Sequence[Network]) -> tuple[float, float]:
+    from .spectra_rules import network_bound
+    return network_bound([[pm] * e for pm, _, e in design]), network_bound([[po] * e for _, po, e in design])
+
+
 def c4_rates(design: Sequence[Network], truth: Sequence[tuple[float, float]] | None = None, dependent: bool = False,
              sims: int = 20000, seed: int = 0) -> dict[str, float]:
-    """C4's rule (amendment 2) on simulated readings. ``design``: per network (p_mid, p_out, readings), the
+    """C4's rule (amendment 3) on simulated readings. ``design``: per network (p_mid, p_out, readings), the
     size-matched null rates of each of its readings and how many there are. ``truth``: per network the
     probabilities that a reading is "middle" / "outer" (None: the null itself, i.e. size explains everything).
-    ``dependent``: all readings of a network share one outcome (the worst case for a tally).
+    ``dependent``: all readings of a network share one outcome.
     """
     from .spectra_rules import c4_codes
 
     rng = np.random.default_rng(seed)
-    p_mid = [pm for pm, _, e in design for _ in range(e)]
-    p_out = [po for _, po, e in design for _ in range(e)]
-    n_mid, n_out = np.zeros(sims, dtype=int), np.zeros(sims, dtype=int)
     all_mid, all_out = np.ones(sims, dtype=bool), np.ones(sims, dtype=bool)
     for (_, _, epochs), (tm, to) in zip(design, _c4_outcomes(design, truth)):
         draws = 1 if dependent else epochs
         u = rng.random((sims, draws))
         mid, out = u < tm, (u >= tm) & (u < tm + to)
-        scale = epochs if dependent else 1
-        n_mid += scale * mid.sum(1)
-        n_out += scale * out.sum(1)
         all_mid &= mid.sum(1) > draws / 2
         all_out &= out.sum(1) > draws / 2
-    return _rates(c4_codes(n_mid, n_out, p_mid, p_out, all_mid, all_out))
+    return _rates(c4_codes(all_mid, all_out, *_c4_bounds(design)))
 
 
 def c4_exact_rates(design: Sequence[Network], truth: Sequence[tuple[float, float]] | None = None,
                    dependent: bool = False) -> dict[str, float]:
-    """The exact verdict frequencies that :func:`c4_rates` estimates, by enumerating every tally (same arguments):
-    every combination of per-network (middle, outer, tie) counts is weighted by its probability and judged by
-    :func:`htr_utils.study.spectra_rules.c4_codes`."""
-    import itertools
+    """The exact verdict frequencies that :func:`c4_rates` estimates (same arguments): the rule says R when every
+    network is mostly "middle" and the null bound allows it, so P(R) = ∏_k P(network k mostly middle) or 0."""
+    from scipy.stats import binom
 
-    from scipy.stats import multinomial
+    from .spectra_rules import ALPHA
 
-    from .spectra_rules import c4_codes
-
-    p_mid = [pm for pm, _, e in design for _ in range(e)]
-    p_out = [po for _, po, e in design for _ in range(e)]
-    per_network = []
+    bound_mid, bound_out = _c4_bounds(design)
+    p_all_mid, p_all_out = 1.0, 1.0
     for (_, _, epochs), (tm, to) in zip(design, _c4_outcomes(design, truth)):
-        probs = [tm, to, max(0.0, 1.0 - tm - to)]
         if dependent:
-            outcomes = [(epochs, 0, probs[0]), (0, epochs, probs[1]), (0, 0, probs[2])]
+            p_all_mid, p_all_out = p_all_mid * tm, p_all_out * to
         else:
-            outcomes = [(m, o, float(multinomial.pmf([m, o, epochs - m - o], epochs, probs)))
-                        for m in range(epochs + 1) for o in range(epochs + 1 - m)]
-        per_network.append([(m, o, p, m > epochs / 2, o > epochs / 2) for m, o, p in outcomes])
-    combos = list(itertools.product(*per_network))
-    n_mid = np.array([sum(c[0] for c in combo) for combo in combos])
-    n_out = np.array([sum(c[1] for c in combo) for combo in combos])
-    prob = np.array([np.prod([c[2] for c in combo]) for combo in combos])
-    all_mid = np.array([all(c[3] for c in combo) for combo in combos])
-    all_out = np.array([all(c[4] for c in combo) for combo in combos])
-    codes = c4_codes(n_mid, n_out, p_mid, p_out, all_mid, all_out)
-    return {"P(reproduced)": float(prob[codes == R].sum()), "P(not reproduced)": float(prob[codes == N].sum()),
-            "P(inconclusive)": float(prob[codes == I].sum())}
+            m = epochs // 2 + 1
+            p_all_mid *= float(binom.sf(m - 1, epochs, tm))
+            p_all_out *= float(binom.sf(m - 1, epochs, to))
+    rep = p_all_mid if bound_mid < ALPHA else 0.0
+    nrep = p_all_out if bound_out < ALPHA else 0.0
+    return {"P(reproduced)": rep, "P(not reproduced)": nrep, "P(inconclusive)": 1.0 - rep - nrep}
 
 
 def c4_smallest_p(design: Sequence[Network]) -> float:
-    """The smallest p-value C4's tally can reach on ``design`` (every reading "middle"): ∏ p_mid."""
-    return float(np.prod([pm ** e for pm, _, e in design]))
+    """The smallest null bound C4's rule can reach on ``design`` (:func:`htr_utils.study.spectra_rules.network_bound`
+    of the p_mid): at or above 0.05 the design cannot reproduce C4, whatever the readings say."""
+    return _c4_bounds(design)[0]
 
 
 # C4's generative model: layer sizes / 10 (LeNet: conv1 conv2 fc1 fc2 fc3; VGG11_bn width 0.125: 8 convs + classifier)
@@ -225,24 +214,30 @@ def c4_model_reading(sizes: Sequence[int], rng: np.random.Generator, scale_sd: f
     return layer_w1, null
 
 
-def c4_model_readings(network: str, reps: int, seed: int = 0, **kw) -> list[tuple[str, float, float]]:
+def c4_model_readings(network: str, reps: int, seed: int = 0, floor_ratio: float = 0.0,
+                      **kw) -> list[tuple[str, float, float]]:
     """``reps`` simulated readings of ``network`` (a key of :data:`MODEL_SIZES`): (label, p_mid, p_out) each, labelled
-    and judged against its own size-matched null exactly as the real readings are (floor 0: exact spectra)."""
+    and judged against its own size-matched null exactly as the real readings are. The spectra are exact, so the
+    noise floor is set to ``floor_ratio`` × the median W1 of the reading's random subsets (the real readings'
+    floor / null ratio; 0: no floor)."""
     from .spectra_rules import c4_classify, c4_null_rates
 
     rng = np.random.default_rng(seed)
     out = []
     for r in range(reps):
         w1, null = c4_model_reading(MODEL_SIZES[network], rng, **kw)
-        out.append((c4_classify(w1, 0.0), *c4_null_rates(null, 0.0, seed=r)))
+        floor = floor_ratio * float(np.median(np.concatenate(null)))
+        out.append((c4_classify(w1, floor), *c4_null_rates(null, floor, seed=r)))
     return out
 
 
 def c4_model_rates(pools: Sequence[Sequence[tuple[str, float, float]]], epochs: Sequence[int], dependent: bool = False,
-                   studies: int = 4000, seed: int = 0) -> dict[str, float]:
+                   studies: int = 4000, seed: int = 0, amendment1_shares: Sequence[float] | None = None
+                   ) -> dict[str, float]:
     """C4's rule on studies assembled from simulated readings: network k's ``epochs[k]`` readings drawn from
-    ``pools[k]`` (independent) or one reading repeated (``dependent``)."""
-    from .spectra_rules import c4_codes, majorities
+    ``pools[k]`` (independent) or one reading repeated (``dependent``). ``amendment1_shares``: judge them instead
+    by amendment 1's superseded tally, with these middle shares of the networks' layers."""
+    from .spectra_rules import by_network, c4_amendment1_codes, c4_codes, majorities, network_bound
 
     rng = np.random.default_rng(seed)
     codes = []
@@ -254,7 +249,13 @@ def c4_model_rates(pools: Sequence[Sequence[tuple[str, float, float]]], epochs: 
                 lab, pm, po = pool[j]
                 labels.append(lab), p_mid.append(pm), p_out.append(po), nets.append(k)
         all_mid, all_out = majorities(labels, nets)
-        codes.append(int(c4_codes(labels.count("middle"), labels.count("outer"), p_mid, p_out, all_mid, all_out)))
+        if amendment1_shares is not None:
+            p0 = float(np.mean([amendment1_shares[k] for k in nets]))
+            codes.append(int(c4_amendment1_codes(labels.count("middle"), labels.count("outer"), len(labels), p0,
+                                                 all_mid, all_out)))
+            continue
+        codes.append(int(c4_codes(all_mid, all_out, network_bound(by_network(p_mid, nets)),
+                                  network_bound(by_network(p_out, nets)))))
     return _rates(np.array(codes))
 
 

@@ -172,28 +172,34 @@ def c4_null_rates(null_w1: Sequence[Sequence[float]], floor: float, draws: int =
     return float(np.mean(m + floor < o)), float(np.mean(o + floor < m))
 
 
-def poisson_binomial_sf(k: np.ndarray | int, probs: Sequence[float]) -> np.ndarray:
-    """P(X ≥ k) for X = a sum of independent Bernoulli(p_i) (exact, by convolution); k may be an array."""
-    pmf = np.ones(1)
-    for p in np.asarray(probs, dtype=float).ravel():
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"poisson_binomial_sf: probabilities must lie in [0, 1], got {p!r}")
-        pmf = np.convolve(pmf, [1.0 - p, p])
-    tail = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])  # tail[j] = P(X ≥ j), j = 0..n+1
-    k = np.clip(np.asarray(k), 0, len(pmf))
-    return tail[k]
+def majority(readings: int) -> int:
+    """The number of readings that makes a majority of ``readings``."""
+    return readings // 2 + 1
 
 
-def c4_codes(n_middle: np.ndarray | int, n_outer: np.ndarray | int, p_mid: Sequence[float], p_out: Sequence[float],
-             all_middle: np.ndarray | bool = True, all_outer: np.ndarray | bool = True,
+def network_bound(null_rates: Sequence[Sequence[float]]) -> float:
+    """Upper bound, under the size-matched null, on P(every network's readings are mostly X), where
+    ``null_rates[k]`` are network k's per-reading null rates of X (p_mid or p_out).
+
+    Within a network the readings may depend on each other in any way, so only Markov's bound holds:
+    P(n_k ≥ m_k) ≤ E[n_k] / m_k = Σ_i p_ki / m_k, with m_k the majority of its readings (tight: some
+    dependence attains it). Networks are taken as independent given the null: ∏_k min(1, Σ_i p_ki / m_k).
+    """
+    bound = 1.0
+    for rates in null_rates:
+        p = np.asarray(rates, dtype=float).ravel()
+        if len(p) == 0 or (p < 0).any() or (p > 1).any():
+            raise ValueError(f"network_bound: every network needs null rates in [0, 1], got {list(p)}")
+        bound *= min(1.0, float(p.sum()) / majority(len(p)))
+    return bound
+
+
+def c4_codes(all_middle: np.ndarray | bool, all_outer: np.ndarray | bool, bound_middle: float, bound_outer: float,
              alpha: float = ALPHA) -> np.ndarray:
-    """R if P(PoissonBinomial(p_mid) ≥ n_middle) < alpha and every network's majority is "middle" (``all_middle``);
-    N if P(PoissonBinomial(p_out) ≥ n_outer) < alpha and every network's majority is "outer"; else I.
-    ``p_mid`` / ``p_out``: each reading's size-matched null rates (:func:`c4_null_rates`)."""
-    p_m = poisson_binomial_sf(np.asarray(n_middle), p_mid)
-    p_o = poisson_binomial_sf(np.asarray(n_outer), p_out)
-    return np.where((p_m < alpha) & np.asarray(all_middle), R,
-                    np.where((p_o < alpha) & np.asarray(all_outer), N, I))
+    """R if every network's readings are mostly "middle" and the null bound on that (:func:`network_bound` of the
+    p_mid) is below alpha; N likewise for "outer" with the p_out; else I."""
+    return np.where(np.asarray(all_middle) & (bound_middle < alpha), R,
+                    np.where(np.asarray(all_outer) & (bound_outer < alpha), N, I))
 
 
 def majorities(labels: Sequence[str], networks: Sequence[str]) -> tuple[bool, bool]:
@@ -205,6 +211,26 @@ def majorities(labels: Sequence[str], networks: Sequence[str]) -> tuple[bool, bo
     return mostly("middle"), mostly("outer")
 
 
+def by_network(values: Sequence[float], networks: Sequence[str]) -> list[list[float]]:
+    """``values`` grouped by network, networks in order of first appearance."""
+    groups: dict[str, list[float]] = {}
+    for v, net in zip(values, networks):
+        groups.setdefault(net, []).append(float(v))
+    return list(groups.values())
+
+
+def c4_amendment1_codes(n_middle: np.ndarray | int, n_outer: np.ndarray | int, total: int, p0: float,
+                        all_middle: np.ndarray | bool = True, all_outer: np.ndarray | bool = True,
+                        alpha: float = ALPHA) -> np.ndarray:
+    """The superseded rule of amendment 1, shown beside the primary one: R if P(Bin(total, p0) ≥ n_middle) < alpha
+    and every network is mostly "middle"; N if P(Bin(total, 1 − p0) ≥ n_outer) < alpha and every network is mostly
+    "outer"; p0 = the mean share of middle layers. It ignores layer size and the readings' dependence."""
+    p_m = stats.binom.sf(np.asarray(n_middle) - 1, total, p0)
+    p_o = stats.binom.sf(np.asarray(n_outer) - 1, total, 1 - p0)
+    return np.where((p_m < alpha) & np.asarray(all_middle), R,
+                    np.where((p_o < alpha) & np.asarray(all_outer), N, I))
+
+
 def c4_rule(labels: Sequence[str], p_mid: Sequence[float], p_out: Sequence[float], networks: Sequence[str]) -> Verdict:
     """:func:`c4_codes` on the readings' labels ("middle" / "outer" / "tie"), their null rates and networks."""
     labels = list(labels)
@@ -213,7 +239,8 @@ def c4_rule(labels: Sequence[str], p_mid: Sequence[float], p_out: Sequence[float
     if not len(labels) == len(p_mid) == len(p_out) == len(networks):
         raise ValueError("c4_rule: labels, p_mid, p_out and networks need one entry per reading")
     all_mid, all_out = majorities(labels, networks)
-    return verdict_of(c4_codes(labels.count("middle"), labels.count("outer"), p_mid, p_out, all_mid, all_out))
+    return verdict_of(c4_codes(all_mid, all_out, network_bound(by_network(p_mid, networks)),
+                               network_bound(by_network(p_out, networks))))
 
 
 # ----------------------------------------------------------------------------- C5: trends

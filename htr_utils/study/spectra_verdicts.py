@@ -8,6 +8,7 @@ Every table carries the training loss and accuracies of the epoch it reads.
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -264,7 +265,8 @@ def c4_readings(table: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"C4: the reading of {label} at epoch {epoch} has no size-matched null for every layer; "
                              "take the distance readings again with null_subsets > 0 (PROTOCOL.md, C4 amendment 2)")
         by_layer = n.set_index("layer")["null_w1"]
-        p_mid, p_out = rules.c4_null_rates([by_layer[layer] for layer in g["layer"]], floor, seed=int(epoch))
+        p_mid, p_out = rules.c4_null_rates([by_layer[layer] for layer in g["layer"]], floor,
+                                           seed=zlib.crc32(f"{label}:{epoch}".encode()))
         rows.append({"run": label, "epoch": epoch, "num_layers": len(g), "closest": g.loc[g["w1"].idxmin(), "layer"],
                      "middle_layer": mid.loc[mid["w1"].idxmin(), "layer"], "middle_w1": mid["w1"].min(),
                      "outer_layer": out.loc[out["w1"].idxmin(), "layer"], "outer_w1": out["w1"].min(),
@@ -274,33 +276,35 @@ def c4_readings(table: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
 
 
 def c4_verdict(readings_table: pd.DataFrame, null: str = "size-matched") -> VerdictResult:
-    """C4's verdict on the readings' tally. ``null="size-matched"``: each reading's p_mid / p_out (amendment 2, the
-    primary rule); ``"middle share"``: the chance rate of amendment 1 (every layer equally likely), for comparison."""
+    """C4's verdict. ``null="size-matched"``: the primary rule (PROTOCOL.md, amendments 2-3): every network mostly
+    "middle" and the bound on that under the readings' size-matched null below 0.05; ``"middle share"``: the
+    superseded rule of amendment 1 (binomial tally against the share of middle layers), for comparison."""
     t = readings_table
-    labels = t["reading"].tolist()
-    if null == "size-matched":
-        p_mid, p_out = t["p_mid"].to_numpy(), t["p_out"].to_numpy()
-    elif null == "middle share":
-        p_mid = np.array([rules.middle_share(int(L)) for L in t["num_layers"]])
-        p_out = 1 - p_mid
-    else:
-        raise ValueError(f"c4_verdict: null must be 'size-matched' or 'middle share', got {null!r}")
-    verdict = rules.c4_rule(labels, p_mid, p_out, t["run"].tolist())
+    labels, nets = t["reading"].tolist(), t["run"].tolist()
     n_mid, n_out = labels.count("middle"), labels.count("outer")
-    pv_mid = float(rules.poisson_binomial_sf(n_mid, p_mid))
-    pv_out = float(rules.poisson_binomial_sf(n_out, p_out))
-    smallest = float(np.prod(p_mid))
+    all_mid, all_out = rules.majorities(labels, nets)
     per_run = "; ".join(f"{run}: " + ", ".join(f"e{r['epoch']} {r['closest']} ({r['reading']})" for _, r in g.iterrows())
                         for run, g in t.groupby("run", sort=False))
-    measured = (f"middle closest beyond the noise floor in {n_mid}/{len(labels)} readings, outer in {n_out}, tie in "
-                f"{labels.count('tie')}; {null} null expects {p_mid.sum():.1f} middle and {p_out.sum():.1f} outer: "
-                f"P(≥ {n_mid} middle) = {pv_mid:.3g}, P(≥ {n_out} outer) = {pv_out:.3g}; smallest attainable "
-                f"P(middle) = {smallest:.3g}" + (" (the design cannot reproduce C4: size alone predicts the middle)"
-                                                  if smallest >= rules.ALPHA else "") + f" [{per_run}]")
+    tally = f"middle closest beyond the noise floor in {n_mid}/{len(labels)} readings, outer in {n_out}, tie in " \
+            f"{labels.count('tie')}; every network mostly middle: {all_mid}, mostly outer: {all_out}"
+    if null == "middle share":
+        p0 = float(np.mean([rules.middle_share(int(L)) for L in t["num_layers"]]))
+        verdict = rules.verdict_of(rules.c4_amendment1_codes(n_mid, n_out, len(labels), p0, all_mid, all_out))
+        return VerdictResult(verdict, f"{tally}; chance rate {p0:.3f} (amendment 1, superseded) [{per_run}]",
+                             {"middle": n_mid, "outer": n_out, "total": len(labels), "null": null, "chance": p0})
+    if null != "size-matched":
+        raise ValueError(f"c4_verdict: null must be 'size-matched' or 'middle share', got {null!r}")
+    bound_mid = rules.network_bound(rules.by_network(t["p_mid"], nets))
+    bound_out = rules.network_bound(rules.by_network(t["p_out"], nets))
+    verdict = rules.c4_rule(labels, t["p_mid"].tolist(), t["p_out"].tolist(), nets)
+    measured = (f"{tally}; under the size-matched null (mean p_mid {t['p_mid'].mean():.2f}, p_out "
+                f"{t['p_out'].mean():.2f}) P(all mostly middle) ≤ {bound_mid:.3g}, P(all mostly outer) ≤ "
+                f"{bound_out:.3g}" + (" (the design cannot reproduce C4: size alone predicts the middle)"
+                                      if bound_mid >= rules.ALPHA else "") + f" [{per_run}]")
     return VerdictResult(verdict, measured, {"middle": n_mid, "outer": n_out, "tie": labels.count("tie"),
-                                             "total": len(labels), "null": null, "expected_middle": float(p_mid.sum()),
-                                             "expected_outer": float(p_out.sum()), "p_middle": pv_mid,
-                                             "p_outer": pv_out, "smallest_p": smallest})
+                                             "total": len(labels), "null": null, "all_middle": all_mid,
+                                             "all_outer": all_out, "bound_middle": bound_mid,
+                                             "bound_outer": bound_out})
 
 
 # ----------------------------------------------------------------------------- C5

@@ -9,8 +9,8 @@ import pytest
 from htr_utils.study import calibration as cal
 from htr_utils.study.spectra_rules import kendall_trend
 
-# C4: LeNet, LeNet-GELU (5 layers), VGG11_bn (9 layers) × 5 distance epochs, each reading's null = the middle share
-CPU_DESIGN = [(0.4, 0.6, 5), (0.4, 0.6, 5), (4 / 9, 5 / 9, 5)]
+# C4: LeNet, LeNet-GELU, VGG11_bn × 5 distance epochs, each reading's size-matched null (p_mid, p_out)
+CPU_DESIGN = [(0.1, 0.7, 5), (0.1, 0.7, 5), (0.2, 0.6, 5)]
 CPU_LENGTHS = [50, 50, 50, 50, 10, 10]  # λ_max and trace of LeNet, LeNet-GELU (50 epochs) and VGG (10 epochs)
 
 
@@ -31,22 +31,24 @@ def test_c4_simulation_agrees_with_enumeration(kw):
     _within(cal.c4_rates(CPU_DESIGN, sims=20000, **kw), cal.c4_exact_rates(CPU_DESIGN, **kw), 20000)
 
 
-def test_c4_rule_numbers_when_the_null_is_the_middle_share():
-    exact = cal.c4_exact_rates
-    for kw in ({}, {"dependent": True}, {"truth": TRUTHS["ties"]}):
-        assert sum(exact(CPU_DESIGN, **kw).values()) == pytest.approx(1.0)
-    assert exact(CPU_DESIGN)["P(reproduced)"] < 0.05 and exact(CPU_DESIGN)["P(not reproduced)"] < 0.05
-    # dependent readings: reproduced only when all three networks read "middle" (the majority condition)
-    assert exact(CPU_DESIGN, dependent=True)["P(reproduced)"] == pytest.approx(0.4 * 0.4 * 4 / 9)
-    assert exact(CPU_DESIGN, dependent=True)["P(not reproduced)"] == pytest.approx(0.6 * 0.6 * 5 / 9)
-    assert exact(CPU_DESIGN, truth=TRUTHS["middle 80 %"])["P(reproduced)"] > 0.75
-    assert exact(CPU_DESIGN, truth=TRUTHS["middle 80 %"], dependent=True)["P(reproduced)"] == pytest.approx(0.8 ** 3)
+def test_c4_rates_hold_whatever_the_dependence():
+    """Under the null the bound is valid for any dependence among a network's readings: the false 'reproduced'
+    rate stays below the bound, the dependent case included (the referee's objection to a Poisson-binomial tally)."""
+    bound = cal.c4_smallest_p(CPU_DESIGN)
+    assert bound == pytest.approx((0.5 / 3) ** 2 * (1.0 / 3)) and bound < 0.05
+    for dependent in (False, True):
+        rates = cal.c4_exact_rates(CPU_DESIGN, dependent=dependent)
+        assert rates["P(reproduced)"] <= bound and sum(rates.values()) == pytest.approx(1.0)
+    assert cal.c4_exact_rates(CPU_DESIGN, dependent=True)["P(reproduced)"] == pytest.approx(0.1 * 0.1 * 0.2)
+    assert cal.c4_exact_rates(CPU_DESIGN, truth=TRUTHS["middle 80 %"], dependent=True)["P(reproduced)"] == \
+        pytest.approx(0.8 ** 3)
+    assert cal.c4_exact_rates(CPU_DESIGN, truth=TRUTHS["middle 80 %"])["P(reproduced)"] > 0.75
 
 
 def test_c4_cannot_reproduce_where_size_predicts_the_middle():
     """LeNet's fc1 holds 78 % of the weights: if the null says "middle" every time, no tally is evidence."""
     design = [(1.0, 0.0, 5), (1.0, 0.0, 5), (0.7, 0.3, 5)]
-    assert cal.c4_smallest_p(design) == pytest.approx(0.7 ** 5) and cal.c4_smallest_p(design) > 0.05
+    assert cal.c4_smallest_p(design) >= 0.05
     assert cal.c4_exact_rates(design, truth=[(1.0, 0.0)] * 3)["P(reproduced)"] == 0.0
     # outer readings where the null never gives "outer" are evidence against the claim
     assert cal.c4_exact_rates(design, truth=[(0.0, 1.0)] * 3)["P(not reproduced)"] == pytest.approx(1.0)
@@ -61,6 +63,8 @@ def test_c4_model_shows_the_size_artefact_and_the_null_absorbs_it():
     assert np.mean([pm for _, pm, _ in pool]) > 0.8
     rates = cal.c4_model_rates([pool, pool, pool], [5, 5, 5], studies=200)
     assert rates["P(reproduced)"] == 0.0
+    with_floor = cal.c4_model_readings("lenet", reps=4, seed=1, floor_ratio=0.5)   # a floor turns draws into ties
+    assert all(pm + po <= 1.0 for _, pm, po in with_floor)
 
 
 # ------------------------------------------------------------------------------------------------------ C5

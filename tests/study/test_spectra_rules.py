@@ -95,32 +95,30 @@ def test_c4_classify_codes_and_rule():
     assert r.c4_classify([5, 5, 1, 5, 1.6], floor=0.5) == "middle"         # margin just above the floor
     with pytest.raises(ValueError, match="no middle-half or no outer"):
         r.c4_classify([1.0], floor=0.0)
-    p_mid = [0.4] * 10 + [4 / 9] * 5
-    p_out = [1 - p for p in p_mid]
-    assert r.c4_codes(10, 0, p_mid, p_out) == r.R and r.c4_codes(8, 0, p_mid, p_out) == r.I
-    assert r.c4_codes(0, 13, p_mid, p_out) == r.N and r.c4_codes(0, 12, p_mid, p_out) == r.I
-    assert r.c4_codes(12, 0, p_mid, p_out, all_middle=False) == r.I               # one network mostly not middle
-    assert r.c4_codes(0, 14, p_mid, p_out, all_outer=False) == r.I
     nets = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
-    assert r.c4_rule(["middle"] * 15, p_mid, p_out, nets) is Verdict.REPRODUCED
-    assert r.c4_rule(["middle"] * 10 + ["outer"] * 5, p_mid, p_out, nets) is Verdict.INCONCLUSIVE
-    assert r.c4_rule(["outer"] * 15, p_mid, p_out, nets) is Verdict.NOT_REPRODUCED
+    # the null bound: per network Σ p / majority (Markov, any dependence), networks multiplied
+    assert r.majority(5) == 3 and r.majority(4) == 3
+    assert r.network_bound([[0.1] * 5, [0.1] * 5, [0.2] * 5]) == pytest.approx((0.5 / 3) ** 2 * (1 / 3))
+    assert r.network_bound([[0.4] * 5] * 3) == pytest.approx((2 / 3) ** 3)      # exchangeable layers: never < 0.05
+    assert r.network_bound([[1.0] * 5, [0.01] * 5]) == pytest.approx(0.05 / 3)   # capped at 1 per network
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        r.network_bound([[1.5]])
+    assert r.c4_codes(True, False, 0.01, 1.0) == r.R and r.c4_codes(False, False, 0.01, 1.0) == r.I
+    assert r.c4_codes(False, True, 1.0, 0.01) == r.N and r.c4_codes(True, False, 0.06, 0.0) == r.I
+    low, high = [0.1] * 15, [0.9] * 15
+    assert r.c4_rule(["middle"] * 15, low, high, nets) is Verdict.REPRODUCED
+    assert r.c4_rule(["middle"] * 10 + ["outer"] * 5, low, high, nets) is Verdict.INCONCLUSIVE   # network c outer
+    assert r.c4_rule(["outer"] * 15, high, low, nets) is Verdict.NOT_REPRODUCED
     # where size alone predicts "middle" (null rate 1), even 15 of 15 is no evidence
     assert r.c4_rule(["middle"] * 15, [1.0] * 15, [0.0] * 15, nets) is Verdict.INCONCLUSIVE
+    # and with three networks of exchangeable layers neither can the tally be (the bound stays at 0.30)
+    assert r.c4_rule(["middle"] * 15, [0.4] * 15, [0.6] * 15, nets) is Verdict.INCONCLUSIVE
     with pytest.raises(ValueError, match="one entry per reading"):
-        r.c4_rule(["middle"] * 15, p_mid[:3], p_out, nets)
-
-
-def test_poisson_binomial_tail_against_enumeration():
-    probs = [0.1, 0.5, 0.9, 0.3]
-    for k in range(6):
-        brute = sum(np.prod([p if b else 1 - p for p, b in zip(probs, bits)])
-                    for bits in itertools.product([0, 1], repeat=4) if sum(bits) >= k)
-        assert r.poisson_binomial_sf(k, probs) == pytest.approx(brute)
-    n = np.arange(16)
-    assert np.allclose(r.poisson_binomial_sf(n, [0.4] * 15), stats.binom.sf(n - 1, 15, 0.4))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        r.poisson_binomial_sf(1, [1.5])
+        r.c4_rule(["middle"] * 15, low[:3], high, nets)
+    # amendment 1's superseded tally, shown beside: exact binomial tails against the mean middle share
+    p0 = float(np.mean([0.4] * 10 + [4 / 9] * 5))
+    n_mid = np.arange(16)
+    assert list(r.c4_amendment1_codes(n_mid, 15 - n_mid, 15, p0)) == [r.N] * 3 + [r.I] * 7 + [r.R] * 6
 
 
 def test_c4_null_rates():
@@ -162,12 +160,9 @@ def test_c5_codes_and_rule():
 
 
 def test_calibration_matches_the_protocol():
-    design = [(0.4, 0.6, 5), (0.4, 0.6, 5), (4 / 9, 5 / 9, 5)]
-    exch = c4_rates(design, sims=20000)
-    assert exch["P(reproduced)"] < 0.05 and exch["P(not reproduced)"] < 0.05
-    dep = c4_rates(design, dependent=True, sims=20000)
-    assert dep["P(reproduced)"] == pytest.approx(0.4 * 0.4 * 4 / 9, abs=0.01)   # all three networks middle
-    assert c4_rates(design, truth=[(0.8, 0.2)] * 3, sims=20000)["P(reproduced)"] > 0.75
+    design = [(0.1, 0.6, 5), (0.1, 0.6, 5), (0.2, 0.5, 5)]
+    assert c4_rates(design, sims=20000)["P(reproduced)"] < 0.01      # null: majorities of middle are rare
+    assert c4_rates(design, truth=[(0.9, 0.1)] * 3, sims=20000)["P(reproduced)"] > 0.95
     rates = c5_rates([20, 20], sims=200)
     assert rates.loc[0, "P(reproduced)"] <= 0.05 and rates.loc[0, "P(not reproduced)"] <= 0.1
     assert min_detectable_tau(10) > min_detectable_tau(50) > 0

@@ -65,11 +65,13 @@ def test_c4_tally_from_readings():
     # one subset per layer at random, W1 1, 2 or 3 each; equal minima are ties, so
     # P(min over 2 middle < min over 3 outer) = sum_k P(mid min = k) P(out min > k) = (5/9)(8/27) + (3/9)(1/27)
     assert classified["p_mid"].iloc[0] == pytest.approx(5 / 9 * 8 / 27 + 3 / 9 * 1 / 27, abs=0.02)
-    assert sv.c4_verdict(classified).verdict is Verdict.REPRODUCED
+    assert sv.c4_verdict(classified).verdict is Verdict.REPRODUCED   # bound (5 · 0.177 / 3)³ = 0.026
     assert sv.c4_verdict(classified, null="middle share").verdict is Verdict.REPRODUCED
-    outer = {n: RunReadings(distances={e: _distance(e, 0) for e in range(1, 6)}) for n in runs}
+    # outer layer closest everywhere, while size alone (the middle l2's subsets closest) predicts the middle
+    outer = {n: RunReadings(distances={e: _distance(e, 0, sized_middle=2) for e in range(1, 6)}) for n in runs}
     t_out = sv.distance_table(runs, outer)
-    assert sv.c4_verdict(sv.c4_readings(t_out, sv.null_table(runs, outer, t_out))).verdict is Verdict.NOT_REPRODUCED
+    result = sv.c4_verdict(sv.c4_readings(t_out, sv.null_table(runs, outer, t_out)))
+    assert result.verdict is Verdict.NOT_REPRODUCED and result.details["bound_outer"] == 0.0
 
 
 def test_c4_a_middle_winner_that_size_explains_is_no_evidence():
