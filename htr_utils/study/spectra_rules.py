@@ -149,27 +149,62 @@ def c4_classify(w1_layers: Sequence[float], floor: float) -> str:
     return "middle" if m + floor < o else "outer" if o + floor < m else "tie"
 
 
-def c4_null_rates(null_w1: Sequence[Sequence[float]], floor: float, draws: int = 4000, seed: int = 0
-                  ) -> tuple[float, float]:
-    """(p_mid, p_out) of one reading under the size-matched null (PROTOCOL.md, C4 amendment 2).
+def _min_survival(samples: Sequence[np.ndarray], t: np.ndarray) -> np.ndarray:
+    """P(min_l X_l > t) for independent X_l, each uniform on its samples; ``samples[l]``: (..., S_l), t: (T,)."""
+    out = 1.0
+    for x in samples:
+        out = out * np.mean(x[..., :, None] > t, axis=-2)
+    return out
 
-    ``null_w1[l]``: W1 to the full measure of each random coordinate subset of layer l's size. A null draw
-    takes one subset per layer at random; p_mid and p_out are the shares of ``draws`` draws that
-    :func:`c4_classify` (same ``floor``) calls "middle" and "outer": how a network whose layers differed
-    only in size would read.
-    """
+
+def _beats(first: Sequence[np.ndarray], second: Sequence[np.ndarray], floor: float) -> np.ndarray:
+    """P(min(first) + floor < min(second)), exactly, for independent layers uniform on their samples:
+    Σ_v P(min(first) = v) · P(min(second) > v + floor), v over every sample value."""
+    v = np.unique(np.concatenate([np.ravel(x) for x in first]))
+    surv = _min_survival(first, v)
+    mass = np.concatenate([1.0 - surv[..., :1], surv[..., :-1] - surv[..., 1:]], axis=-1)
+    return np.sum(mass * _min_survival(second, v + floor), axis=-1)
+
+
+def _null_layers(null_w1: Sequence[Sequence[float]], who: str) -> tuple[list[np.ndarray], np.ndarray]:
     W = [np.asarray(w, dtype=float).ravel() for w in null_w1]
     if any(len(w) == 0 for w in W):
-        raise ValueError("c4_null_rates: every layer needs at least one random subset of its size; "
+        raise ValueError(f"{who}: every layer needs at least one random subset of its size; "
                          "take the distance readings with null_subsets > 0")
     L = len(W)
     mid = np.array([is_middle(i, L) for i in range(L)], dtype=bool)
     if not mid.any() or mid.all():
-        raise ValueError(f"c4_null_rates: {L} layers have no middle-half or no outer layer to compare")
+        raise ValueError(f"{who}: {L} layers have no middle-half or no outer layer to compare")
+    return W, mid
+
+
+def c4_null_rates(null_w1: Sequence[Sequence[float]], floor: float) -> tuple[float, float]:
+    """(p_mid, p_out) of one reading under the size-matched null (PROTOCOL.md, C4 amendment 2), plug-in.
+
+    ``null_w1[l]``: W1 to the full measure of each random coordinate subset of layer l's size. A null reading
+    takes one subset per layer, independently and uniformly; p_mid and p_out are the exact probabilities that
+    :func:`c4_classify` (same ``floor``) calls it "middle" and "outer": how a network whose layers differed
+    only in size would read. Unbiased for the true rates (every term pairs independent subsets), but from a
+    few subsets per layer: :func:`c4_null_upper` gives the upper limits the rule uses.
+    """
+    W, mid = _null_layers(null_w1, "c4_null_rates")
+    M, O = [w for w, m in zip(W, mid) if m], [w for w, m in zip(W, mid) if not m]
+    return float(_beats(M, O, floor)), float(_beats(O, M, floor))
+
+
+def c4_null_upper(null_w1: Sequence[Sequence[float]], floor: float, level: float = 0.95, boots: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """Upper ``level`` confidence limits of (p_mid, p_out) (PROTOCOL.md, C4 amendment 4): the ``level`` quantile
+    of :func:`c4_null_rates` over ``boots`` bootstrap resamples of every layer's subsets. With five subsets a
+    layer the percentile bootstrap is rough; the Gauss–Newton calibration reads through the same limits, so
+    its error rates include this estimation noise."""
+    W, mid = _null_layers(null_w1, "c4_null_upper")
+    if not 0.5 <= level < 1 or boots < 1:
+        raise ValueError(f"c4_null_upper: level must be in [0.5, 1) and boots ≥ 1, got {level}, {boots}")
     rng = np.random.default_rng(seed)
-    picks = np.stack([w[rng.integers(len(w), size=draws)] for w in W], axis=1)
-    m, o = picks[:, mid].min(1), picks[:, ~mid].min(1)
-    return float(np.mean(m + floor < o)), float(np.mean(o + floor < m))
+    R_ = [w[rng.integers(len(w), size=(boots, len(w)))] for w in W]
+    M, O = [w for w, m in zip(R_, mid) if m], [w for w, m in zip(R_, mid) if not m]
+    return float(np.quantile(_beats(M, O, floor), level)), float(np.quantile(_beats(O, M, floor), level))
 
 
 def majority(readings: int) -> int:
@@ -179,18 +214,20 @@ def majority(readings: int) -> int:
 
 def network_bound(null_rates: Sequence[Sequence[float]]) -> float:
     """Upper bound, under the size-matched null, on P(every network's readings are mostly X), where
-    ``null_rates[k]`` are network k's per-reading null rates of X (p_mid or p_out).
+    ``null_rates[k]`` are network k's per-reading null rates of X (p_mid or p_out, their upper limits in the rule).
 
     Within a network the readings may depend on each other in any way, so only Markov's bound holds:
     P(n_k ≥ m_k) ≤ E[n_k] / m_k = Σ_i p_ki / m_k, with m_k the majority of its readings (tight: some
-    dependence attains it). Networks are taken as independent given the null: ∏_k min(1, Σ_i p_ki / m_k).
+    dependence attains it). Networks may depend on each other too (LeNet and LeNet-GELU share seed,
+    initialisation and data order), so the bound on all of them is the smallest network's (amendment 4):
+    min_k min(1, Σ_i p_ki / m_k).
     """
     bound = 1.0
     for rates in null_rates:
         p = np.asarray(rates, dtype=float).ravel()
         if len(p) == 0 or (p < 0).any() or (p > 1).any():
             raise ValueError(f"network_bound: every network needs null rates in [0, 1], got {list(p)}")
-        bound *= min(1.0, float(p.sum()) / majority(len(p)))
+        bound = min(bound, float(p.sum()) / majority(len(p)))
     return bound
 
 

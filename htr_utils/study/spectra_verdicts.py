@@ -253,8 +253,10 @@ def null_table(runs: Mapping[str, Any], readings: Mapping[str, Any], distances: 
 
 
 def c4_readings(table: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, epoch): the closest middle and outer layers, their W1, the floor, the classification, and
-    the reading's size-matched null rates p_mid / p_out (:func:`htr_utils.study.spectra_rules.c4_null_rates`)."""
+    """One row per (run, epoch): the closest middle and outer layers, their W1, the floor, the floor over the median
+    W1 of the reading's random subsets, the classification, and the reading's size-matched null rates: plug-in
+    p_mid / p_out (:func:`htr_utils.study.spectra_rules.c4_null_rates`) and the upper 95 % limits the rule uses
+    (:func:`htr_utils.study.spectra_rules.c4_null_upper`)."""
     rows = []
     for (label, epoch), g in table.groupby(["run", "epoch"], sort=False):
         g = g.sort_values("index")
@@ -265,19 +267,21 @@ def c4_readings(table: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"C4: the reading of {label} at epoch {epoch} has no size-matched null for every layer; "
                              "take the distance readings again with null_subsets > 0 (PROTOCOL.md, C4 amendment 2)")
         by_layer = n.set_index("layer")["null_w1"]
-        p_mid, p_out = rules.c4_null_rates([by_layer[layer] for layer in g["layer"]], floor,
-                                           seed=zlib.crc32(f"{label}:{epoch}".encode()))
+        subsets = [by_layer[layer] for layer in g["layer"]]
+        p_mid, p_out = rules.c4_null_rates(subsets, floor)
+        hi_mid, hi_out = rules.c4_null_upper(subsets, floor, seed=zlib.crc32(f"{label}:{epoch}".encode()))
         rows.append({"run": label, "epoch": epoch, "num_layers": len(g), "closest": g.loc[g["w1"].idxmin(), "layer"],
                      "middle_layer": mid.loc[mid["w1"].idxmin(), "layer"], "middle_w1": mid["w1"].min(),
                      "outer_layer": out.loc[out["w1"].idxmin(), "layer"], "outer_w1": out["w1"].min(),
-                     "floor": floor, "reading": rules.c4_classify(w1, floor), "p_mid": p_mid, "p_out": p_out,
-                     "train_loss": g["train_loss"].iloc[0]})
+                     "floor": floor, "floor / null": floor / float(np.median(np.concatenate(subsets))),
+                     "reading": rules.c4_classify(w1, floor), "p_mid": p_mid, "p_out": p_out,
+                     "p_mid_hi": hi_mid, "p_out_hi": hi_out, "train_loss": g["train_loss"].iloc[0]})
     return pd.DataFrame(rows)
 
 
 def c4_verdict(readings_table: pd.DataFrame, null: str = "size-matched") -> VerdictResult:
-    """C4's verdict. ``null="size-matched"``: the primary rule (PROTOCOL.md, amendments 2-3): every network mostly
-    "middle" and the bound on that under the readings' size-matched null below 0.05; ``"middle share"``: the
+    """C4's verdict. ``null="size-matched"``: the primary rule (PROTOCOL.md, amendments 2-4): every network mostly
+    "middle" and the bound on that under the readings' size-matched null (upper limits of p_mid) below 0.05; ``"middle share"``: the
     superseded rule of amendment 1 (binomial tally against the share of middle layers), for comparison."""
     t = readings_table
     labels, nets = t["reading"].tolist(), t["run"].tolist()
@@ -294,13 +298,20 @@ def c4_verdict(readings_table: pd.DataFrame, null: str = "size-matched") -> Verd
                              {"middle": n_mid, "outer": n_out, "total": len(labels), "null": null, "chance": p0})
     if null != "size-matched":
         raise ValueError(f"c4_verdict: null must be 'size-matched' or 'middle share', got {null!r}")
-    bound_mid = rules.network_bound(rules.by_network(t["p_mid"], nets))
-    bound_out = rules.network_bound(rules.by_network(t["p_out"], nets))
-    verdict = rules.c4_rule(labels, t["p_mid"].tolist(), t["p_out"].tolist(), nets)
+    bound_mid = rules.network_bound(rules.by_network(t["p_mid_hi"], nets))
+    bound_out = rules.network_bound(rules.by_network(t["p_out_hi"], nets))
+    verdict = rules.c4_rule(labels, t["p_mid_hi"].tolist(), t["p_out_hi"].tolist(), nets)
+    limits = []
+    if bound_mid >= rules.ALPHA:
+        limits.append(f"the design cannot reproduce C4: even if every network read mostly middle, the null bound on "
+                      f"that is {bound_mid:.3g} ≥ {rules.ALPHA}")
+    if bound_out >= rules.ALPHA:
+        limits.append(f"the design cannot refute C4: even if every network read mostly outer, the null bound on that "
+                      f"is {bound_out:.3g} ≥ {rules.ALPHA}")
     measured = (f"{tally}; under the size-matched null (mean p_mid {t['p_mid'].mean():.2f}, p_out "
-                f"{t['p_out'].mean():.2f}) P(all mostly middle) ≤ {bound_mid:.3g}, P(all mostly outer) ≤ "
-                f"{bound_out:.3g}" + (" (the design cannot reproduce C4: size alone predicts the middle)"
-                                      if bound_mid >= rules.ALPHA else "") + f" [{per_run}]")
+                f"{t['p_out'].mean():.2f}; upper 95 % limits {t['p_mid_hi'].mean():.2f}, {t['p_out_hi'].mean():.2f}) "
+                f"P(all mostly middle) ≤ {bound_mid:.3g}, P(all mostly outer) ≤ {bound_out:.3g}"
+                + "".join(f" ({x})" for x in limits) + f" [{per_run}]")
     return VerdictResult(verdict, measured, {"middle": n_mid, "outer": n_out, "tie": labels.count("tie"),
                                              "total": len(labels), "null": null, "all_middle": all_mid,
                                              "all_outer": all_out, "bound_middle": bound_mid,

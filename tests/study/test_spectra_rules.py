@@ -96,22 +96,26 @@ def test_c4_classify_codes_and_rule():
     with pytest.raises(ValueError, match="no middle-half or no outer"):
         r.c4_classify([1.0], floor=0.0)
     nets = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
-    # the null bound: per network Σ p / majority (Markov, any dependence), networks multiplied
+    # the null bound: per network Σ p / majority (Markov, any dependence), the smallest network's (any dependence
+    # among networks)
     assert r.majority(5) == 3 and r.majority(4) == 3
-    assert r.network_bound([[0.1] * 5, [0.1] * 5, [0.2] * 5]) == pytest.approx((0.5 / 3) ** 2 * (1 / 3))
-    assert r.network_bound([[0.4] * 5] * 3) == pytest.approx((2 / 3) ** 3)      # exchangeable layers: never < 0.05
-    assert r.network_bound([[1.0] * 5, [0.01] * 5]) == pytest.approx(0.05 / 3)   # capped at 1 per network
+    assert r.network_bound([[0.1] * 5, [0.1] * 5, [0.2] * 5]) == pytest.approx(0.5 / 3)
+    assert r.network_bound([[0.4] * 5] * 3) == pytest.approx(2 / 3)             # exchangeable layers: never < 0.05
+    assert r.network_bound([[1.0] * 5, [0.01] * 5]) == pytest.approx(0.05 / 3)
+    assert r.network_bound([[1.0] * 5, [1.0] * 5]) == 1.0                       # capped at 1
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         r.network_bound([[1.5]])
     assert r.c4_codes(True, False, 0.01, 1.0) == r.R and r.c4_codes(False, False, 0.01, 1.0) == r.I
     assert r.c4_codes(False, True, 1.0, 0.01) == r.N and r.c4_codes(True, False, 0.06, 0.0) == r.I
-    low, high = [0.1] * 15, [0.9] * 15
+    low, high = [0.01] * 15, [0.9] * 15
     assert r.c4_rule(["middle"] * 15, low, high, nets) is Verdict.REPRODUCED
+    # p = 0.1 a reading: 0.5 / 3 per network is no evidence, however many networks agree
+    assert r.c4_rule(["middle"] * 15, [0.1] * 15, high, nets) is Verdict.INCONCLUSIVE
     assert r.c4_rule(["middle"] * 10 + ["outer"] * 5, low, high, nets) is Verdict.INCONCLUSIVE   # network c outer
     assert r.c4_rule(["outer"] * 15, high, low, nets) is Verdict.NOT_REPRODUCED
     # where size alone predicts "middle" (null rate 1), even 15 of 15 is no evidence
     assert r.c4_rule(["middle"] * 15, [1.0] * 15, [0.0] * 15, nets) is Verdict.INCONCLUSIVE
-    # and with three networks of exchangeable layers neither can the tally be (the bound stays at 0.30)
+    # and with three networks of exchangeable layers neither can the tally be (the bound stays at 2/3)
     assert r.c4_rule(["middle"] * 15, [0.4] * 15, [0.6] * 15, nets) is Verdict.INCONCLUSIVE
     with pytest.raises(ValueError, match="one entry per reading"):
         r.c4_rule(["middle"] * 15, low[:3], high, nets)
@@ -121,15 +125,47 @@ def test_c4_classify_codes_and_rule():
     assert list(r.c4_amendment1_codes(n_mid, 15 - n_mid, 15, p0)) == [r.N] * 3 + [r.I] * 7 + [r.R] * 6
 
 
+def _enumerated_null_rates(null_w1, floor):
+    """The size-matched null rates by listing every choice of one subset per layer (float64, no shortcut)."""
+    L = len(null_w1)
+    mid = [r.is_middle(i, L) for i in range(L)]
+    wins_mid = wins_out = total = 0
+    for pick in itertools.product(*null_w1):
+        m = min(v for v, k in zip(pick, mid) if k)
+        o = min(v for v, k in zip(pick, mid) if not k)
+        wins_mid += m + floor < o
+        wins_out += o + floor < m
+        total += 1
+    return wins_mid / total, wins_out / total
+
+
 def test_c4_null_rates():
     # the middle layer's size-matched subsets are always closest: the null says "middle" every time
     assert r.c4_null_rates([[5, 6], [5, 6], [1, 2], [5, 6], [5, 6]], floor=0.5) == (1.0, 0.0)
-    # two layers' subsets overlap: each wins about half of the draws beyond a zero floor
-    p_mid, p_out = r.c4_null_rates([[1, 3], [9, 9], [2, 2], [9, 9], [9, 9]], floor=0.0, draws=20000)
-    assert p_mid == pytest.approx(0.5, abs=0.02) and p_out == pytest.approx(0.5, abs=0.02)
+    # the closest outer layer is 1 or 3, the closest middle one 2: each wins half of the draws beyond a zero floor
+    assert r.c4_null_rates([[1, 3], [9, 9], [2, 2], [9, 9], [9, 9]], floor=0.0) == (0.5, 0.5)
     assert r.c4_null_rates([[1.0], [1.0], [1.0], [1.0], [1.0]], floor=0.1) == (0.0, 0.0)   # all ties
     with pytest.raises(ValueError, match="null_subsets > 0"):
         r.c4_null_rates([[1.0], [], [1.0], [1.0], [1.0]], floor=0.0)
+    # exact against enumeration, ties and floors included, uneven subset counts
+    rng = np.random.default_rng(3)
+    for L, floor in ((5, 0.0), (5, 0.3), (6, 0.1)):
+        null = [np.round(rng.random(rng.integers(2, 5)) * (1 + i % 3), 1) for i in range(L)]
+        assert r.c4_null_rates(null, floor) == pytest.approx(_enumerated_null_rates(null, floor), abs=1e-12)
+
+
+def test_c4_null_upper_limits():
+    null = [[0.2, 0.9, 0.5, 0.4, 0.7], [0.3, 0.8, 0.6, 0.9, 0.5], [0.1, 0.6, 0.4, 0.8, 0.3],
+            [0.6, 0.2, 0.9, 0.5, 0.4], [0.7, 0.5, 0.3, 0.6, 0.8]]
+    p_mid, p_out = r.c4_null_rates(null, 0.05)
+    hi_mid, hi_out = r.c4_null_upper(null, 0.05, seed=1)
+    assert hi_mid > p_mid and hi_out > p_out and hi_mid <= 1 and hi_out <= 1
+    assert r.c4_null_upper(null, 0.05, seed=1) == (hi_mid, hi_out)                 # seeded
+    assert r.c4_null_upper(null, 0.05, level=0.5, seed=1)[0] < hi_mid
+    # subsets that never vary: nothing to be unsure about
+    assert r.c4_null_upper([[5, 5], [5, 5], [1, 1], [5, 5], [5, 5]], 0.5) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="level"):
+        r.c4_null_upper(null, 0.05, level=1.0)
 
 
 def test_exact_kendall_and_three_points_never_significant():
@@ -160,7 +196,7 @@ def test_c5_codes_and_rule():
 
 
 def test_calibration_matches_the_protocol():
-    design = [(0.1, 0.6, 5), (0.1, 0.6, 5), (0.2, 0.5, 5)]
+    design = [(0.01, 0.6, 5), (0.01, 0.6, 5), (0.02, 0.5, 5)]
     assert c4_rates(design, sims=20000)["P(reproduced)"] < 0.01      # null: majorities of middle are rare
     assert c4_rates(design, truth=[(0.9, 0.1)] * 3, sims=20000)["P(reproduced)"] > 0.95
     rates = c5_rates([20, 20], sims=200)

@@ -37,20 +37,24 @@ def test_c1_reads_the_last_epoch_on_most_examples():
     assert sv.c1_verdict(sv.class_table(runs, readings), 10).verdict is Verdict.NOT_REPRODUCED
 
 
-def _distance(epoch: int, closest: int, sized_middle: int | None = None) -> DistanceReading:
+def _distance(epoch: int, closest: int, sized_middle: int | None = None, far_middle: bool = False) -> DistanceReading:
     """Five layers; the full spectrum's atoms are copied into layer ``closest``, the others are shifted away."""
     full = [([0.0, 1.0, 5.0], [0.6, 0.3, 0.1])] * 2
     layers = {f"l{i}": ([([0.0, 1.0, 5.0], [0.6, 0.3, 0.1])] * 2 if i == closest
                         else [([0.0, 1.0 + i, 9.0], [0.5, 0.3, 0.2])] * 2) for i in range(5)}
-    return DistanceReading(epoch, 2, 16, full, full, layers, _null(sized_middle))
+    return DistanceReading(epoch, 2, 16, full, full, layers, _null(sized_middle, far_middle))
 
 
-def _null(sized_middle: int | None = None) -> dict:
+def _null(sized_middle: int | None = None, far_middle: bool = False) -> dict:
     """Three random subsets per layer whose measures sit at W1 = 1, 2, 3 from the full one (the largest atom moved);
-    ``sized_middle``: that layer's subsets sit at W1 0.1 (a layer whose size alone makes it closest)."""
+    ``sized_middle``: that layer's subsets sit at W1 0.1 (a layer whose size alone makes it closest);
+    ``far_middle``: the middle layers' (l2, l3) subsets sit at 5, 6, 7 (size alone never makes them closest)."""
     def subset(w1: float) -> list:
         return [([0.0, 1.0, 5.0 + 10 * w1], [0.6, 0.3, 0.1])] * 2
-    return {f"l{i}": [subset(0.1 if i == sized_middle else w) for w in (1.0, 2.0, 3.0)] for i in range(5)}
+
+    def levels(i: int) -> tuple[float, ...]:
+        return (0.1,) * 3 if i == sized_middle else (5.0, 6.0, 7.0) if far_middle and i in (2, 3) else (1.0, 2.0, 3.0)
+    return {f"l{i}": [subset(w) for w in levels(i)] for i in range(5)}
 
 
 def test_c4_tally_from_readings():
@@ -61,12 +65,21 @@ def test_c4_tally_from_readings():
     null = sv.null_table(runs, middle, table)
     assert np.allclose(np.stack(null["null_w1"]), [1.0, 2.0, 3.0])      # W1 of the pooled subset measures
     classified = sv.c4_readings(table, null)
-    assert (classified["reading"] == "middle").all()
+    assert (classified["reading"] == "middle").all() and (classified["floor / null"] == 0).all()
     # one subset per layer at random, W1 1, 2 or 3 each; equal minima are ties, so
     # P(min over 2 middle < min over 3 outer) = sum_k P(mid min = k) P(out min > k) = (5/9)(8/27) + (3/9)(1/27)
-    assert classified["p_mid"].iloc[0] == pytest.approx(5 / 9 * 8 / 27 + 3 / 9 * 1 / 27, abs=0.02)
-    assert sv.c4_verdict(classified).verdict is Verdict.REPRODUCED   # bound (5 · 0.177 / 3)³ = 0.026
+    assert classified["p_mid"].iloc[0] == pytest.approx(5 / 9 * 8 / 27 + 3 / 9 * 1 / 27, abs=1e-12)
+    assert (classified["p_mid_hi"] > classified["p_mid"]).all()
+    # 0.18 a reading is no evidence under Markov's bound (5 · 0.18 / 3 > 0.05), however many networks agree
+    result = sv.c4_verdict(classified)
+    assert result.verdict is Verdict.INCONCLUSIVE and "cannot reproduce" in result.measured
     assert sv.c4_verdict(classified, null="middle share").verdict is Verdict.REPRODUCED
+    # the middle layer is closest although its own-size subsets never are: reproduced
+    far = {n: RunReadings(distances={e: _distance(e, 2, far_middle=True) for e in range(1, 6)}) for n in runs}
+    t_far = sv.distance_table(runs, far)
+    result = sv.c4_verdict(sv.c4_readings(t_far, sv.null_table(runs, far, t_far)))
+    assert result.verdict is Verdict.REPRODUCED and result.details["bound_middle"] == 0.0
+    assert "cannot refute" in result.measured                       # size alone predicts the outer layers
     # outer layer closest everywhere, while size alone (the middle l2's subsets closest) predicts the middle
     outer = {n: RunReadings(distances={e: _distance(e, 0, sized_middle=2) for e in range(1, 6)}) for n in runs}
     t_out = sv.distance_table(runs, outer)
