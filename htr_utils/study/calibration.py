@@ -132,7 +132,7 @@ def _c4_bounds(design: Sequence[Network]) -> tuple[float, float]:
 
 def c4_rates(design: Sequence[Network], truth: Sequence[tuple[float, float]] | None = None, dependent: bool = False,
              sims: int = 20000, seed: int = 0) -> dict[str, float]:
-    """C4's rule (amendment 3) on simulated readings. ``design``: per network (p_mid, p_out, readings), the
+    """C4's rule (amendments 3-4) on simulated readings. ``design``: per network (p_mid, p_out, readings), the
     size-matched null rates of each of its readings and how many there are. ``truth``: per network the
     probabilities that a reading is "middle" / "outer" (None: the null itself, i.e. size explains everything).
     ``dependent``: all readings of a network share one outcome.
@@ -178,8 +178,17 @@ def c4_smallest_p(design: Sequence[Network]) -> float:
     return _c4_bounds(design)[0]
 
 
-# C4's generative model: layer sizes / 10 (LeNet: conv1 conv2 fc1 fc2 fc3; VGG11_bn width 0.125: 8 convs + classifier)
-MODEL_SIZES = {"lenet": (15, 240, 4800, 1008, 84), "vgg11_bn": (7, 115, 461, 922, 1843, 3686, 3686, 3686, 64)}
+MODEL_COLUMNS = 15_000  # C4's generative model keeps at most about this many parameters
+
+
+def model_sizes(layer_sizes: Sequence[int]) -> tuple[int, ...]:
+    """A network's layer sizes scaled for C4's Gauss–Newton model: divided by max(10, total / 15 000), at least 1
+    each (LeNet: 150, 2400, 48000, 10080, 840 weights → 15, 240, 4800, 1008, 84)."""
+    sizes = np.asarray(layer_sizes, dtype=float)
+    if sizes.ndim != 1 or len(sizes) < 2 or (sizes < 1).any():
+        raise ValueError(f"model_sizes: need two or more positive layer sizes, got {list(layer_sizes)}")
+    divisor = max(10.0, float(np.ceil(sizes.sum() / MODEL_COLUMNS)))
+    return tuple(int(max(1, round(n / divisor))) for n in sizes)
 
 
 def _gn_measure(J: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,20 +223,21 @@ def c4_model_reading(sizes: Sequence[int], rng: np.random.Generator, scale_sd: f
     return layer_w1, null
 
 
-def c4_model_readings(network: str, reps: int, seed: int = 0, floor_ratio: float = 0.0,
+def c4_model_readings(sizes: Sequence[int], reps: int, seed: int = 0, floor_ratio: float = 0.0,
                       **kw) -> list[tuple[str, float, float]]:
-    """``reps`` simulated readings of ``network`` (a key of :data:`MODEL_SIZES`): (label, p_mid, p_out) each, labelled
-    and judged against its own size-matched null exactly as the real readings are. The spectra are exact, so the
-    noise floor is set to ``floor_ratio`` × the median W1 of the reading's random subsets (the real readings'
-    floor / null ratio; 0: no floor)."""
-    from .spectra_rules import c4_classify, c4_null_rates
+    """``reps`` simulated readings of a network with these layer ``sizes`` (:func:`model_sizes` of the real
+    network's): (label, p_mid, p_out) each, labelled and judged against its own size-matched null exactly as the
+    real readings are (upper 95 % limits of the null rates, :func:`htr_utils.study.spectra_rules.c4_null_upper`).
+    The spectra are exact, so the noise floor is set to ``floor_ratio`` × the median W1 of the reading's random
+    subsets (the real readings' "floor / null"; 0: no floor)."""
+    from .spectra_rules import c4_classify, c4_null_upper
 
     rng = np.random.default_rng(seed)
     out = []
     for r in range(reps):
-        w1, null = c4_model_reading(MODEL_SIZES[network], rng, **kw)
+        w1, null = c4_model_reading(sizes, rng, **kw)
         floor = floor_ratio * float(np.median(np.concatenate(null)))
-        out.append((c4_classify(w1, floor), *c4_null_rates(null, floor, seed=r)))
+        out.append((c4_classify(w1, floor), *c4_null_upper(null, floor, seed=r)))
     return out
 
 

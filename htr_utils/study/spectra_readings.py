@@ -169,6 +169,11 @@ def _blocks(model: nn.Module) -> tuple[list[str], dict[str, Tensor]]:
     return names, idx
 
 
+def layer_sizes(model: nn.Module) -> dict[str, int]:
+    """Number of coordinates of every Conv/Linear weight block, in forward order (the layers the readings use)."""
+    return {layer: len(ix) for layer, ix in _blocks(model)[1].items()}
+
+
 def _top(tri: Any, k: int) -> np.ndarray:
     return np.sort(tri.eigh()[0])[::-1][:k]
 

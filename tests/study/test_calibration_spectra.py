@@ -10,7 +10,7 @@ from htr_utils.study import calibration as cal
 from htr_utils.study.spectra_rules import kendall_trend
 
 # C4: LeNet, LeNet-GELU, VGG11_bn × 5 distance epochs, each reading's size-matched null (p_mid, p_out)
-CPU_DESIGN = [(0.1, 0.7, 5), (0.1, 0.7, 5), (0.2, 0.6, 5)]
+CPU_DESIGN = [(0.01, 0.7, 5), (0.01, 0.7, 5), (0.02, 0.6, 5)]
 CPU_LENGTHS = [50, 50, 50, 50, 10, 10]  # λ_max and trace of LeNet, LeNet-GELU (50 epochs) and VGG (10 epochs)
 
 
@@ -35,11 +35,11 @@ def test_c4_rates_hold_whatever_the_dependence():
     """Under the null the bound is valid for any dependence among a network's readings: the false 'reproduced'
     rate stays below the bound, the dependent case included (the referee's objection to a Poisson-binomial tally)."""
     bound = cal.c4_smallest_p(CPU_DESIGN)
-    assert bound == pytest.approx((0.5 / 3) ** 2 * (1.0 / 3)) and bound < 0.05
+    assert bound == pytest.approx(0.05 / 3) and bound < 0.05         # the smallest network's Markov bound
     for dependent in (False, True):
         rates = cal.c4_exact_rates(CPU_DESIGN, dependent=dependent)
         assert rates["P(reproduced)"] <= bound and sum(rates.values()) == pytest.approx(1.0)
-    assert cal.c4_exact_rates(CPU_DESIGN, dependent=True)["P(reproduced)"] == pytest.approx(0.1 * 0.1 * 0.2)
+    assert cal.c4_exact_rates(CPU_DESIGN, dependent=True)["P(reproduced)"] == pytest.approx(0.01 * 0.01 * 0.02)
     assert cal.c4_exact_rates(CPU_DESIGN, truth=TRUTHS["middle 80 %"], dependent=True)["P(reproduced)"] == \
         pytest.approx(0.8 ** 3)
     assert cal.c4_exact_rates(CPU_DESIGN, truth=TRUTHS["middle 80 %"])["P(reproduced)"] > 0.75
@@ -57,14 +57,31 @@ def test_c4_cannot_reproduce_where_size_predicts_the_middle():
 def test_c4_model_shows_the_size_artefact_and_the_null_absorbs_it():
     """In the Gauss–Newton model with no depth effect, LeNet's largest (middle) layer is closest nearly always, and
     the size-matched null predicts it, so the rule does not call C4 reproduced."""
-    pool = cal.c4_model_readings("lenet", reps=12, seed=1)
+    lenet = cal.model_sizes([150, 2400, 48000, 10080, 840])
+    assert lenet == (15, 240, 4800, 1008, 84)
+    pool = cal.c4_model_readings(lenet, reps=12, seed=1)
     labels = [lab for lab, _, _ in pool]
     assert labels.count("middle") >= 10
     assert np.mean([pm for _, pm, _ in pool]) > 0.8
     rates = cal.c4_model_rates([pool, pool, pool], [5, 5, 5], studies=200)
     assert rates["P(reproduced)"] == 0.0
-    with_floor = cal.c4_model_readings("lenet", reps=4, seed=1, floor_ratio=0.5)   # a floor turns draws into ties
-    assert all(pm + po <= 1.0 for _, pm, po in with_floor)
+    with_floor = cal.c4_model_readings(lenet, reps=4, seed=1, floor_ratio=0.5)   # a floor turns draws into ties
+    assert all(0 <= pm <= 1 and 0 <= po <= 1 for _, pm, po in with_floor)
+    assert "tie" in [lab for lab, _, _ in with_floor]
+
+
+def test_model_sizes_keep_the_model_small_and_refuse_nonsense():
+    from htr_utils.study.models import build_model
+    from htr_utils.study.spectra_readings import layer_sizes
+
+    vgg = layer_sizes(build_model("vgg11_bn", 1, 10, width=0.125))
+    assert len(vgg) == 9 and vgg["classifier"] == 640 and sum(vgg.values()) == 144_712
+    assert cal.model_sizes(list(vgg.values())) == (7, 115, 461, 922, 1843, 3686, 3686, 3686, 64)
+    assert sum(cal.model_sizes([10**6] * 9)) <= cal.MODEL_COLUMNS + 9
+    assert cal.model_sizes([5, 100]) == (1, 10)
+    for bad in ([100], [0, 100], [[1, 2]]):
+        with pytest.raises(ValueError, match="layer sizes"):
+            cal.model_sizes(bad)
 
 
 # ------------------------------------------------------------------------------------------------------ C5
