@@ -210,23 +210,24 @@ _add(Claim(
     (L/4 ≤ i < 3L/4) beats the closest outer layer by more than the floor, *outer* if the reverse,
     else *tie*.
 
-    Size-matched null (amendments 2-3, before any C4 reading was looked at): at every reading each
+    Size-matched null (amendments 2-4, before any C4 reading was looked at): at every reading each
     layer also gets 5 random parameter subsets of its size, read the same way; p_mid / p_out = how
     often one subset per layer, drawn at random, reads *middle* / *outer* (size alone).
 
     * **reproduced** if every network's readings are mostly *middle* **and** the bound
-      B = ∏ over networks of min(1, Σ p_mid / majority count) is below 0.05 (Markov's bound on
-      "mostly middle" under the null, valid whatever the dependence among one network's readings);
+      B = min over networks of min(1, Σ p_mid / majority count) is below 0.05, with p_mid the upper
+      95 % bootstrap limit of each reading's null rate (Markov's bound on "mostly middle" under the
+      null, valid whatever the dependence among readings and networks; amendment 4);
     * **not reproduced** likewise with *outer* and p_out;
     * **inconclusive** otherwise; when B ≥ 0.05 the verdict says the design cannot reproduce C4 (size
       alone predicts the middle).
 
     Calibration in a Gauss–Newton model with no depth effect (150 readings per network, 4000
     studies): false *reproduced* 0 % at no noise floor (vacuous: the size null then always reads
-    *middle*), 0.03 % (independent readings) to 3.3 % (dependent) at a floor of 0.1 × the subsets'
+    *middle*), 0 % (independent readings) to 3.3 % (dependent) at a floor of 0.1 × the subsets'
     W1; the first rule (fixed chance rate = the share of middle layers, shown beside) says
     *reproduced* 73–88 % at no floor and 2–10 % at that floor, because the largest layers (LeNet's
-    fc1, 78 % of the weights) sit in the middle half. No power is claimed (PROTOCOL.md, amendment 3).
+    fc1, 78 % of the weights) sit in the middle half. No power is claimed (PROTOCOL.md, amendments 3-4).
     Secondary: KL at one common width, each layer against its own size-matched subsets, the authors'
     density-value variant.
 
