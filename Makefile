@@ -42,13 +42,18 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-# The run grid first (htr_utils.study.grid: every run the notebooks need, with the spectra readings),
-# on a Dask LocalCluster of TRAIN_PROCS one-thread workers sharing the run cache through its locks
-# (on 2 cores about 25 % more runs per hour than one process with 2 threads); the notebooks then read
-# the cache (and train whatever a notebook alone still lacks).
-TRAIN_PROCS ?= 2
+# The run grid first (htr_utils.study.grid: every run the notebooks need, with the spectra readings):
+# here, one run after another with torch's threads (TRAIN_PROCS=1, the default: on this 2-core CPU
+# 1.9x faster than 2 one-thread Dask workers, benchmarks/RESULTS.md), or on a Dask LocalCluster of
+# TRAIN_PROCS one-thread workers sharing the run cache through its locks (more cores); the notebooks
+# then read the cache (and train whatever a notebook alone still lacks).
+TRAIN_PROCS ?= 1
 reproduce: setup
-	$(PY) -m htr_utils.study.grid train --profile $(PROFILE) --workers $(TRAIN_PROCS) --threads 1
+	@if [ "$(TRAIN_PROCS)" = 1 ]; then \
+		$(PY) -m htr_utils.study.grid train --profile $(PROFILE); \
+	else \
+		$(PY) -m htr_utils.study.grid train --profile $(PROFILE) --workers $(TRAIN_PROCS) --threads 1; \
+	fi
 	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE)
 
 smoke: setup
