@@ -11,8 +11,20 @@ Two measurements, each written to ``benchmarks/stability.json`` and printed as a
   a GPU), compared epoch by epoch over the epochs both have: training loss, test accuracy, and the
   full Hessian's λ_max and trace.
 
-    python -m benchmarks.stability variants [--out DIR]
+    python -m benchmarks.stability variants [--out DIR] [--only 'default ISA, 2 threads' ...]
     python -m benchmarks.stability devices RUN_DIR_A RUN_DIR_B
+    python -m benchmarks.stability assess figures/cpu
+
+``assess`` judges the verdicts in a report folder against these spreads and writes its
+``stability.json`` (REPORT.md's "across machines" column), then rewrites its REPORT.md:
+
+* C6b: every paired accuracy interval of the rule shifted by ± the variants' spread of the paired
+  HTR − SGD difference (conservative: that spread is one seed's, the rule reads a 10-seed mean),
+  and the rule applied again; stable if neither shift changes the verdict.
+* C5: the rule applied to the trend series of each device's copy of the spectra runs (runs with at
+  least the rule's minimum of epochs in common); stable if both copies give the committed verdict.
+* C7: its accuracy half waits on C6b's gain, so it is as stable as C6b.
+* every other verdict: not measured (its readings were not rerun under the variants).
 """
 from __future__ import annotations
 
@@ -22,6 +34,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).with_name("stability.json")
 VARIANTS = {"native, 1 thread": ("", 1), "native, 2 threads": ("", 2),
@@ -47,9 +61,15 @@ print("RESULT", json.dumps(out))
 """
 
 
-def run_variants(out: Path) -> dict:
-    rows = {}
+def run_variants(out: Path, only: list[str] | None = None, earlier: dict | None = None) -> dict:
+    """Train every variant (or those in ``only``, keeping ``earlier``'s rows of the others) and their spread."""
+    unknown = [n for n in only or [] if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--only {unknown}: not a variant; choose from {', '.join(map(repr, VARIANTS))}")
+    rows = {n: r for n, r in (earlier or {}).items() if n in VARIANTS}
     for name, (isa, threads) in VARIANTS.items():
+        if only and name not in only:
+            continue
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         if isa:
             env["ATEN_CPU_CAPABILITY"] = isa
@@ -61,11 +81,18 @@ def run_variants(out: Path) -> dict:
             raise RuntimeError(f"variant {name!r} failed:\n{proc.stderr[-3000:]}")
         rows[name] = json.loads(line[-1][len("RESULT "):])
         print(name, rows[name], flush=True)
+    rows = {n: rows[n] for n in VARIANTS if n in rows}
+    return {"variants": rows, "spread": spread(rows)}
+
+
+def spread(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per number (each arm's test accuracy, training loss, trace, λ_max, and the paired HTR − SGD
+    differences of test accuracy and trace): min, max and spread = max − min over the variants."""
     numbers = {f"{arm} {q}": [r[arm][q] for r in rows.values()] for arm in ("sgd", "htr")
                for q in ("test_acc", "train_loss", "trace", "lambda_max")}
-    numbers["htr − sgd test_acc"] = [r["htr"]["test_acc"] - r["sgd"]["test_acc"] for r in rows.values()]
-    spread = {k: {"min": min(v), "max": max(v), "spread": max(v) - min(v)} for k, v in numbers.items()}
-    return {"variants": rows, "spread": spread}
+    for q in ("test_acc", "trace"):
+        numbers[f"htr − sgd {q}"] = [r["htr"][q] - r["sgd"][q] for r in rows.values()]
+    return {k: {"min": min(v), "max": max(v), "spread": max(v) - min(v)} for k, v in numbers.items()}
 
 
 def compare_devices(a: Path, b: Path) -> dict:
@@ -96,18 +123,89 @@ def compare_devices(a: Path, b: Path) -> dict:
             "max": {k: max(r[k] for r in rows) for k in rows[0] if k != "epoch"}}
 
 
+def _trend_p(tau: float, n: int) -> tuple[float, float]:
+    """Exact one-sided p-values (decrease, increase) of Kendall's τ of n untied points against their index."""
+    from htr_utils.study.calibration import kendall_null
+    null = np.cumsum(kendall_null(n))
+    d = int(round((1.0 - tau) * n * (n - 1) / 4))  # discordant pairs
+    return float(1.0 - (null[d - 1] if d > 0 else 0.0)), float(null[d])
+
+
+def assess_c6b(intervals: list[dict], paired_spread: float, committed: str) -> dict[str, str]:
+    from htr_utils.study.regularisation_rules import c6b_rule
+    shifted = {str(c6b_rule([{"lo": i["lo"] + d, "hi": i["hi"] + d} for i in intervals]))
+               for d in (-paired_spread, paired_spread)}
+    hi = max(i["hi"] for i in intervals)
+    why = (f"paired intervals shifted by ± {paired_spread * 100:.2g} pts (the variants' spread of HTR − SGD) "
+           f"give {' / '.join(sorted(shifted))}; largest upper bound {hi * 100:+.3f} pts; at the chosen γ (the γ "
+           "selection was not rerun under the variants)")
+    return {"stable": "yes" if shifted == {committed} else "no", "why": why}
+
+
+def assess_c5(devices: dict, committed: str) -> dict[str, str]:
+    from htr_utils.study.spectra_rules import MIN_TREND_POINTS, c5_codes, verdict_of
+    verdicts, used = [], []
+    for side in (0, 1):
+        p_dec, p_inc = [], []
+        for name, d in devices.items():
+            n = len([e for e in d["epochs"] if e >= 1])
+            if n < MIN_TREND_POINTS:
+                continue
+            used.append(name) if side == 0 else None
+            for q in ("lambda_max", "trace"):
+                pd_, pi_ = _trend_p(d["kendall_tau"][q][side], n)
+                p_dec.append(pd_), p_inc.append(pi_)
+        verdicts.append(str(verdict_of(c5_codes(np.array(p_dec), np.array(p_inc)))) if p_dec else "no series")
+    why = (f"the rule on the CPU and GPU copies of {len(used)} spectra runs over their common epochs: "
+           f"{verdicts[0]} / {verdicts[1]} (committed: {committed})")
+    return {"stable": "yes" if verdicts == [committed, committed] else "no", "why": why}
+
+
+def assess(directory: Path, results: dict) -> dict[str, dict[str, str]]:
+    from htr_utils.study.report import STABILITY_FILE, collect_verdicts, write_report
+    verdicts = collect_verdicts(directory)
+    spread_ = results.get("variants", {}).get("spread", {})
+    out = {}
+    for name, v in verdicts.items():
+        cid, committed, extra = v.get("claim_id"), v.get("verdict"), v.get("extra") or {}
+        if cid == "C6b" and "htr − sgd test_acc" in spread_:
+            study = next(iter(extra.get("per_study", {})))
+            rows = [r for r in extra["comparisons"][study] if r.get("in_rule") and r["quantity"] == "test_acc"]
+            out[name] = assess_c6b(rows, spread_["htr − sgd test_acc"]["spread"], committed)
+        elif cid == "C5" and results.get("devices"):
+            out[name] = assess_c5(results["devices"], committed)
+        else:
+            out[name] = {"stable": "not measured", "why": "not rerun under the variants"}
+    c6b = [out[n] for n, v in verdicts.items() if v.get("claim_id") == "C6b"]
+    for name, v in verdicts.items():
+        if v.get("claim_id") == "C7" and c6b:
+            out[name] = {"stable": c6b[0]["stable"], "why": "its accuracy half waits on C6b's gain, as stable as "
+                                                            "C6b; the cost ratio is a timing, not rerun"}
+    (directory / STABILITY_FILE).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    write_report(directory)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.stability")
     sub = ap.add_subparsers(dest="what", required=True)
     v = sub.add_parser("variants")
     v.add_argument("--out", type=Path, default=Path("build/stability"))
+    v.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                   help="train only these variants and keep the others' earlier results")
     d = sub.add_parser("devices")
     d.add_argument("run_a", type=Path)
     d.add_argument("run_b", type=Path)
+    a = sub.add_parser("assess")
+    a.add_argument("directory", type=Path, help="a report folder, e.g. figures/cpu")
     args = ap.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.what == "assess":
+        for name, entry in assess(args.directory, results).items():
+            print(f"{name:26s} {entry['stable']}: {entry['why']}")
+        return
     if args.what == "variants":
-        results["variants"] = run_variants(args.out)
+        results["variants"] = run_variants(args.out, args.only, results.get("variants", {}).get("variants"))
         for k, s in results["variants"]["spread"].items():
             print(f"{k:28s} {s['min']:.6g} – {s['max']:.6g}  spread {s['spread']:.3g}")
     else:

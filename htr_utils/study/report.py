@@ -7,6 +7,10 @@ verdict (``reproduced`` / ``not reproduced`` / ``inconclusive``), the rule that 
 (:mod:`htr_utils.study.reproduce`) then gathers them with :func:`write_report` into
 ``<DIR>/REPORT.md``: one row per notebook, with each notebook's wall time.
 
+A notebook's verdict is judged against the spread of numbers across machines (issue 17) in
+``<DIR>/stability.json`` ({notebook: {"stable": "yes" / "no" / "not measured", "why": text}}, written
+by ``python -m benchmarks.stability assess <DIR>``); REPORT.md shows it in its "across machines" column.
+
 Wall times are kept in ``<DIR>/timings.json`` ({notebook: {"wall_s", "status", "error"}}; status
 ``ok`` / ``failed`` / ``interrupted`` / ``pending``: not run yet, earlier outputs withdrawn, ``error`` says
 why), merged run after run, so a partial rerun (``--only 03``)
@@ -29,6 +33,7 @@ from .verdicts import VerdictResult
 
 VERDICT_FILE = "verdict.json"
 TIMINGS_FILE = "timings.json"
+STABILITY_FILE = "stability.json"
 REPORT_FILE = "REPORT.md"
 LOCK_FILE = ".report.lock"
 
@@ -102,6 +107,22 @@ def _cell(text: Any) -> str:
     return " ".join(s.split()).replace("|", "\\|")
 
 
+def _stability(directory: Path) -> dict[str, dict]:
+    path = directory / STABILITY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        return {"*": {"stable": "unreadable", "why": f"{path}: {err}"}}
+
+
+def _stability_cell(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "not measured"
+    return f"{entry.get('stable', '?')}: {entry.get('why', '')}".rstrip(": ")
+
+
 def _format_seconds(s: float | None) -> str:
     if s is None:
         return "—"
@@ -152,6 +173,7 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
                   profile: str | None) -> Path:
     verdicts = collect_verdicts(directory)
     runs = _merge_timings(directory, timings, failed)
+    stability = _stability(directory)
     if profile is None:
         profiles = {v.get("profile") for v in verdicts.values() if v.get("profile")}
         profile = profiles.pop() if len(profiles) == 1 else directory.name
@@ -167,10 +189,12 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
         f"- Software: Python {machine['python']}, torch {machine.get('torch')}",
         "",
         "Each verdict follows a rule stated in its notebook before the result "
-        "(see `rule` in the notebook's `verdict.json`).",
+        "(see `rule` in the notebook's `verdict.json`). \"Across machines\": whether the verdict survives the "
+        "spread of numbers measured across thread counts, instruction sets and devices "
+        "(`python -m benchmarks.stability`).",
         "",
-        "| notebook | claim | paper reports | measured | verdict | data | wall time |",
-        "|---|---|---|---|---|---|---|",
+        "| notebook | claim | paper reports | measured | verdict | across machines | data | wall time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     total = 0.0
     for name in sorted(set(verdicts) | set(runs)):
@@ -192,7 +216,8 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
         if claim and v.get("claim_id"):
             claim = f"{v['claim_id']}: {claim}"
         lines.append("| " + " | ".join(_cell(c) for c in (
-            name, claim, v.get("paper_reports"), v.get("measured"), verdict, v.get("data"),
+            name, claim, v.get("paper_reports"), v.get("measured"), verdict,
+            _stability_cell(stability.get(name) or stability.get("*")) if v else "—", v.get("data"),
             _format_seconds(wall))) + " |")
     lines += ["", f"Total wall time: {_format_seconds(total)}", ""]
     path = directory / REPORT_FILE

@@ -78,14 +78,30 @@ def test_report_table(tmp_path: Path) -> None:
     lines = [line for line in text.splitlines() if line.startswith("| 0")]
     assert [line.split("|")[1].strip() for line in lines] == ["00_routines_check", "01_full_spectrum",
                                                               "04_layer_vs_full", "05_trace"]
-    assert all(line.count(" | ") == 6 for line in lines)  # 7 cells, pipes in texts escaped
+    assert all(line.count(" | ") == 7 for line in lines)  # 8 cells, pipes in texts escaped
     assert "no verdict" in lines[0] and "12.0 s" in lines[0]
     cells = [c.strip() for c in lines[1].split(" | ")]
     assert cells[1:] == [f"C1: {CLAIMS['C1'].summary}", CLAIMS["C1"].paper_summary, "9 outliers", "**reproduced**",
-                         "FashionMNIST, LeNet", "30.5 s |"]
+                         "not measured", "FashionMNIST, LeNet", "30.5 s |"]
     assert "minimum at the \\| last layer" in lines[2]
     assert "**not reproduced**" in lines[2] and "5.0 min" in lines[2]
     assert "**FAILED**: cell 3: RuntimeError: out of memory" in lines[3]
+
+
+def test_report_shows_each_verdicts_stability_across_machines(tmp_path: Path) -> None:
+    _verdict(tmp_path / "01_full_spectrum", profile="cpu")
+    _verdict(tmp_path / "07_trace_regularisation", verdict="not reproduced", claim_id="C6b", profile="cpu")
+    (tmp_path / report.STABILITY_FILE).write_text(json.dumps(
+        {"07_trace_regularisation": {"stable": "yes", "why": "upper bound + spread 0.05 < margin 0.1 pts"}}))
+    text = report.write_report(tmp_path, {"01_full_spectrum": 1.0, "07_trace_regularisation": 2.0}).read_text()
+    assert "| across machines |" in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split(" | ")] for line in text.splitlines()
+            if line.startswith("| 0")}
+    assert rows["07_trace_regularisation"][5] == "yes: upper bound + spread 0.05 < margin 0.1 pts"
+    assert rows["01_full_spectrum"][5] == "not measured"
+    (tmp_path / report.STABILITY_FILE).write_text("{not json")
+    text = report.write_report(tmp_path).read_text()
+    assert "unreadable" in text  # a damaged file is shown, not fatal
 
 
 def test_a_pending_notebook_shows_why_and_no_stale_verdict(tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""benchmarks/stability.py (issue 17): the spread over CPU variants and the run-against-run comparison."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.stability import compare_devices, spread
+from htr_utils.study.runs import train_run
+from htr_utils.study.training import TrainConfig
+
+TINY = TrainConfig(dataset="digits", model="mlp", width=0.25, train_size=60, test_size=30, batch_size=30, epochs=3,
+                   curvature_every=1, curvature_init=False, lanczos_iters=4, examples_per_class=1, trace_probes=2,
+                   layerwise=True)  # depth_trends' series read the layer spectra too
+
+
+def _arm(acc: float, loss: float, trace: float, lmax: float) -> dict[str, float]:
+    return {"test_acc": acc, "train_loss": loss, "trace": trace, "lambda_max": lmax}
+
+
+def test_spread_is_max_minus_min_over_variants_with_paired_differences():
+    rows = {"a": {"sgd": _arm(0.870, 0.30, 440.0, 70.0), "htr": _arm(0.872, 0.31, 430.0, 69.0)},
+            "b": {"sgd": _arm(0.874, 0.29, 446.0, 72.0), "htr": _arm(0.873, 0.30, 441.0, 68.0)},
+            "c": {"sgd": _arm(0.871, 0.33, 443.0, 71.0), "htr": _arm(0.875, 0.32, 435.0, 70.5)}}
+    s = spread(rows)
+    assert s["sgd test_acc"] == {"min": 0.870, "max": 0.874, "spread": pytest.approx(0.004)}
+    assert s["htr lambda_max"]["spread"] == pytest.approx(2.5)
+    # paired per variant: +0.002, −0.001, +0.004 → spread 0.005; trace −10, −5, −8 → spread 5
+    assert s["htr − sgd test_acc"]["min"] == pytest.approx(-0.001)
+    assert s["htr − sgd test_acc"]["spread"] == pytest.approx(0.005)
+    assert s["htr − sgd trace"] == {"min": -10.0, "max": -5.0, "spread": 5.0}
+
+
+def test_compare_devices_reads_identical_copies_as_zero_and_refuses_different_configs(tmp_path, one_thread):
+    a = train_run(TINY, root=tmp_path / "a", progress=False)
+    b = train_run(TINY, root=tmp_path / "b", progress=False)
+    out = compare_devices(a.path, b.path)
+    assert out["epochs"] == [1, 2, 3]
+    assert all(v == 0.0 for v in out["max"].values()), out["max"]
+    for q, (ta, tb) in out["kendall_tau"].items():
+        assert ta == tb and math.isfinite(ta), q
+
+    c = train_run(TINY.replace(lr=TINY.lr * 2), root=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="different configs"):
+        compare_devices(a.path, c.path)
+
+
+def test_compare_devices_reports_a_changed_number(tmp_path, one_thread):
+    a = train_run(TINY, root=tmp_path / "a", progress=False)
+    b = train_run(TINY, root=tmp_path / "b", progress=False)
+    metrics = b.path / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("test_acc")
+    last = lines[-1].split(",")
+    last[col] = repr(float(last[col]) + 0.25)
+    metrics.write_text("\n".join([*lines[:-1], ",".join(last)]) + "\n")
+    out = compare_devices(a.path, b.path)
+    assert out["max"]["test_acc diff"] == pytest.approx(0.25)
+    assert out["max"]["train_loss diff"] == 0.0
+
+
+def test_trend_p_values_are_scipys_exact_ones():
+    from scipy import stats
+
+    from benchmarks.stability import _trend_p
+    rng = np.random.default_rng(3)
+    for n in (5, 9, 20):
+        v = np.cumsum(rng.normal(size=n)) + 0.3 * np.arange(n)
+        x = np.arange(n)
+        tau = stats.kendalltau(x, v).statistic
+        p_dec, p_inc = _trend_p(tau, n)
+        assert p_dec == pytest.approx(stats.kendalltau(x, v, method="exact", alternative="less").pvalue, rel=1e-9)
+        assert p_inc == pytest.approx(stats.kendalltau(x, v, method="exact", alternative="greater").pvalue, rel=1e-9)
+
+
+def test_c6b_is_stable_only_when_no_shift_by_the_spread_changes_it():
+    from benchmarks.stability import assess_c6b
+    far = [{"lo": -0.0003, "hi": 0.0003}, {"lo": -0.0004, "hi": 0.0001}]  # upper bounds 0.03 pts < margin 0.1 pts
+    assert assess_c6b(far, 0.0002, "not reproduced")["stable"] == "yes"
+    near = [{"lo": -0.0003, "hi": 0.0009}, {"lo": -0.0004, "hi": 0.0001}]  # 0.09 + 0.02 pts crosses the margin
+    out = assess_c6b(near, 0.0002, "not reproduced")
+    assert out["stable"] == "no" and "inconclusive" in out["why"]
+
+
+def test_c5_assessment_applies_the_rule_to_each_devices_copy():
+    from benchmarks.stability import assess_c5
+    rising = {"tau": {"lambda_max": [0.1, 0.3], "trace": [0.6, 0.6]}}
+    devices = {"a": {"epochs": list(range(0, 21)), "kendall_tau": rising["tau"]},
+               "short": {"epochs": [1, 2, 3], "kendall_tau": {"lambda_max": [-1.0, 1.0], "trace": [-1.0, 1.0]}}}
+    out = assess_c5(devices, "not reproduced")  # trace τ = 0.6 over 20 epochs: p ≈ 1e-4 < 0.05 / 2 on both
+    assert out["stable"] == "yes" and "1 spectra runs" in out["why"]
+    devices["a"]["kendall_tau"] = {"lambda_max": [0.1, 0.3], "trace": [0.6, 0.05]}  # the GPU copy shows no rise
+    assert assess_c5(devices, "not reproduced")["stable"] == "no"
