@@ -34,8 +34,10 @@ data:
 
 # Unit tests, then every notebook under nbval with the smoke profile (kernels start in notebooks/;
 # outputs go to build/smoke/; --nbval-lax fails on any cell that raises: the checks are asserts).
+# The unit tests run in 2 processes (pytest-xdist, one test file per process at a time, so a file's
+# shared fixtures are built once); the notebooks one after another.
 test: setup
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 	HTR_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
 # The unit tests without the slow ones (training, papermill, benchmarks): a quick check while editing.
