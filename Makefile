@@ -45,8 +45,9 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 # The run grid first (htr_utils.study.grid: every run the notebooks need, with the spectra readings):
-# here, one run after another with torch's threads (TRAIN_PROCS=1, the default: on this 2-core CPU
-# 1.9x faster than 2 one-thread Dask workers, benchmarks/RESULTS.md), or on a Dask LocalCluster of
+# here, one run after another with torch's threads (TRAIN_PROCS=1, the default: its runs match the
+# committed 2-thread results bit for bit; 2 one-thread Dask workers are 1.13x faster on this 2-core CPU
+# but round differently, benchmarks/RESULTS.md), or on a Dask LocalCluster of
 # TRAIN_PROCS one-thread workers sharing the run cache through its locks (more cores); the notebooks
 # then read the cache (and train whatever a notebook alone still lacks).
 TRAIN_PROCS ?= 1

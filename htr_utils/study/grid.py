@@ -155,6 +155,9 @@ def worker_device(device: str | None) -> str | None:
     return None
 
 
+MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
 def run_task(task: GridTask, root: str, data_root: str, threads: int | None = None, device: str | None = None,
              progress: bool = False) -> dict[str, Any]:
     """Train (or resume, or find cached) one run and take its readings; what happened, as a dict.
@@ -183,7 +186,7 @@ def run_task(task: GridTask, root: str, data_root: str, threads: int | None = No
         used = torch.get_num_threads()
         torch.set_num_threads(before)  # the caller's setting, as it was (local executor)
     return {"hash": task.hash, "setting": task.setting, "status": status, "seconds": time.perf_counter() - start,
-            "pid": os.getpid(), "threads": used}
+            "pid": os.getpid(), "threads": used, "malloc_trim": os.environ.get(MALLOC_TRIM)}
 
 
 # ---------------------------------------------------------------------------------------------- executors
@@ -220,10 +223,16 @@ def _dask_client(workers: int | None, scheduler: str | None, threads: int | None
                          "(make setup installs them)") from None
     if scheduler:
         return Client(scheduler)
+    import dask
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
-    # the Client owns the LocalCluster it starts, so leaving the Client stops the workers too
-    return Client(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                  env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})
+    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536; setting it at all turns off glibc's
+    # adaptive mmap threshold, so every large tensor is mapped and unmapped afresh, and a CPU run takes
+    # 2x as long (151 s against 78 s for one cpu-profile run, benchmarks/RESULTS.md). Ours go without it.
+    spawn_env = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if k != MALLOC_TRIM}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+        # the Client owns the LocalCluster it starts, so leaving the Client stops the workers too
+        return Client(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})
 
 
 def train(profile: str | Profile | None = None, select: Sequence[str] | None = None,
@@ -244,6 +253,10 @@ def train(profile: str | Profile | None = None, select: Sequence[str] | None = N
     bar = tqdm(total=len(first) - len(outcomes), desc="grid runs", unit="run", disable=not progress)
 
     def done(outcome: dict) -> None:
+        if outcome.get("malloc_trim") and not any(o.get("malloc_trim") for o in outcomes):
+            bar.write(f"warning: worker pid {outcome['pid']} runs with {MALLOC_TRIM}={outcome['malloc_trim']} (Dask's "
+                      "nanny default), which makes CPU training about 2x slower; start the workers without it "
+                      "(README, 'The run grid')")
         outcomes.append(outcome)
         bar.update(1)
         bar.write(f"{outcome['hash']} {outcome['setting']}: {outcome['status']} ({outcome['seconds']:.0f} s)")

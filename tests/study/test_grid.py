@@ -108,12 +108,23 @@ def test_the_plan_is_what_the_notebooks_ask_for(trained_tiny, monkeypatch):
     assert len(readings) == 3  # class @1 per class, class @2 per class (last epoch), distance at the last epoch
 
 
+def test_train_warns_once_about_a_worker_with_dask_malloc_trim(tmp_path, capsys):
+    P = tiny_profile(tmp_path / "runs")
+
+    def fake(ts, done):
+        for t in list(ts) * 2:  # two outcomes, one warning
+            done({"hash": t.hash, "setting": t.setting, "status": "trained", "seconds": 1.0, "pid": 7, "threads": 1,
+                  "malloc_trim": "65536"})
+    assert len(grid.train(P, ["spectra"], execute=fake, progress=False)) == 2
+    assert capsys.readouterr().out.count("MALLOC_TRIM_THRESHOLD_=65536") == 1
+
+
 @pytest.fixture(scope="module")
 def client():
     """Two one-thread Dask worker processes for this module's tests (a killed worker is restarted by its nanny)."""
-    distributed = pytest.importorskip("distributed", reason="the Dask executor needs the 'cluster' extra")
-    # a Client that starts its own LocalCluster closes it (and its worker processes) on exit
-    with distributed.Client(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    pytest.importorskip("distributed", reason="the Dask executor needs the 'cluster' extra")
+    # the grid's own LocalCluster, which closes its worker processes on exit
+    with grid._dask_client(2, None, 1) as c:
         yield c
 
 
@@ -124,6 +135,8 @@ def test_two_dask_workers_train_the_same_runs_as_one_process(tmp_path, trained_t
     execute = grid.dask_executor(client, parallel.runs_dir(), data_root(), threads=1, device="cpu")
     outcomes = grid.train(parallel, execute=execute, threads=1, progress=False)
     assert len({o["pid"] for o in outcomes}) == 2 and {o["threads"] for o in outcomes} == {1}
+    # without Dask's MALLOC_TRIM_THRESHOLD_, which halves a CPU worker's speed (benchmarks/RESULTS.md)
+    assert {o["malloc_trim"] for o in outcomes} == {None} and grid.MALLOC_TRIM not in os.environ
     hashes = sorted(o["hash"] for o in outcomes)
     assert hashes == sorted(p.name for p in sequential.runs_dir().iterdir())
     for h in hashes:
