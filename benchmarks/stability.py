@@ -7,11 +7,16 @@ Two measurements, each written to ``benchmarks/stability.json`` and printed as a
   torch's native CPU kernels against ``ATEN_CPU_CAPABILITY=default`` (no vector instructions, as an
   older CPU would run them), with 1 and 2 threads. Reported per number: the spread (max − min)
   over the variants, beside the margin the rule that reads it works with.
+* ``reruns``: whole notebooks rerun from an empty run cache under CPU variants (``RERUN_NOTEBOOKS``:
+  those whose runs fit this CPU: 00's checks and 06's sweep of 21 LeNet runs), each variant in its own
+  process with its own cache (``$HTR_RUNS_DIR``); per variant and notebook the verdict and the key
+  numbers it rests on.
 * ``devices``: two runs of the same spectra config trained on different machines (e.g. this CPU and
   a GPU), compared epoch by epoch over the epochs both have: training loss, test accuracy, and the
   full Hessian's λ_max and trace.
 
     python -m benchmarks.stability variants [--out DIR] [--only 'default ISA, 2 threads' ...]
+    python -m benchmarks.stability reruns [--out DIR] [--only VARIANT ...] [--notebooks 00 06]
     python -m benchmarks.stability devices RUN_DIR_A RUN_DIR_B
     python -m benchmarks.stability assess figures/cpu
 
@@ -24,6 +29,8 @@ Two measurements, each written to ``benchmarks/stability.json`` and printed as a
 * C5: the rule applied to the trend series of each device's copy of the spectra runs (runs with at
   least the rule's minimum of epochs in common); stable if both copies give the committed verdict.
 * C7: its accuracy half waits on C6b's gain, so it is as stable as C6b.
+* a notebook with ``reruns`` (C0, C6a): stable if its rule gives the committed verdict under every
+  variant rerun; the key numbers' range over the variants and the committed run is reported beside.
 * every other verdict: not measured (its readings were not rerun under the variants).
 """
 from __future__ import annotations
@@ -33,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +78,7 @@ def run_variants(out: Path, only: list[str] | None = None, earlier: dict | None 
     for name, (isa, threads) in VARIANTS.items():
         if only and name not in only:
             continue
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        if isa:
-            env["ATEN_CPU_CAPABILITY"] = isa
+        env = variant_env(isa, threads)
         root = out / name.replace(",", "").replace(" ", "_")
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(threads), str(GAMMA)], env=env,
                               capture_output=True, text=True, check=False)
@@ -83,6 +89,71 @@ def run_variants(out: Path, only: list[str] | None = None, earlier: dict | None 
         print(name, rows[name], flush=True)
     rows = {n: rows[n] for n in VARIANTS if n in rows}
     return {"variants": rows, "spread": spread(rows)}
+
+
+RERUN_NOTEBOOKS = ("00", "06")  # the notebooks whose whole computation a CPU variant can rerun here
+
+
+def variant_env(isa: str, threads: int, **extra: str) -> dict[str, str]:
+    """This process's environment with the variant's thread count and instruction set (and ``extra``)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **extra)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if isa:
+        env["ATEN_CPU_CAPABILITY"] = isa
+    return env
+
+
+def key_numbers(verdict: dict) -> dict[str, float]:
+    """The numbers a notebook's verdict rests on, from its verdict.json (C0: the worst check's measured /
+    tolerance; C6a: the partial ρ's and their interval bounds)."""
+    extra = verdict.get("extra") or {}
+    if verdict.get("claim_id") == "C0":
+        return {"worst check / tolerance": max(c["measured"] / c["tolerance"] for c in extra["checks"])}
+    if verdict.get("claim_id") == "C6a":
+        corr = extra["correlations"]
+        return {f"{q} {b}": float(corr[q][b]) for q in ("partial_test_acc", "partial_acc_gap", "partial_loss_gap")
+                for b in ("rho", "lo", "hi")}
+    return {}
+
+
+def run_reruns(out: Path, only: list[str] | None = None, notebooks: Sequence[str] = RERUN_NOTEBOOKS,
+               earlier: dict | None = None, profile: str = "cpu") -> dict:
+    """Rerun ``notebooks`` of ``profile`` from an empty cache under each variant (or those in ``only``,
+    keeping ``earlier``'s rows of the others); per variant and notebook: verdict, measured, key numbers."""
+    unknown = [n for n in only or [] if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--only {unknown}: not a variant; choose from {', '.join(map(repr, VARIANTS))}")
+    rows = {n: r for n, r in (earlier or {}).items() if n in VARIANTS}
+    for name, (isa, threads) in VARIANTS.items():
+        if only and name not in only:
+            continue
+        root = out / name.replace(",", "").replace(" ", "_")
+        env = variant_env(isa, threads, HTR_RUNS_DIR=str((root / "runs").resolve()))
+        proc = subprocess.run([sys.executable, "-m", "htr_utils.study.reproduce", "--profile", profile,
+                               "--out", str(root / "figures"), "--only", *notebooks], env=env, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"variant {name!r}: the rerun of notebooks {list(notebooks)} failed "
+                               f"(exit {proc.returncode}); its outputs are in {root / 'figures'}")
+        row, used = {}, _environment(env)
+        for v in sorted((root / "figures").glob("*/verdict.json")):
+            verdict = json.loads(v.read_text())
+            row[v.parent.name] = {"claim_id": verdict.get("claim_id"), "verdict": verdict["verdict"],
+                                  "measured": verdict.get("measured", ""), "key": key_numbers(verdict),
+                                  "environment": used}
+        rows[name] = {**rows.get(name, {}), **row}
+        print(name, {nb: r["verdict"] for nb, r in row.items()}, flush=True)
+    return {n: rows[n] for n in VARIANTS if n in rows}
+
+
+_PROBE = ("import json, torch; from htr_utils.study.runs import cpu_model; print(json.dumps({'cpu_model': cpu_model(), "
+          "'capability': torch.backends.cpu.get_cpu_capability(), 'threads': torch.get_num_threads(), "
+          "'torch': torch.__version__}))")
+
+
+def _environment(env: dict[str, str]) -> dict:
+    """What torch in a process with ``env`` (the variant's; its notebooks' kernels inherit it) reports."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def spread(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -161,6 +232,23 @@ def assess_c5(devices: dict, committed: str) -> dict[str, str]:
     return {"stable": "yes" if verdicts == [committed, committed] else "no", "why": why}
 
 
+def assess_rerun(reruns: dict[str, dict], committed: dict) -> dict[str, str]:
+    """Stable if every variant's rerun gives the committed verdict; the key numbers' range beside."""
+    verdict = committed.get("verdict")
+    got = {vn: r["verdict"] for vn, r in reruns.items()}
+    keys = [key_numbers(committed), *(r["key"] for r in reruns.values())]
+    ranges = "; ".join(f"{k} {min(x[k] for x in keys):.3g} … {max(x[k] for x in keys):.3g}"
+                       for k in keys[0] if all(k in x for x in keys) and not k.endswith((" lo", " hi")))
+    bounds = [k for k in keys[0] if k.endswith((" lo", " hi"))]
+    if bounds:
+        ranges += "; interval bounds " + ", ".join(
+            f"{k} {min(x[k] for x in keys):.2f} … {max(x[k] for x in keys):.2f}" for k in bounds if "loss" not in k)
+    why = (f"the notebook rerun from an empty cache under {len(got)} CPU variants: "
+           + ", ".join(f"{vn} {g}" for vn, g in got.items()) + f" (committed: {verdict}); over these and the "
+           f"committed run: {ranges}")
+    return {"stable": "yes" if set(got.values()) == {verdict} else "no", "why": why}
+
+
 def assess(directory: Path, results: dict) -> dict[str, dict[str, str]]:
     from htr_utils.study.report import STABILITY_FILE, collect_verdicts, write_report
     verdicts = collect_verdicts(directory)
@@ -174,6 +262,8 @@ def assess(directory: Path, results: dict) -> dict[str, dict[str, str]]:
             out[name] = assess_c6b(rows, spread_["htr − sgd test_acc"]["spread"], committed)
         elif cid == "C5" and results.get("devices"):
             out[name] = assess_c5(results["devices"], committed)
+        elif any(name in r for r in results.get("reruns", {}).values()):
+            out[name] = assess_rerun({vn: r[name] for vn, r in results["reruns"].items() if name in r}, v)
         else:
             out[name] = {"stable": "not measured", "why": "not rerun under the variants"}
     c6b = [out[n] for n, v in verdicts.items() if v.get("claim_id") == "C6b"]
@@ -193,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--out", type=Path, default=Path("build/stability"))
     v.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
                    help="train only these variants and keep the others' earlier results")
+    r = sub.add_parser("reruns")
+    r.add_argument("--out", type=Path, default=Path("build/stability_reruns"))
+    r.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                   help="rerun only under these variants and keep the others' earlier results")
+    r.add_argument("--notebooks", nargs="+", default=list(RERUN_NOTEBOOKS), metavar="NN")
     d = sub.add_parser("devices")
     d.add_argument("run_a", type=Path)
     d.add_argument("run_b", type=Path)
@@ -208,6 +303,14 @@ def main(argv: list[str] | None = None) -> None:
         results["variants"] = run_variants(args.out, args.only, results.get("variants", {}).get("variants"))
         for k, s in results["variants"]["spread"].items():
             print(f"{k:28s} {s['min']:.6g} – {s['max']:.6g}  spread {s['spread']:.3g}")
+    elif args.what == "reruns":
+        rows = run_reruns(args.out, args.only, args.notebooks, results.get("reruns"))
+        # variants may be rerun by processes side by side: keep what another one wrote meanwhile
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        merged = results.get("reruns", {})
+        for name, row in rows.items():
+            merged[name] = {**merged.get(name, {}), **row}
+        results["reruns"] = {n: merged[n] for n in VARIANTS if n in merged}
     else:
         results.setdefault("devices", {})[args.run_a.name] = out = compare_devices(args.run_a, args.run_b)
         print(f"epochs {out['epochs'][0]}-{out['epochs'][-1]}; largest differences:",

@@ -94,3 +94,51 @@ def test_c5_assessment_applies_the_rule_to_each_devices_copy():
     assert out["stable"] == "yes" and "1 spectra runs" in out["why"]
     devices["a"]["kendall_tau"] = {"lambda_max": [0.1, 0.3], "trace": [0.6, 0.05]}  # the GPU copy shows no rise
     assert assess_c5(devices, "not reproduced")["stable"] == "no"
+
+
+def _c6a_verdict(verdict: str, acc: tuple[float, float, float], gap: tuple[float, float, float]) -> dict:
+    corr = {"partial_test_acc": dict(zip(("rho", "lo", "hi"), acc)),
+            "partial_acc_gap": dict(zip(("rho", "lo", "hi"), gap)),
+            "partial_loss_gap": {"rho": 0.0, "lo": -0.5, "hi": 0.5}}
+    return {"claim_id": "C6a", "verdict": verdict, "extra": {"correlations": corr}}
+
+
+def test_rerun_assessment_is_stable_only_when_every_variant_gives_the_committed_verdict():
+    from benchmarks.stability import assess_rerun, key_numbers
+    committed = _c6a_verdict("inconclusive", (-0.04, -0.82, 0.50), (-0.06, -0.76, 0.46))
+    same = {"a": {"verdict": "inconclusive", "key": key_numbers(_c6a_verdict("inconclusive", (-0.2, -0.9, 0.3),
+                                                                              (0.1, -0.5, 0.6)))}}
+    out = assess_rerun(same, committed)
+    assert out["stable"] == "yes"
+    assert "partial_test_acc rho -0.2 … -0.04" in out["why"] and "partial_test_acc hi 0.30 … 0.50" in out["why"]
+    flipped = {**same, "b": {"verdict": "reproduced", "key": key_numbers(_c6a_verdict("reproduced", (-0.7, -0.9, -0.2),
+                                                                                      (0.6, 0.2, 0.9)))}}
+    out = assess_rerun(flipped, committed)
+    assert out["stable"] == "no" and "b reproduced" in out["why"]
+
+
+def test_key_numbers_of_c0_is_the_worst_check_against_its_tolerance():
+    from benchmarks.stability import key_numbers
+    checks = [{"measured": 1e-15, "tolerance": 1e-10}, {"measured": 1.0, "tolerance": 4.0}]
+    assert key_numbers({"claim_id": "C0", "extra": {"checks": checks}}) == {"worst check / tolerance": 0.25}
+    assert key_numbers({"claim_id": "C3", "extra": {}}) == {}
+
+
+def test_variant_env_sets_threads_and_instruction_set_and_nothing_stale(monkeypatch):
+    from benchmarks.stability import variant_env
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    native = variant_env("", 2, HTR_RUNS_DIR="/x")
+    assert "ATEN_CPU_CAPABILITY" not in native and native["OMP_NUM_THREADS"] == "2" and native["HTR_RUNS_DIR"] == "/x"
+    assert variant_env("default", 1)["ATEN_CPU_CAPABILITY"] == "default"
+
+
+@pytest.mark.slow
+def test_a_rerun_executes_the_notebook_in_its_own_cache_under_the_variant(tmp_path):
+    """End to end on the smoke profile: notebook 00 rerun under the default instruction set, 1 thread."""
+    from benchmarks.stability import run_reruns
+    rows = run_reruns(tmp_path, only=["default ISA, 1 thread"], notebooks=["00"], profile="smoke")
+    row = rows["default ISA, 1 thread"]["00_routines_check"]
+    assert row["verdict"] == "reproduced" and row["claim_id"] == "C0"
+    assert row["key"]["worst check / tolerance"] < 1
+    assert row["environment"]["capability"] == "DEFAULT" and row["environment"]["threads"] == 1
+    assert (tmp_path / "default_ISA_1_thread" / "figures" / "REPORT.md").is_file()

@@ -25,6 +25,7 @@ from ..curvature import KINDS
 from .training import TrainConfig
 
 PROFILE_ENV = "HTR_PROFILE"  # the default profile when a notebook's parameter is None (nbval runs smoke this way)
+RUNS_DIR_ENV = "HTR_RUNS_DIR"  # a run cache elsewhere (shared storage; a rerun that must not reuse the cache)
 DEFAULT_PROFILE = "cpu"
 UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)  # outputs written outside the committed tree
 
@@ -136,9 +137,11 @@ class Profile:
     notes: dict[str, str] = field(default_factory=dict)
 
     def runs_dir(self) -> Path:
-        """Absolute folder of this profile's run cache (``runs_root`` under the repository root)."""
+        """Absolute folder of this profile's run cache: $HTR_RUNS_DIR when set, else ``runs_root`` under the
+        repository root (relative paths are taken from the repository root)."""
         from .outputs import repo_root
-        return repo_root() / self.runs_root
+        path = Path(os.environ.get(RUNS_DIR_ENV) or self.runs_root)
+        return path if path.is_absolute() else repo_root() / path
 
 
 def _sweep(base: TrainConfig) -> dict[str, TrainConfig]:

@@ -81,6 +81,18 @@ def test_smoke_sizes_are_small():
     assert p.runs_dir().is_absolute() and p.runs_dir().name == "runs"
 
 
+def test_runs_dir_env_moves_the_cache(tmp_path, monkeypatch):
+    from htr_utils.study.outputs import repo_root
+    from htr_utils.study.profiles import RUNS_DIR_ENV
+    p = get_profile("cpu")
+    monkeypatch.delenv(RUNS_DIR_ENV, raising=False)
+    assert p.runs_dir() == repo_root() / "data/runs"
+    monkeypatch.setenv(RUNS_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert p.runs_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv(RUNS_DIR_ENV, "build/other_runs")  # relative: from the repository root
+    assert p.runs_dir() == repo_root() / "build/other_runs"
+
+
 def test_paper_profile_settings():
     p = get_profile("paper")
     fm = p.regularisation["lenet_fashionmnist"]
