@@ -69,15 +69,18 @@ print("RESULT", json.dumps(out))
 """
 
 
-def run_variants(out: Path, only: list[str] | None = None, earlier: dict | None = None) -> dict:
-    """Train every variant (or those in ``only``, keeping ``earlier``'s rows of the others) and their spread."""
+def selected_variants(only: list[str] | None) -> list[tuple[str, str, int]]:
+    """(name, instruction set, threads) of every variant, or of those named in ``only`` (checked)."""
     unknown = [n for n in only or [] if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"--only {unknown}: not a variant; choose from {', '.join(map(repr, VARIANTS))}")
+    return [(n, isa, t) for n, (isa, t) in VARIANTS.items() if not only or n in only]
+
+
+def run_variants(out: Path, only: list[str] | None = None, earlier: dict | None = None) -> dict:
+    """Train every variant (or those in ``only``, keeping ``earlier``'s rows of the others) and their spread."""
     rows = {n: r for n, r in (earlier or {}).items() if n in VARIANTS}
-    for name, (isa, threads) in VARIANTS.items():
-        if only and name not in only:
-            continue
+    for name, isa, threads in selected_variants(only):
         env = variant_env(isa, threads)
         root = out / name.replace(",", "").replace(" ", "_")
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(threads), str(GAMMA)], env=env,
@@ -120,13 +123,8 @@ def run_reruns(out: Path, only: list[str] | None = None, notebooks: Sequence[str
                earlier: dict | None = None, profile: str = "cpu") -> dict:
     """Rerun ``notebooks`` of ``profile`` from an empty cache under each variant (or those in ``only``,
     keeping ``earlier``'s rows of the others); per variant and notebook: verdict, measured, key numbers."""
-    unknown = [n for n in only or [] if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"--only {unknown}: not a variant; choose from {', '.join(map(repr, VARIANTS))}")
     rows = {n: r for n, r in (earlier or {}).items() if n in VARIANTS}
-    for name, (isa, threads) in VARIANTS.items():
-        if only and name not in only:
-            continue
+    for name, isa, threads in selected_variants(only):
         root = out / name.replace(",", "").replace(" ", "_")
         env = variant_env(isa, threads, HTR_RUNS_DIR=str((root / "runs").resolve()))
         proc = subprocess.run([sys.executable, "-m", "htr_utils.study.reproduce", "--profile", profile,
