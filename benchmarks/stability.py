@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from htr_utils.study.profiles import RUNS_DIR_ENV
+
 RESULTS = Path(__file__).with_name("stability.json")
 VARIANTS = {"native, 1 thread": ("", 1), "native, 2 threads": ("", 2),
             "default ISA, 1 thread": ("default", 1), "default ISA, 2 threads": ("default", 2)}
@@ -77,12 +79,16 @@ def selected_variants(only: list[str] | None) -> list[tuple[str, str, int]]:
     return [(n, isa, t) for n, (isa, t) in VARIANTS.items() if not only or n in only]
 
 
+def variant_dir(out: Path, name: str) -> Path:
+    return out / name.replace(",", "").replace(" ", "_")
+
+
 def run_variants(out: Path, only: list[str] | None = None, earlier: dict | None = None) -> dict:
     """Train every variant (or those in ``only``, keeping ``earlier``'s rows of the others) and their spread."""
     rows = {n: r for n, r in (earlier or {}).items() if n in VARIANTS}
     for name, isa, threads in selected_variants(only):
         env = variant_env(isa, threads)
-        root = out / name.replace(",", "").replace(" ", "_")
+        root = variant_dir(out, name)
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(threads), str(GAMMA)], env=env,
                               capture_output=True, text=True, check=False)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -120,13 +126,13 @@ def key_numbers(verdict: dict) -> dict[str, float]:
 
 
 def run_reruns(out: Path, only: list[str] | None = None, notebooks: Sequence[str] = RERUN_NOTEBOOKS,
-               earlier: dict | None = None, profile: str = "cpu") -> dict:
-    """Rerun ``notebooks`` of ``profile`` from an empty cache under each variant (or those in ``only``,
-    keeping ``earlier``'s rows of the others); per variant and notebook: verdict, measured, key numbers."""
-    rows = {n: r for n, r in (earlier or {}).items() if n in VARIANTS}
+               profile: str = "cpu") -> dict:
+    """Rerun ``notebooks`` of ``profile`` from an empty cache under each variant (or those in ``only``);
+    per variant and notebook: verdict, measured, key numbers."""
+    rows = {}
     for name, isa, threads in selected_variants(only):
-        root = out / name.replace(",", "").replace(" ", "_")
-        env = variant_env(isa, threads, HTR_RUNS_DIR=str((root / "runs").resolve()))
+        root = variant_dir(out, name)
+        env = variant_env(isa, threads, **{RUNS_DIR_ENV: str((root / "runs").resolve())})
         proc = subprocess.run([sys.executable, "-m", "htr_utils.study.reproduce", "--profile", profile,
                                "--out", str(root / "figures"), "--only", *notebooks], env=env, check=False)
         if proc.returncode:
@@ -138,9 +144,9 @@ def run_reruns(out: Path, only: list[str] | None = None, notebooks: Sequence[str
             row[v.parent.name] = {"claim_id": verdict.get("claim_id"), "verdict": verdict["verdict"],
                                   "measured": verdict.get("measured", ""), "key": key_numbers(verdict),
                                   "environment": used}
-        rows[name] = {**rows.get(name, {}), **row}
+        rows[name] = row
         print(name, {nb: r["verdict"] for nb, r in row.items()}, flush=True)
-    return {n: rows[n] for n in VARIANTS if n in rows}
+    return rows
 
 
 _PROBE = ("import json, torch; from htr_utils.study.runs import cpu_model; print(json.dumps({'cpu_model': cpu_model(), "
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         for k, s in results["variants"]["spread"].items():
             print(f"{k:28s} {s['min']:.6g} – {s['max']:.6g}  spread {s['spread']:.3g}")
     elif args.what == "reruns":
-        rows = run_reruns(args.out, args.only, args.notebooks, results.get("reruns"))
+        rows = run_reruns(args.out, args.only, args.notebooks)
         # variants may be rerun by processes side by side: keep what another one wrote meanwhile
         results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         merged = results.get("reruns", {})

@@ -3,7 +3,7 @@
 Curvature operators (Hessian, Gauss-Newton, residual) on any parameter subset, Lanczos with
 full reorthogonalisation, stochastic Lanczos quadrature, Hutchinson traces and the Hessian
 trace penalty, distances between spectra, and dense float64 references for testing.
-The reproduction of the paper lives in :mod:`htr_utils.study`, which this library never imports.
+The reproduction of the paper is the ``study`` subpackage: it imports this library, never the reverse.
 """
 from .curvature import CurvatureOperator, eval_mode, hvp_operator
 from .dense import dense_curvature, dense_ggn, dense_hessian, finite_difference_hessian
