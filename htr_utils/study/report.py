@@ -153,6 +153,27 @@ def _merge_timings(directory: Path, timings: Mapping[str, Any] | None,
     return merged
 
 
+_HEADER_KEYS = ("- Date: ", "- Machine: ", "- Software: ")
+
+
+def _header(directory: Path, ran_now: bool) -> list[str]:
+    """Date, machine and software lines. They describe the run that produced the notebooks' outputs, so a
+    rewrite that runs no notebook (e.g. ``benchmarks.stability assess``) keeps those of the existing report."""
+    path = directory / REPORT_FILE
+    if not ran_now and path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(_HEADER_KEYS)]
+        if len(kept) == len(_HEADER_KEYS):
+            return kept
+    machine = machine_description()
+    return [
+        f"- Date: {_dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- Machine: {machine['platform']}, {machine['cpus']} CPUs ({machine.get('cpu_model', 'unknown')}, "
+        f"torch CPU capability {machine.get('cpu_capability', 'unknown')}, {machine.get('threads', '?')} threads), "
+        f"GPU: {machine.get('gpu', 'none')}",
+        f"- Software: Python {machine['python']}, torch {machine.get('torch')}",
+    ]
+
+
 def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None,
                  failed: Mapping[str, str] | None = None, profile: str | None = None) -> Path:
     """Write ``directory/REPORT.md`` from the verdicts found under it and return its path.
@@ -177,16 +198,10 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
     if profile is None:
         profiles = {v.get("profile") for v in verdicts.values() if v.get("profile")}
         profile = profiles.pop() if len(profiles) == 1 else directory.name
-    machine = machine_description()
-
     lines = [
         f"# Reproduction report — profile `{profile}`",
         "",
-        f"- Date: {_dt.datetime.now().isoformat(timespec='seconds')}",
-        f"- Machine: {machine['platform']}, {machine['cpus']} CPUs ({machine.get('cpu_model', 'unknown')}, "
-        f"torch CPU capability {machine.get('cpu_capability', 'unknown')}, {machine.get('threads', '?')} threads), "
-        f"GPU: {machine.get('gpu', 'none')}",
-        f"- Software: Python {machine['python']}, torch {machine.get('torch')}",
+        *_header(directory, ran_now=bool(timings or failed)),
         "",
         "Each verdict follows a rule stated in its notebook before the result "
         "(see `rule` in the notebook's `verdict.json`). \"Across machines\": whether the verdict survives the "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -120,6 +121,26 @@ def test_report_keeps_earlier_timings_and_collects(tmp_path: Path) -> None:
     assert "5.0 s" in text and "9.0 s" in text and "7.0 s" not in text
     assert set(report.collect_verdicts(tmp_path)) == {"01_a", "02_b"}
 
+
+
+def test_a_rewrite_that_runs_no_notebook_keeps_the_machine_lines(tmp_path: Path) -> None:
+    """``benchmarks.stability assess`` rewrites the report on another machine: the header must still name the
+    machine that ran the notebooks; a new run stamps the current one."""
+    _verdict(tmp_path / "01_a")
+    report.write_report(tmp_path, {"01_a": 5.0}, profile="smoke")
+    path = tmp_path / report.REPORT_FILE
+    header = ["- Date: 2020-01-01T00:00:00", "- Machine: the committed run's host, 2 threads", "- Software: old"]
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        for h in header:
+            if line.startswith(h[:h.index(":") + 2]):
+                lines[i] = h
+    path.write_text("\n".join(lines) + "\n")
+    kept = report.write_report(tmp_path).read_text()
+    assert all(h in kept.splitlines() for h in header)
+    fresh = report.write_report(tmp_path, {"01_a": 6.0}, profile="smoke").read_text()
+    assert not any(h in fresh.splitlines() for h in header)
+    assert f"{os.cpu_count()} CPUs" in fresh
 
 # --------------------------------------------------------------------------- notebook helpers
 
