@@ -16,7 +16,7 @@ Two measurements, each written to ``benchmarks/stability.json`` and printed as a
   full Hessian's λ_max and trace.
 
     python -m benchmarks.stability variants [--out DIR] [--only 'default ISA, 2 threads' ...]
-    python -m benchmarks.stability reruns [--out DIR] [--only VARIANT ...] [--notebooks 00 06]
+    python -m benchmarks.stability reruns [--out DIR] [--only VARIANT ...] [--notebooks 00 06] [--collect]
     python -m benchmarks.stability devices RUN_DIR_A RUN_DIR_B
     python -m benchmarks.stability assess figures/cpu
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -112,12 +113,30 @@ def variant_env(isa: str, threads: int, **extra: str) -> dict[str, str]:
     return env
 
 
+_TAU = re.compile(r"([\w.-]+) (lambda_max|trace): .*?τ = ([-+]?[\d.]+)")
+
+
 def key_numbers(verdict: dict) -> dict[str, float]:
     """The numbers a notebook's verdict rests on, from its verdict.json (C0: the worst check's measured /
-    tolerance; C6a: the partial ρ's and their interval bounds)."""
+    tolerance; C1: each network's outlier count k and bulk edge; C2: readings with G (and H) within 10 %;
+    C3: the shares of its two parts; C5: the decreasing series and each full-network series' Kendall τ;
+    C6a: the partial ρ's and their interval bounds)."""
     extra = verdict.get("extra") or {}
-    if verdict.get("claim_id") == "C0":
+    cid = verdict.get("claim_id")
+    if cid == "C0":
         return {"worst check / tolerance": max(c["measured"] / c["tolerance"] for c in extra["checks"])}
+    if cid == "C1":
+        return {**{f"k {r['run']}": float(r["outliers"]) for r in extra["rows"]},
+                **{f"edge {r['run']}": float(r["bulk_edge"]) for r in extra["rows"]}}
+    if cid == "C2":
+        return {"G within 10 % (of total)": float(extra["pass_ggn"]) / float(extra["total"]),
+                "H within 10 % (of total)": float(extra["pass_residual"]) / float(extra["total"])}
+    if cid == "C3":
+        return {"share of blocks with C ± 2 outliers": float(extra["share_counts"]),
+                "share of G_l within 10 %": float(extra["share_agreement"])}
+    if cid == "C5":
+        taus = {f"τ {run} {q}": float(t) for run, q, t in _TAU.findall(verdict.get("measured", "").split("; layers")[0])}
+        return {"full series decreasing": float(extra["full_decreasing"]), **taus}
     if verdict.get("claim_id") == "C6a":
         corr = extra["correlations"]
         return {f"{q} {b}": float(corr[q][b]) for q in ("partial_test_acc", "partial_acc_gap", "partial_loss_gap")
@@ -138,15 +157,21 @@ def run_reruns(out: Path, only: list[str] | None = None, notebooks: Sequence[str
         if proc.returncode:
             raise RuntimeError(f"variant {name!r}: the rerun of notebooks {list(notebooks)} failed "
                                f"(exit {proc.returncode}); its outputs are in {root / 'figures'}")
-        row, used = {}, _environment(env)
-        for v in sorted((root / "figures").glob("*/verdict.json")):
-            verdict = json.loads(v.read_text())
-            row[v.parent.name] = {"claim_id": verdict.get("claim_id"), "verdict": verdict["verdict"],
-                                  "measured": verdict.get("measured", ""), "key": key_numbers(verdict),
-                                  "environment": used}
-        rows[name] = row
-        print(name, {nb: r["verdict"] for nb, r in row.items()}, flush=True)
+        rows[name] = collect_rerun(root, _environment(env))
+        print(name, {nb: r["verdict"] for nb, r in rows[name].items()}, flush=True)
     return rows
+
+
+def collect_rerun(root: Path, environment: dict) -> dict[str, dict]:
+    """Per notebook rerun into ``root/figures``: verdict, measured and key numbers (``environment``: what torch
+    reported in the variant's process)."""
+    row = {}
+    for v in sorted((root / "figures").glob("*/verdict.json")):
+        verdict = json.loads(v.read_text())
+        row[v.parent.name] = {"claim_id": verdict.get("claim_id"), "verdict": verdict["verdict"],
+                              "measured": verdict.get("measured", ""), "key": key_numbers(verdict),
+                              "environment": environment}
+    return row
 
 
 _PROBE = ("import json, torch; from htr_utils.study.runs import cpu_model; print(json.dumps({'cpu_model': cpu_model(), "
@@ -292,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
                    help="rerun only under these variants and keep the others' earlier results")
     r.add_argument("--notebooks", nargs="+", default=list(RERUN_NOTEBOOKS), metavar="NN")
+    r.add_argument("--collect", action="store_true",
+                   help="rerun nothing: read the selected variants' finished reruns in --out again")
     d = sub.add_parser("devices")
     d.add_argument("run_a", type=Path)
     d.add_argument("run_b", type=Path)
@@ -308,7 +335,12 @@ def main(argv: list[str] | None = None) -> None:
         for k, s in results["variants"]["spread"].items():
             print(f"{k:28s} {s['min']:.6g} – {s['max']:.6g}  spread {s['spread']:.3g}")
     elif args.what == "reruns":
-        rows = run_reruns(args.out, args.only, args.notebooks)
+        if args.collect:
+            rows = {name: collect_rerun(variant_dir(args.out, name), _environment(variant_env(isa, threads)))
+                    for name, isa, threads in selected_variants(args.only)
+                    if (variant_dir(args.out, name) / "figures").is_dir()}
+        else:
+            rows = run_reruns(args.out, args.only, args.notebooks)
         # variants may be rerun by processes side by side: keep what another one wrote meanwhile
         results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         merged = results.get("reruns", {})

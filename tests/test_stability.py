@@ -1,6 +1,7 @@
 """benchmarks/stability.py (issue 17): the spread over CPU variants and the run-against-run comparison."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -121,7 +122,36 @@ def test_key_numbers_of_c0_is_the_worst_check_against_its_tolerance():
     from benchmarks.stability import key_numbers
     checks = [{"measured": 1e-15, "tolerance": 1e-10}, {"measured": 1.0, "tolerance": 4.0}]
     assert key_numbers({"claim_id": "C0", "extra": {"checks": checks}}) == {"worst check / tolerance": 0.25}
-    assert key_numbers({"claim_id": "C3", "extra": {}}) == {}
+    assert key_numbers({"claim_id": "C7", "extra": {}}) == {}
+
+
+def test_key_numbers_of_the_spectra_claims_are_what_their_rules_read():
+    from benchmarks.stability import key_numbers
+    rows = [{"run": "lenet_x", "outliers": 3, "bulk_edge": 17.2}, {"run": "vgg.b-1", "outliers": 12, "bulk_edge": 150.0}]
+    assert key_numbers({"claim_id": "C1", "extra": {"rows": rows}}) == {
+        "k lenet_x": 3.0, "k vgg.b-1": 12.0, "edge lenet_x": 17.2, "edge vgg.b-1": 150.0}
+    assert key_numbers({"claim_id": "C2", "extra": {"pass_ggn": 9, "pass_residual": 0, "total": 18}}) == {
+        "G within 10 % (of total)": 0.5, "H within 10 % (of total)": 0.0}
+    assert key_numbers({"claim_id": "C3", "extra": {"share_counts": 0.25, "share_agreement": 0.5}}) == {
+        "share of blocks with C ± 2 outliers": 0.25, "share of G_l within 10 %": 0.5}
+    measured = ("full network: 1/4 series decrease significantly [a_b lambda_max: 117.8 → 69.58 (epochs 1–50, n = 50, "
+                "τ = -0.28, p↓ = 0.001); a_b trace: 490.3 → 430.9 (epochs 1–50, n = 50, τ = 0.41, p↓ = 1)]; "
+                "layers: 8/38 [a_b conv1 lambda_max: 1 → 2 (epochs 1–50, n = 50, τ = 0.9, p↓ = 1)]")
+    assert key_numbers({"claim_id": "C5", "measured": measured, "extra": {"full_decreasing": 1}}) == {
+        "full series decreasing": 1.0, "τ a_b lambda_max": -0.28, "τ a_b trace": 0.41}
+
+
+def test_collect_rerun_reads_every_finished_notebook_of_a_variant(tmp_path):
+    from benchmarks.stability import collect_rerun
+    for name, v in {"00_a": {"claim_id": "C0", "verdict": "reproduced", "extra": {"checks": [
+            {"measured": 1.0, "tolerance": 2.0}]}}, "02_b": {"claim_id": "C2", "verdict": "inconclusive", "extra": {
+            "pass_ggn": 1, "pass_residual": 0, "total": 4}}}.items():
+        (tmp_path / "figures" / name).mkdir(parents=True)
+        (tmp_path / "figures" / name / "verdict.json").write_text(json.dumps(v))
+    (tmp_path / "figures" / "03_unfinished").mkdir()
+    rows = collect_rerun(tmp_path, {"threads": 2})
+    assert set(rows) == {"00_a", "02_b"}
+    assert rows["02_b"]["key"]["G within 10 % (of total)"] == 0.25 and rows["00_a"]["environment"] == {"threads": 2}
 
 
 def test_variant_env_sets_threads_and_instruction_set_and_nothing_stale(monkeypatch):
