@@ -82,28 +82,27 @@ def class_structure(model: nn.Module, data: object, params: Iterable[str] | None
             x, y = batch
             dev = next(iter(selected.values())).device
             x, y = x.to(dev), y.to(dev)
-
-            def logits(p: dict[str, Tensor]) -> Tensor:
-                return functional_call(model, p, (x,))
-
-            f, pullback = vjp(logits, selected)
-            C = num_classes or f.shape[1]
-            if f.shape[1] != C:
-                raise ValueError(f"the model has {f.shape[1]} logits but num_classes = {C}")
-            if y.min() < 0 or y.max() >= C:
-                raise ValueError(f"labels must lie in 0..{C - 1}, got {int(y.min())}..{int(y.max())}")
-            if sums is None:
-                dim = sum(t.numel() for t in selected.values())
-                sums = torch.zeros(C, C, dim, dtype=f.dtype, device=f.device)
-                weights = np.zeros((C, C))
-            p = torch.softmax(f.detach(), dim=1)
-            eye = torch.eye(C, dtype=f.dtype, device=f.device)
             for c in torch.unique(y).tolist():
-                rows = y == c
-                pc = p[rows]                                                    # (m, C)
-                # cotangent for label c': row i -> p_ic' (p_i − e_c') on class-c rows, zero elsewhere
-                cot = torch.zeros(C, len(y), C, dtype=f.dtype, device=f.device)
-                cot[:, rows] = pc.T[:, :, None] * (pc[None, :, :] - eye[:, None, :])
+                xc = x[y == c]  # eval mode: each example's logits do not depend on the others in the batch
+
+                def logits(p: dict[str, Tensor]) -> Tensor:
+                    return functional_call(model, p, (xc,))
+
+                # one pullback per true class, over that class's rows only: a pullback over the whole batch
+                # with zero cotangents elsewhere costs C times the work and memory
+                f, pullback = vjp(logits, selected)
+                C = num_classes or f.shape[1]
+                if f.shape[1] != C:
+                    raise ValueError(f"the model has {f.shape[1]} logits but num_classes = {C}")
+                if c < 0 or c >= C:
+                    raise ValueError(f"labels must lie in 0..{C - 1}, got {int(y.min())}..{int(y.max())}")
+                if sums is None:
+                    dim = sum(t.numel() for t in selected.values())
+                    sums = torch.zeros(C, C, dim, dtype=f.dtype, device=f.device)
+                    weights = np.zeros((C, C))
+                pc = torch.softmax(f.detach(), dim=1)                           # (m, C)
+                eye = torch.eye(C, dtype=f.dtype, device=f.device)
+                cot = pc.T[:, :, None] * (pc[None, :, :] - eye[:, None, :])     # label c': row i -> p_ic' (p_i − e_c')
                 grads = torch.vmap(lambda u: pullback(u)[0])(cot)
                 flat = torch.cat([grads[n].reshape(C, -1) for n in names], dim=1)  # (C, dim): Σ_i p_ic' g_ic'
                 sums[c] += flat

@@ -64,6 +64,34 @@ def test_split_is_exact_and_matches_dense_ggn():
     assert abs(max(top) - torch.linalg.eigvalsh(parts["within"]).max().item()) < 1e-9
 
 
+
+def test_split_with_batchnorm_uses_eval_statistics_per_class():
+    """Each class's rows get their own pullback: with BatchNorm this is exact only in eval mode, which the split
+    uses whatever mode the model is in (a model in train mode keeps its mode afterwards)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, C)).double()
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 2.0)
+    x, y = _data(n=20, seed=3)
+    model.eval()
+    parts = _dense_parts(model, x, y)
+    model.train()
+    cs = class_structure(model, [(x[:7], y[:7]), (x[7:], y[7:])])
+    assert model.training
+    eye = torch.eye(cs.dim, dtype=torch.float64)
+    for part in ("class", "cross"):
+        assert torch.allclose(between_operator(cs, part) @ eye, parts[part], atol=1e-12, rtol=1e-9), part
+
+
+def test_split_refuses_bad_labels_and_class_counts():
+    model, (x, y) = _mlp(nn.Tanh()), _data(n=8)
+    with pytest.raises(ValueError, match="labels must lie in 0..3"):
+        class_structure(model, (x, torch.where(y == 1, C, y)))
+    with pytest.raises(ValueError, match="labels must lie in 0..3"):
+        class_structure(model, (x, y - 1))
+    with pytest.raises(ValueError, match="4 logits but num_classes = 5"):
+        class_structure(model, (x, y), num_classes=5)
+
 def test_class_means_and_overlap():
     model, (x, y) = _mlp(nn.Tanh()), _data()
     cs = class_structure(model, (x, y))
