@@ -289,10 +289,12 @@ def assess(directory: Path, results: dict) -> dict[str, dict[str, str]]:
             study = next(iter(extra.get("per_study", {})))
             rows = [r for r in extra["comparisons"][study] if r.get("in_rule") and r["quantity"] == "test_acc"]
             out[name] = assess_c6b(rows, spread_["htr − sgd test_acc"]["spread"], committed)
-        elif cid == "C5" and results.get("devices"):
-            out[name] = assess_c5(results["devices"], committed)
-        elif any(name in r for r in results.get("reruns", {}).values()):
-            out[name] = assess_rerun({vn: r[name] for vn, r in results["reruns"].items() if name in r}, v)
+        elif (cid == "C5" and results.get("devices")) or any(name in r for r in results.get("reruns", {}).values()):
+            parts = [assess_c5(results["devices"], committed)] if cid == "C5" and results.get("devices") else []
+            reruns = {vn: r[name] for vn, r in results.get("reruns", {}).items() if name in r}
+            parts += [assess_rerun(reruns, v)] if reruns else []
+            out[name] = {"stable": "yes" if all(p["stable"] == "yes" for p in parts) else "no",
+                         "why": "; and ".join(p["why"] for p in parts)}
         else:
             out[name] = {"stable": "not measured", "why": "not rerun under the variants"}
     c6b = [out[n] for n, v in verdicts.items() if v.get("claim_id") == "C6b"]
