@@ -289,14 +289,13 @@ def assess(directory: Path, results: dict) -> dict[str, dict[str, str]]:
             study = next(iter(extra.get("per_study", {})))
             rows = [r for r in extra["comparisons"][study] if r.get("in_rule") and r["quantity"] == "test_acc"]
             out[name] = assess_c6b(rows, spread_["htr − sgd test_acc"]["spread"], committed)
-        elif (cid == "C5" and results.get("devices")) or any(name in r for r in results.get("reruns", {}).values()):
-            parts = [assess_c5(results["devices"], committed)] if cid == "C5" and results.get("devices") else []
+        else:  # every check measured for this verdict: C5's device copies, and the notebook's reruns
             reruns = {vn: r[name] for vn, r in results.get("reruns", {}).items() if name in r}
-            parts += [assess_rerun(reruns, v)] if reruns else []
-            out[name] = {"stable": "yes" if all(p["stable"] == "yes" for p in parts) else "no",
-                         "why": "; and ".join(p["why"] for p in parts)}
-        else:
-            out[name] = {"stable": "not measured", "why": "not rerun under the variants"}
+            parts = ([assess_c5(results["devices"], committed)] if cid == "C5" and results.get("devices") else []) \
+                + ([assess_rerun(reruns, v)] if reruns else [])
+            out[name] = ({"stable": "yes" if all(p["stable"] == "yes" for p in parts) else "no",
+                          "why": "; and ".join(p["why"] for p in parts)} if parts
+                         else {"stable": "not measured", "why": "not rerun under the variants"})
     c6b = [out[n] for n, v in verdicts.items() if v.get("claim_id") == "C6b"]
     for name, v in verdicts.items():
         if v.get("claim_id") == "C7" and c6b:
