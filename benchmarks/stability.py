@@ -137,7 +137,13 @@ def key_numbers(verdict: dict) -> dict[str, float]:
     if cid == "C5":
         taus = {f"τ {run} {q}": float(t) for run, q, t in _TAU.findall(verdict.get("measured", "").split("; layers")[0])}
         return {"full series decreasing": float(extra["full_decreasing"]), **taus}
-    if verdict.get("claim_id") == "C6a":
+    if cid == "C6b":
+        study = next(iter(extra["per_study"]))
+        rows = [r for r in extra["comparisons"][study] if r.get("in_rule") and r["quantity"] == "test_acc"]
+        return {"log10 γ chosen": float(np.log10(extra["gammas"][study])),
+                **{f"{r['comparison']} (pts) {b}": 100 * float(r[k]) for r in rows
+                   for b, k in (("diff", "diff"), ("lo", "lo"), ("hi", "hi"))}}
+    if cid == "C6a":
         corr = extra["correlations"]
         return {f"{q} {b}": float(corr[q][b]) for q in ("partial_test_acc", "partial_acc_gap", "partial_loss_gap")
                 for b in ("rho", "lo", "hi")}
@@ -237,8 +243,8 @@ def assess_c6b(intervals: list[dict], paired_spread: float, committed: str) -> d
                for d in (-paired_spread, paired_spread)}
     hi = max(i["hi"] for i in intervals)
     why = (f"paired intervals shifted by ± {paired_spread * 100:.2g} pts (the variants' spread of HTR − SGD) "
-           f"give {' / '.join(sorted(shifted))}; largest upper bound {hi * 100:+.3f} pts; at the chosen γ (the γ "
-           "selection was not rerun under the variants)")
+           f"give {' / '.join(sorted(shifted))}; largest upper bound {hi * 100:+.3f} pts; at the committed run's "
+           "chosen γ (the variants did not rerun its selection)")
     return {"stable": "yes" if shifted == {committed} else "no", "why": why}
 
 
@@ -285,17 +291,19 @@ def assess(directory: Path, results: dict) -> dict[str, dict[str, str]]:
     out = {}
     for name, v in verdicts.items():
         cid, committed, extra = v.get("claim_id"), v.get("verdict"), v.get("extra") or {}
+        parts = []  # every check measured for this verdict; stable only if each of them says so
         if cid == "C6b" and "htr − sgd test_acc" in spread_:
             study = next(iter(extra.get("per_study", {})))
             rows = [r for r in extra["comparisons"][study] if r.get("in_rule") and r["quantity"] == "test_acc"]
-            out[name] = assess_c6b(rows, spread_["htr − sgd test_acc"]["spread"], committed)
-        else:  # every check measured for this verdict: C5's device copies, and the notebook's reruns
-            reruns = {vn: r[name] for vn, r in results.get("reruns", {}).items() if name in r}
-            parts = ([assess_c5(results["devices"], committed)] if cid == "C5" and results.get("devices") else []) \
-                + ([assess_rerun(reruns, v)] if reruns else [])
-            out[name] = ({"stable": "yes" if all(p["stable"] == "yes" for p in parts) else "no",
-                          "why": "; and ".join(p["why"] for p in parts)} if parts
-                         else {"stable": "not measured", "why": "not rerun under the variants"})
+            parts.append(assess_c6b(rows, spread_["htr − sgd test_acc"]["spread"], committed))
+        if cid == "C5" and results.get("devices"):
+            parts.append(assess_c5(results["devices"], committed))
+        reruns = {vn: r[name] for vn, r in results.get("reruns", {}).items() if name in r}
+        if reruns:
+            parts.append(assess_rerun(reruns, v))
+        out[name] = ({"stable": "yes" if all(p["stable"] == "yes" for p in parts) else "no",
+                      "why": "; and ".join(p["why"] for p in parts)} if parts
+                     else {"stable": "not measured", "why": "not rerun under the variants"})
     c6b = [out[n] for n, v in verdicts.items() if v.get("claim_id") == "C6b"]
     for name, v in verdicts.items():
         if v.get("claim_id") == "C7" and c6b:

@@ -141,6 +141,48 @@ def test_key_numbers_of_the_spectra_claims_are_what_their_rules_read():
         "full series decreasing": 1.0, "τ a_b lambda_max": -0.28, "τ a_b trace": 0.41}
 
 
+def _c6b_verdict(verdict: str, gamma: float, lo: float, hi: float) -> dict:
+    rows = [{"comparison": "SGD + HTR − SGD", "quantity": "test_acc", "in_rule": True, "diff": (lo + hi) / 2,
+             "lo": lo, "hi": hi},
+            {"comparison": "SGD + HTR − SGD", "quantity": "trace", "in_rule": False, "diff": -4.0, "lo": -7, "hi": -1}]
+    return {"claim_id": "C6b", "verdict": verdict, "extra": {"per_study": {"s": verdict}, "gammas": {"s": gamma},
+                                                             "comparisons": {"s": rows}}}
+
+
+def test_key_numbers_of_c6b_are_the_chosen_gamma_and_the_paired_accuracy_intervals_in_points():
+    from benchmarks.stability import key_numbers
+    got = key_numbers(_c6b_verdict("not reproduced", 1e-4, -0.0001, 0.0003))
+    assert got == pytest.approx({"log10 γ chosen": -4.0, "SGD + HTR − SGD (pts) diff": 0.01,
+                                 "SGD + HTR − SGD (pts) lo": -0.01, "SGD + HTR − SGD (pts) hi": 0.03})
+
+
+def test_assess_is_stable_only_when_every_measured_check_of_a_verdict_says_so(tmp_path):
+    from benchmarks.stability import assess, key_numbers
+    verdicts = {"05_t": {"claim_id": "C5", "verdict": "not reproduced", "measured": "", "extra": {"full_decreasing": 0}},
+                "06_g": _c6a_verdict("inconclusive", (0.0, -0.5, 0.5), (0.0, -0.5, 0.5)),
+                "07_r": _c6b_verdict("not reproduced", 1e-4, -0.0001, 0.0003),
+                "08_m": {"claim_id": "C7", "verdict": "not reproduced"},
+                "09_x": {"claim_id": "C9", "verdict": "inconclusive"}}
+    for name, v in verdicts.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "verdict.json").write_text(json.dumps(v))
+    rising = {"epochs": list(range(21)), "kendall_tau": {"lambda_max": [0.1, 0.1], "trace": [0.6, 0.6]}}
+    flip = {"verdict": "inconclusive", "key": {"full series decreasing": 0.0}}
+    results = {"devices": {"a": rising}, "variants": {"spread": {"htr − sgd test_acc": {"spread": 0.0001}}},
+               "reruns": {"v1": {"05_t": flip,
+                                 "07_r": {"verdict": "not reproduced",
+                                          "key": key_numbers(_c6b_verdict("not reproduced", 1e-5, -0.0002, 0.0004))}}}}
+    out = assess(tmp_path, results)
+    assert out["05_t"]["stable"] == "no"  # its device copies agree, its rerun flips
+    assert "CPU and GPU copies" in out["05_t"]["why"] and "v1 inconclusive" in out["05_t"]["why"]
+    assert out["07_r"]["stable"] == "yes"  # the shift by the spread and the rerun both keep it
+    assert "shifted" in out["07_r"]["why"] and "log10 γ chosen -5 … -4" in out["07_r"]["why"]
+    assert out["08_m"]["stable"] == "yes"  # C7 follows C6b
+    assert out["06_g"]["stable"] == out["09_x"]["stable"] == "not measured"
+    assert json.loads((tmp_path / "stability.json").read_text()) == out
+    assert "not measured" in (tmp_path / "REPORT.md").read_text()
+
+
 def test_collect_rerun_reads_every_finished_notebook_of_a_variant(tmp_path):
     from benchmarks.stability import collect_rerun
     for name, v in {"00_a": {"claim_id": "C0", "verdict": "reproduced", "extra": {"checks": [
