@@ -244,7 +244,7 @@ def assess_c6b(intervals: list[dict], paired_spread: float, committed: str) -> d
     hi = max(i["hi"] for i in intervals)
     why = (f"paired intervals shifted by ± {paired_spread * 100:.2g} pts (the variants' spread of HTR − SGD) "
            f"give {' / '.join(sorted(shifted))}; largest upper bound {hi * 100:+.3f} pts; at the committed run's "
-           "chosen γ (the variants did not rerun its selection)")
+           "chosen γ (the seed-1 variants trained at that γ)")
     return {"stable": "yes" if shifted == {committed} else "no", "why": why}
 
 
