@@ -29,9 +29,10 @@ Two measurements, each written to ``benchmarks/stability.json`` and printed as a
 * C5: the rule applied to the trend series of each device's copy of the spectra runs (runs with at
   least the rule's minimum of epochs in common); stable if both copies give the committed verdict.
 * C7: its accuracy half waits on C6b's gain, so it is as stable as C6b.
-* a notebook with ``reruns`` (C0, C6a): stable if its rule gives the committed verdict under every
-  variant rerun; the key numbers' range over the variants and the committed run is reported beside.
-* every other verdict: not measured (its readings were not rerun under the variants).
+* a notebook with ``reruns`` (any rerun whole, e.g. C0, C6a, C6b): stable if its rule gives the committed
+  verdict under every variant rerun; the key numbers' range over the variants and the committed run beside.
+* a verdict with several of these checks is stable only if every one of them says so; a verdict with none
+  is "not measured" (its readings were not rerun under the variants).
 """
 from __future__ import annotations
 
@@ -278,7 +279,7 @@ def assess_rerun(reruns: dict[str, dict], committed: dict) -> dict[str, str]:
     if bounds:
         ranges += "; interval bounds " + ", ".join(
             f"{k} {min(x[k] for x in keys):.2f} … {max(x[k] for x in keys):.2f}" for k in bounds if "loss" not in k)
-    why = (f"the notebook rerun from an empty cache under {len(got)} CPU variants: "
+    why = (f"the notebook rerun from an empty cache under {len(got)} CPU variant{'s' if len(got) > 1 else ''}: "
            + ", ".join(f"{vn} {g}" for vn, g in got.items()) + f" (committed: {verdict}); over these and the "
            f"committed run: {ranges}")
     return {"stable": "yes" if set(got.values()) == {verdict} else "no", "why": why}
