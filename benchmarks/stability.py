@@ -1,6 +1,6 @@
 """How far the study's numbers move across machines (issue 17), emulated on one machine.
 
-Two measurements, each written to ``benchmarks/stability.json`` and printed as a table:
+Three measurements, each written to ``benchmarks/stability.json`` and printed as a table:
 
 * ``variants``: the cpu profile's LeNet + FashionMNIST regularisation arms (SGD and SGD + HTR at the
   chosen γ, seed 1) trained from scratch under four CPU variants, each in its own process:
