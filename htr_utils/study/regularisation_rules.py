@@ -2,16 +2,23 @@
 
 Each rule has one implementation, ``*_codes``, that works on arrays of intervals and returns
 verdict codes (``R`` reproduced, ``N`` not reproduced, ``I`` inconclusive). The notebooks apply it
-to the measured intervals through the scalar wrappers, and :mod:`htr_utils.study.calibration`
-applies the very same function to simulated intervals to get the rule's error rates.
+to the measured intervals through the scalar wrappers, and :mod:`htr_utils.study.calibration` /
+:mod:`htr_utils.study.calibration_regularisation` apply the very same function to simulated
+intervals to get the rule's error rates.
+
+The rules of issue 31's amendments (PROTOCOL.md, "Amendments of issue 31") sit beside the earlier
+ones, which keep their names (``c6b_codes``, ``c6b_rule``, ``c7_rule``, ``c6a_codes``, ``c6a_rule``)
+and are shown as the earlier rules.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from scipy.stats import t as t_dist
 
-from .verdicts import Verdict
+from .verdicts import Verdict, combine
 
 R, N, I = 1, -1, 0  # verdict codes
 CODE_TO_VERDICT = {R: Verdict.REPRODUCED, N: Verdict.NOT_REPRODUCED, I: Verdict.INCONCLUSIVE}
@@ -90,7 +97,6 @@ def c7_rule(acts: Mapping[str, float], accuracy: Mapping[str, float], cost_ratio
         acc, why = verdict_of(c7_accuracy_codes(accuracy["lo"], accuracy["hi"], gain / 2)), f"margin {gain / 2:.4g}"
     cost = (Verdict.REPRODUCED if cost_ratio <= 1 - COST_SAVING else
             Verdict.NOT_REPRODUCED if cost_ratio >= 1 else Verdict.INCONCLUSIVE)
-    from .verdicts import combine
     return {"acts": "yes" if acted else "no", "accuracy": acc, "accuracy_note": why, "cost": cost,
             "C7": combine((acc, cost), "all_of")}
 
@@ -101,3 +107,117 @@ def c6a_rule(acc: Mapping[str, float], gap: Mapping[str, float]) -> Verdict:
     if not np.isfinite(bounds).all():
         return Verdict.INCONCLUSIVE
     return verdict_of(c6a_codes(*bounds))
+
+
+# ================================================================ issue 31, amendment 1: C6b with its dose
+# Measured in the committed cpu run (figures/cpu/07_trace_regularisation, 10 paired seeds):
+MEASURED_PAIRED_SD = (0.000273, 0.000313)  # sd of paired SGD + HTR − SGD and SGD + L2 + HTR − SGD + L2 test accuracy
+MEASURED_PAIRED_CORR = 0.25                # correlation of the two differences at one seed
+ACCURACY_RESOLUTION = 1e-4                 # one test image of 10 000: every paired difference is a multiple of it
+PAPER_GAIN = EQUIVALENCE_MARGIN            # +0.1 points, the paper's LeNet + MNIST gain
+GAIN_THRESHOLD = PAPER_GAIN / 2            # "the paper's gain": every interval above half of it
+ACTING_DOSE = 0.20                         # a dose acts if it lowers the final trace at seed 0 by ≥ 20 %
+
+
+def paper_gain_codes(lo: np.ndarray, hi: np.ndarray, threshold: float = GAIN_THRESHOLD) -> np.ndarray:
+    """C6b (amended), the paper's +0.1 point, on paired 95 % intervals [lo, hi]; last axis = the comparisons.
+
+    R if every lower bound > ``threshold`` (+0.05 points: gains below half the paper's are excluded);
+    N if every upper bound < ``threshold`` (any gain is under half the paper's); I otherwise. The
+    two regions cannot overlap (lo ≤ hi), unlike the earlier rule's (lo > 0 / hi < +0.1 pt).
+    """
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    return np.where((lo > threshold).all(-1), R, np.where((hi < threshold).all(-1), N, I))
+
+
+def any_gain_codes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The separate "any gain" statement: R (a gain) if every lower bound > 0, N (a loss) if every upper bound < 0, else I."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    return np.where((lo > 0).all(-1), R, np.where((hi < 0).all(-1), N, I))
+
+
+def _bounds(intervals: Sequence[Mapping[str, float]]) -> tuple[list[float], list[float]] | None:
+    lo, hi = [i["lo"] for i in intervals], [i["hi"] for i in intervals]
+    return (lo, hi) if intervals and np.isfinite(lo + hi).all() else None
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def c6b_statements(intervals: Sequence[Mapping[str, float]], threshold: float = GAIN_THRESHOLD) -> dict[str, Any]:
+    """Both statements of amended C6b on one arm's paired test-accuracy intervals (dicts with ``lo``/``hi``).
+
+    ``paper_gain``: :func:`paper_gain_codes` (the verdict); ``any_gain``: :func:`any_gain_codes`
+    ("a gain" / "a loss" / "neither"); ``text``: the two as separate sentences, with the largest
+    upper bound (the largest gain the data leave possible). NaN bounds decide nothing.
+    """
+    b = _bounds(intervals)
+    if b is None:
+        return {"paper_gain": Verdict.INCONCLUSIVE, "any_gain": "no interval", "text": "no paired interval"}
+    lo, hi = b
+    paper = verdict_of(paper_gain_codes(lo, hi, threshold))
+    any_code = int(any_gain_codes(lo, hi))
+    top = max(hi)
+    any_text = {R: f"any gain: shown (every paired lower bound above 0; lowest {_pts(min(lo))} pts)",
+                N: f"any gain: none, HTR lowers accuracy (every upper bound below 0; highest {_pts(top)} pts)",
+                I: f"any gain: not shown (gains up to {_pts(top)} pts and no gain are both possible)"}[any_code]
+    paper_text = {Verdict.REPRODUCED: f"the paper's +0.1 point: reproduced (every interval above {_pts(threshold)} pts, "
+                                      "half the paper's gain)",
+                  Verdict.NOT_REPRODUCED: f"the paper's +0.1 point: not reproduced (every interval below "
+                                          f"{_pts(threshold)} pts: any gain is under half the paper's)",
+                  Verdict.INCONCLUSIVE: f"the paper's +0.1 point: inconclusive (an interval contains {_pts(threshold)} pts)"}
+    return {"paper_gain": paper, "any_gain": {R: "a gain", N: "a loss", I: "neither"}[any_code],
+            "text": f"{any_text}; {paper_text[paper]}"}
+
+
+def relative_trace_reduction(sgd_trace: Mapping[int, float], arm_trace: Mapping[int, float],
+                             level: float = 0.95) -> dict[str, float]:
+    """The dose in trace: per seed r_s = (trace_SGD,s − trace_arm,s) / trace_SGD,s, mean and paired t interval, in %.
+
+    Only seeds finite in both arms count; with fewer than two the interval is NaN.
+    """
+    seeds = sorted(s for s in set(sgd_trace) & set(arm_trace)
+                   if np.isfinite(sgd_trace[s]) and np.isfinite(arm_trace[s]) and sgd_trace[s] > 0)
+    r = np.array([(sgd_trace[s] - arm_trace[s]) / sgd_trace[s] for s in seeds], dtype=float)
+    out = {"mean_pct": float(100 * r.mean()) if len(r) else float("nan"), "lo_pct": float("nan"),
+           "hi_pct": float("nan"), "n": len(r)}
+    if len(r) > 1:
+        half = t_dist.ppf(0.5 + level / 2, len(r) - 1) * r.std(ddof=1) / np.sqrt(len(r))
+        out.update(lo_pct=float(100 * (r.mean() - half)), hi_pct=float(100 * (r.mean() + half)))
+    return out
+
+
+def dose_text(reduction: Mapping[str, float], penalty_steps: float, total_steps: float) -> str:
+    """The dose beside an HTR verdict: the final-trace reduction in % with its interval, penalty steps per run."""
+    share = 100 * penalty_steps / total_steps if total_steps else float("nan")
+    return (f"dose: final trace −{reduction['mean_pct']:.1f} % [{reduction['lo_pct']:.1f}, {reduction['hi_pct']:.1f}] "
+            f"against SGD, penalty on {penalty_steps:.0f} of {total_steps:.0f} steps per run ({share:.1f} %)")
+
+
+def select_acting_dose(sgd_trace0: float, candidates: Sequence[tuple[str, float]],
+                       threshold: float = ACTING_DOSE) -> dict[str, Any]:
+    """The dose arm of amended C6b, chosen at the selection seed before any evaluation seed runs.
+
+    ``candidates``: (label, final trace at seed 0; NaN if the run diverged) in the order fixed in
+    PROTOCOL.md (cheapest dose first). The chosen dose is the first whose reduction
+    (trace_SGD − trace) / trace_SGD ≥ ``threshold``; None when no candidate acts (then the
+    verdict says no dose in the grid lowered the trace by 20 %).
+    """
+    if not np.isfinite(sgd_trace0) or sgd_trace0 <= 0:
+        raise ValueError(f"select_acting_dose: the SGD trace at seed 0 must be positive and finite, got {sgd_trace0}; "
+                         "train the SGD run of the selection seed first")
+    rows = [{"dose": label, "trace": float(tr), "reduction": float((sgd_trace0 - tr) / sgd_trace0),
+             "acts": bool(np.isfinite(tr) and (sgd_trace0 - tr) / sgd_trace0 >= threshold)} for label, tr in candidates]
+    chosen = next((r["dose"] for r in rows if r["acts"]), None)
+    return {"chosen": chosen, "candidates": rows}
+
+
+def c6b_amended(chosen: Sequence[Mapping[str, float]],
+                dose: Sequence[Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """Amended C6b: the verdict is the paper's-gain statement at the validation-chosen γ (``chosen``: its paired
+    intervals, SGD + HTR − SGD and SGD + L2 + HTR − SGD + L2); the acting-dose arm (``dose``: its intervals, or
+    None when not trained / no dose acted) is judged by the same rule and shown beside; the earlier rule too."""
+    out = {"C6b": c6b_statements(chosen)["paper_gain"], "chosen": c6b_statements(chosen),
+           "dose": c6b_statements(dose) if dose else None, "earlier rule": c6b_rule(chosen)}
+    return out
