@@ -62,6 +62,19 @@ def rademacher(dim: int, generator: torch.Generator | None, dtype: torch.dtype =
     return (z[:, 0] if count is None else z).to(device)
 
 
+def gaussian(dim: int, generator: torch.Generator | None, dtype: torch.dtype = torch.float64,
+             device: torch.device | str = "cpu", count: int = 1) -> Tensor:
+    """Standard normal entries, shape (dim, count), drawn in float64 on the CPU from ``generator``.
+
+    Starting blocks for eigenvectors are Gaussian, not ±1: a ±1 block restricted to an eigenspace
+    spanned by coordinate axes is a small ±1 matrix, singular with high probability (a 4×4 one
+    in 10 of 12 seeds), and a block Krylov space never sees more copies of an eigenvalue than
+    that restriction's rank. A Gaussian restriction is nonsingular with probability 1.
+    """
+    Z = torch.randn((count, dim), generator=generator, dtype=torch.float64).T.contiguous()
+    return Z.to(dtype).to(device)
+
+
 def breakdown_tolerance(dtype: torch.dtype) -> float:
     """Relative residual norm below which the Krylov space counts as exhausted.
 
@@ -238,23 +251,24 @@ def top_eigenvalues(op: LinearOperator, k: int, num_iters: int | None = None, se
     """The ``k`` largest eigenvalues of ``op`` (algebraically, descending), with their multiplicities.
 
     ``method="block"`` (the default): block Lanczos with full reorthogonalisation and thick
-    restarts (block Rayleigh-Ritz): a random block of ``block_size`` vectors (default ``k``)
-    is extended by the residuals of the unconverged Ritz pairs, one ``op.matmat`` per step,
-    until each of the top-k Ritz pairs has ‖A y − θ y‖ ≤ tol · max|θ| (tol is raised to at
+    restarts (block Rayleigh-Ritz): a Gaussian random block of ``block_size`` vectors (default ``k``)
+    is extended by the residuals of the unconverged Ritz pairs, topped up with fresh Gaussian
+    vectors to ``block_size`` columns as pairs converge, one ``op.matmat`` per step, until each of the top-k Ritz pairs has ‖A y − θ y‖ ≤ tol · max|θ| (tol is raised to at
     least 1000 machine epsilons of the operator's dtype, 1.2e-4 in float32: the products'
     rounding floor; the eigenvalue error is then about residual² / gap, or the residual within
     a cluster). A random block of b vectors sees every
     eigenvalue of multiplicity up to b, so with the default every repeated eigenvalue among the
     k largest appears as often as it is repeated (single-vector Lanczos sees each distinct
-    eigenvalue once). The basis holds at most ``max_basis`` vectors (default max(6k, 2(k + b), 32)),
+    eigenvalue once); with a smaller ``block_size`` a warning says where a cluster may be short. The basis holds at most ``max_basis`` vectors (default max(6k, 2(k + b), 32)),
     after which it is restarted from the best Ritz vectors; ``max_products`` (default
     max(1000, 50k)) caps the work; reaching it, or ten steps without the largest residual
     falling by 10 %, stops with a warning. Memory: two ``(dim, max_basis)`` matrices.
 
-    ``method="lanczos"``: single-vector Lanczos from a Rademacher start (seeded), ``max(4k, 32)``
+    ``method="lanczos"``: single-vector Lanczos from a Gaussian start (seeded), ``max(4k, 32)``
     steps doubled until the top-k residual estimates β_m |e_mᵀ s| ≤ tol · max|θ| — or exactly
-    ``num_iters`` steps when given, returning that run's Ritz values (the values
-    ``slq_density`` reports in ``meta["top"]`` for the same seed). Giving ``num_iters`` without
+    ``num_iters`` steps from a Rademacher start when given, returning that run's Ritz values (the
+    values ``slq_density`` reports in ``meta["top"]`` for the same seed; a ±1 start can be
+    orthogonal to an eigenvector such as e₁ − e₂, and that run then misses its eigenvalue). Giving ``num_iters`` without
     ``method`` selects this method. It does not resolve multiplicities.
 
     Returns the eigenvalues (numpy, descending); with ``return_residuals`` and/or
@@ -285,8 +299,12 @@ def _top_lanczos(op: LinearOperator, k: int, num_iters: int | None, seed: int, t
     if num_iters is not None:
         num_iters = positive_int(num_iters, "num_iters")
     m = num_iters if num_iters is not None else max(4 * k, 32)
+    # A fixed num_iters is the SLQ run of the same seed (Rademacher start); the converging search starts
+    # from a Gaussian vector, which (unlike ±1) is orthogonal to no eigenvector, e.g. e₁ − e₂, with probability 1.
+    start = None if num_iters is not None else gaussian(op.dim, torch.Generator().manual_seed(seed), op.dtype,
+                                                         op.device)[:, 0]
     while True:
-        tri = lanczos_tridiagonal(op, m, seed=seed, keep_basis=vectors)
+        tri = lanczos_tridiagonal(op, m, start=start, seed=seed, keep_basis=vectors)
         evals, evecs = tri.eigh()
         residuals = abs(tri.beta[-1] * evecs[-1]) if not tri.breakdown else np.zeros_like(evals)
         converged = np.all(residuals[-k:] <= tol * max(abs(evals).max(), 1e-30))
@@ -355,13 +373,16 @@ def _top_block(op: LinearOperator, k: int, seed: int, tol: float, block_size: in
     gen = torch.Generator().manual_seed(seed)
     Q = torch.zeros((n, 0), dtype=op.dtype, device=op.device)
     AQ, T = Q.clone(), np.zeros((0, 0))
-    block = rademacher(n, gen, op.dtype, op.device, count=b)
-    products = 0
+    block = gaussian(n, gen, op.dtype, op.device, count=b)
+    products, fresh = 0, b              # fresh: random directions injected so far (start block and refills)
     while True:
         new = _extend_orthonormal(Q, block, drop)
-        if new.shape[1] == 0 and Q.shape[1] < n:  # the block fell into span(Q): continue from random directions
-            new = _extend_orthonormal(Q, rademacher(n, gen, op.dtype, op.device, count=b), drop)
-        new = new[:, : n - Q.shape[1]]
+        if new.shape[1] < min(b, n - Q.shape[1]):  # directions fell into span(Q): top up from random ones
+            more = _extend_orthonormal(torch.cat([Q, new], dim=1), gaussian(n, gen, op.dtype, op.device, count=b),
+                                       drop)
+            fresh += more.shape[1]
+            new = torch.cat([new, more], dim=1)
+        new = new[:, : min(b, n - Q.shape[1])]
         if new.shape[1] == 0:
             break
         W = _matmat(op, new)
@@ -390,16 +411,47 @@ def _top_block(op: LinearOperator, k: int, seed: int, tol: float, block_size: in
             warnings.warn(f"top_eigenvalues: {why} after {products} products; largest relative residual {worst:.1e} "
                           f"> tol {tol:.1e}. Returning the current Ritz pairs.", stacklevel=3)
             break
-        # Next block: the residuals of the unconverged top Ritz pairs, largest first (soft locking).
+        # Next block: the residuals of the unconverged top Ritz pairs, largest first (soft locking), topped
+        # up to b columns with fresh Gaussian vectors when pairs have converged: a block that shrank as
+        # pairs locked would stop adding directions, and a copy of a repeated eigenvalue that the
+        # starting block barely saw would never be found (its residual is not among the unconverged).
         todo = [j for j in range(top) if not converged[j]][:b]
         block = R[:, todo]
-        if m + len(todo) > cap:  # thick restart: keep the best Ritz vectors and their images (no products)
-            keep = min(k + b, m, cap - len(todo))
+        if len(todo) < b:
+            block = torch.cat([block, gaussian(n, gen, op.dtype, op.device, count=b - len(todo))], dim=1)
+            fresh += b - len(todo)
+        width = min(b, n - m)           # the next step adds at most this many vectors
+        if m + width > cap:  # thick restart: keep the best Ritz vectors and their images (no products)
+            keep = min(k + b, m, cap - width)
             S_keep = torch.as_tensor(S[:, m - keep:].copy(), dtype=op.dtype, device=op.device)
             Q, AQ, T = Q @ S_keep, AQ @ S_keep, np.diag(theta[m - keep:])
     if top < k:
         raise ValueError(f"op has only {Q.shape[1]} dimensions reachable; ask for k <= {Q.shape[1]}.")
+    if Q.shape[1] < n:
+        _warn_unseen_copies(values, fresh, max(tol * scale, 10 * eps * scale))
     return values, residuals, Y
+
+
+def _warn_unseen_copies(values: np.ndarray, fresh: int, width: float) -> None:
+    """Warn where a repeated eigenvalue may have more copies than the search could have seen.
+
+    The basis is spanned by A's powers applied to ``fresh`` random directions; in exact arithmetic
+    it holds at most ``fresh`` independent vectors of any one eigenspace. A cluster of c ≥ fresh
+    returned copies (values within ``width``) followed by a smaller returned value may therefore
+    be short of copies, and the smaller values wrong. With block_size ≥ k this cannot happen.
+    """
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[i] - values[j + 1] <= width:
+            j += 1
+        c = j - i + 1
+        if c >= fresh and j + 1 < len(values):
+            warnings.warn(f"top_eigenvalues: λ ≈ {values[i]:.6g} was found {c} time(s), as many as the {fresh} random "
+                          f"starting direction(s) can show; it may be repeated more often, and the smaller values "
+                          f"be wrong. Use block_size >= k (the default).", stacklevel=4)
+            return
+        i = j + 1
 
 
 def _matmat(op: LinearOperator, V: Tensor) -> Tensor:
