@@ -25,25 +25,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .claims import CLAIMS
 from .files import write_json
-from .profiles import UNCOMMITTED_PROFILES, profile_name
-
-def repo_root() -> Path:
-    """The repository root: the parent of the package directory when it holds pyproject.toml, else
-    the first ancestor of the working directory that does (for a non-editable install)."""
-    here = Path(__file__).resolve().parents[2]
-    if (here / "pyproject.toml").is_file():
-        return here
-    for d in [Path.cwd().resolve(), *Path.cwd().resolve().parents]:
-        if (d / "pyproject.toml").is_file() and (d / "htr_utils").is_dir():
-            return d
-    return here
-
-
-def data_root() -> Path:
-    """Absolute path of the repository's ``data/`` directory (data sets and cached runs)."""
-    return repo_root() / "data"
+from .paths import data_root, figures_dir, from_root, repo_root  # data_root, repo_root: notebooks import them here
+from .profiles import profile_name
+from .style import set_style
 
 
 def output_dir(notebook_name: str, profile: str, out: str | Path | None = None, create: bool = True) -> Path:
@@ -53,11 +41,9 @@ def output_dir(notebook_name: str, profile: str, out: str | Path | None = None, 
     if out is None and os.environ.get("HTR_OUT_DIR"):
         out = os.environ["HTR_OUT_DIR"]
     if out is not None:
-        path = Path(out)
-        path = path if path.is_absolute() else repo_root() / path
+        path = from_root(out)
     else:
-        base = "build" if profile_name(profile) in UNCOMMITTED_PROFILES else "figures"
-        path = repo_root() / base / profile_name(profile) / Path(notebook_name).stem
+        path = figures_dir(profile_name(profile)) / Path(notebook_name).stem
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
@@ -68,14 +54,13 @@ def setup(notebook_name: str, profile: str | None = None, out: str | Path | None
     """Resolve the profile and the output directory, set the plotting style; returns (profile, out_dir)."""
     profile = profile_name(profile)
     if style:
-        from .plotting import set_style
         set_style()
     return profile, output_dir(notebook_name, profile, out)
 
 
 def show_claim(claim_id: str) -> Any:
     """The claim's card — statement, what the paper reports, the verdict rule — as Markdown for the notebook."""
-    from IPython.display import Markdown
+    from IPython.display import Markdown  # IPython: present in a notebook's kernel, not needed by the rest
     return Markdown(CLAIMS[claim_id].card())
 
 
@@ -92,8 +77,6 @@ def save_figure(fig: Any, out_dir: str | Path, name: str, dpi: int = 150) -> tup
 def save_table(df: Any, out_dir: str | Path, name: str, index: bool | None = None) -> Path:
     """Save a pandas DataFrame as ``out_dir/name.csv``. The index is written when it is named or
     not a plain 0..n-1 range (unless ``index`` says otherwise)."""
-    import pandas as pd
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if index is None:
@@ -116,7 +99,7 @@ def clean_notebook(path: str | Path) -> Path:
     Executed copies live under figures/; the checks nbval runs in CI are assertions in the
     cells, which fail the run by raising, so no expected output needs to be stored.
     """
-    import nbformat
+    import nbformat  # only for committing notebooks (a Jupyter package the run cache and plots never need)
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)

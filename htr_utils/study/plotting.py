@@ -15,29 +15,23 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib import transforms
+from matplotlib.patches import Rectangle
 
 from ..curvature import KINDS
 from ..lanczos import SpectralDensity
+from ..spectra import exact_spectrum_density
 from .depth_trends import FULL, METRICS, epoch_distances, is_middle, summed_distances
 from .records import BlockCurvature, CurvatureRecord
 from .regularisation import ARM_LABELS
 from .spectra_analysis import KIND_LABELS, epochs_with_kinds, outlier_verdict, rule_values, run_classes
+from .style import set_style  # importable from here too (notebooks call plotting.set_style)
 
 #: densities are drawn on a log axis down to this value (SLQ densities are ~0 between atoms)
 DENSITY_FLOOR = 1e-6
 #: log-scale density plots span this many decades below each panel's peak
 DECADES = 9.0
-PALETTE = "colorblind"
-
-
-def set_style(context: str = "notebook", font_scale: float = 1.0) -> None:
-    """Seaborn whitegrid style with the colour-blind palette and figure defaults for PNG/PDF export."""
-    import seaborn as sns
-
-    sns.set_theme(context=context, style="whitegrid", palette=PALETTE, font_scale=font_scale)
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "figure.figsize": (6.4, 4.0),
-                         "axes.titlesize": "medium", "legend.fontsize": "small", "pdf.fonttype": 42})
 
 
 def log_axis(ax: plt.Axes, axis: str = "y") -> None:
@@ -84,8 +78,6 @@ def plot_spectrum_with_exact(ax: plt.Axes, dens: Any, exact_eigenvalues: Sequenc
                              floor: float = DENSITY_FLOOR, label: str = "SLQ estimate") -> plt.Axes:
     """SLQ density beside the exact spectrum: the exact eigenvalues smoothed on the same grid with the
     same Gaussian width (solid), the estimate (dashed), and each exact eigenvalue as a tick at the bottom."""
-    from ..spectra import exact_spectrum_density
-
     ev = np.sort(np.asarray(exact_eigenvalues, dtype=float))
     exact = exact_spectrum_density(ev, grid=dens.grid, sigma=dens.sigma)
     plot_density(ax, exact, label=f"exact ({len(ev)} eigenvalues, same smoothing)", log=log, floor=floor,
@@ -164,8 +156,6 @@ def plot_heatmap(matrix: Any, row_labels: Sequence[str] | None = None, col_label
                  ax: plt.Axes | None = None, title: str | None = None, annot: bool = True, fmt: str = ".2g",
                  cmap: str = "viridis", cbar_label: str | None = None, **kw) -> tuple[plt.Figure, plt.Axes]:
     """Annotated heatmap of a 2-D array (or DataFrame) with row/column labels; returns (figure, axes)."""
-    import seaborn as sns
-
     m = np.asarray(matrix, dtype=float)
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * m.shape[1] + 2.5), max(3.0, 0.5 * m.shape[0] + 1.5)))
@@ -281,8 +271,6 @@ def plot_layer_tops(record: CurvatureRecord, C: int, title: str, ncols: int = 5,
 
 def plot_outlier_counts(ax: plt.Axes, table: pd.DataFrame, C: int, tolerance: int = 2) -> plt.Axes:
     """C3 bars: the rule's outlier count per layer (x: layer, hue: run), with the band C ± ``tolerance``."""
-    import seaborn as sns
-
     data = table.assign(name=table["run"] + ": " + table["layer"]).reset_index(drop=True)
     sns.barplot(data=data, x="name", y="outliers", hue="run", ax=ax, dodge=False)
     ax.set_xticks(range(len(data)), data["layer"], rotation=45, ha="right")
@@ -422,10 +410,6 @@ def plot_distance_heatmaps(dists: Mapping[str, pd.DataFrame], metric: str = "W1 
                            annotate_max_cols: int = 25) -> plt.Figure:
     """Layer × epoch heatmap of one distance, one panel per run (stacked); the closest layer of each epoch
     is boxed and middle-half layers are marked "(mid)"."""
-    from matplotlib.patches import Rectangle
-
-    from .plotting import plot_heatmap
-
     sizes = [(d["epoch"].nunique(), d["layer"].nunique()) for d in dists.values()]
     width = max(6.0, 0.62 * max(e for e, _ in sizes) + 3.5)
     heights = [0.36 * l + 1.0 for _, l in sizes]
@@ -593,7 +577,6 @@ def plot_arms(results: pd.DataFrame, columns: Sequence[tuple[str, str]] = (("tes
                                                                              ("trace", "final Hessian trace"))
               ) -> plt.Figure:
     """One panel per column: each seed as a dot, mean ± std as a bar, one row per arm."""
-    import seaborn as sns
     done = results[results["status"] == "done"].copy()
     done["arm label"] = done["arm"].map(lambda a: ARM_LABELS.get(a, a))
     fig, axes = plt.subplots(1, len(columns), figsize=(2.5 + 3.6 * len(columns), 0.5 * done["arm"].nunique() + 1.8),

@@ -16,18 +16,20 @@ A notebook takes one parameter, ``profile``, and reads everything else from
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..curvature import KINDS
+from .hashing import config_hash
+from .paths import RUNS_DIR_ENV, UNCOMMITTED_PROFILES  # importable from here too (tests, benchmarks)
+from .paths import runs_dir as resolve_runs_dir
 from .training import TrainConfig
 
 PROFILE_ENV = "HTR_PROFILE"  # the default profile when a notebook's parameter is None (nbval runs smoke this way)
-RUNS_DIR_ENV = "HTR_RUNS_DIR"  # a run cache elsewhere (shared storage; a rerun that must not reuse the cache)
 DEFAULT_PROFILE = "cpu"
-UNCOMMITTED_PROFILES: tuple[str, ...] = ("smoke",)  # outputs written outside the committed tree
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,6 @@ class RegStudy:
         """The selection grids (at the selection seed), then the arms × seeds at the published γ (each config once)."""
         cfgs = [c for rule in ("all", *self.middle_rules) if self.grid(rule) for c in self.grid_configs(rule).values()]
         cfgs += [c.replace(seed=s) for c in self.arms().values() for s in self.seeds]
-        from .runs import config_hash
         unique: dict[str, TrainConfig] = {}
         for c in cfgs:
             unique.setdefault(config_hash(c), c)
@@ -120,8 +121,7 @@ class SpectraReading:
     lanczos_iters: int = 128
 
     def replace(self, **changes) -> "SpectraReading":
-        from dataclasses import replace
-        return replace(self, **changes)
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -139,9 +139,7 @@ class Profile:
     def runs_dir(self) -> Path:
         """Absolute folder of this profile's run cache: $HTR_RUNS_DIR when set, else ``runs_root`` under the
         repository root (relative paths are taken from the repository root)."""
-        from .outputs import repo_root
-        path = Path(os.environ.get(RUNS_DIR_ENV) or self.runs_root)
-        return path if path.is_absolute() else repo_root() / path
+        return resolve_runs_dir(self.runs_root)
 
 
 def _sweep(base: TrainConfig) -> dict[str, TrainConfig]:

@@ -31,6 +31,7 @@ import torch
 from .statistics import (bootstrap_difference, min_detectable_effect, paired_difference, partial_spearman_bootstrap,
                          spearman_bootstrap, welch_difference)
 from .data import make_loader
+from .hashing import config_hash
 from .profiles import RegStudy
 from .runs import Run, train_run
 from .regularisation_rules import c6a_rule, c6b_rule, c7_rule, established_gain
@@ -505,7 +506,6 @@ def study_runs(study: RegStudy) -> list[TrainConfig]:
 
 
 def _unique(cfgs: Sequence[TrainConfig]) -> list[TrainConfig]:
-    from .runs import config_hash
     out: dict[str, TrainConfig] = {}
     for c in cfgs:
         out.setdefault(config_hash(c), c)

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from .claims import CLAIMS
 from .files import FileLock, atomic_write, write_json
 from .profiles import PROFILE_ENV
+from .runs import environment
 from .verdicts import VerdictResult
 
 VERDICT_FILE = "verdict.json"
@@ -91,13 +92,9 @@ def machine_description() -> dict[str, str]:
     torch's CPU capability, threads, torch version, GPU (if any)."""
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpus": str(os.cpu_count())}
-    try:
-        from .runs import environment
-        env = environment()
-        info.update(torch=env["torch"], gpu=env["gpu"] or "none", cpu_model=env["cpu_model"],
-                    cpu_capability=str(env["cpu_capability"]), threads=str(env["threads"]))
-    except Exception:  # pragma: no cover - torch is a dependency, but the report should not need it
-        info["torch"] = "unavailable"
+    env = environment()
+    info.update(torch=env["torch"], gpu=env["gpu"] or "none", cpu_model=env["cpu_model"],
+                cpu_capability=str(env["cpu_capability"]), threads=str(env["threads"]))
     return info
 
 

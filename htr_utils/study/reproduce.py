@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .outputs import repo_root
-from .profiles import PROFILE_ENV, PROFILES, UNCOMMITTED_PROFILES
+from .paths import figures_dir, repo_root
+from .profiles import PROFILE_ENV, PROFILES
 from .report import VERDICT_FILE, write_report
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
@@ -63,13 +63,13 @@ def select(notebooks: list[Path], only: Sequence[str] | None) -> list[Path]:
 
 
 def default_out(profile: str) -> Path:
-    base = "build" if profile in UNCOMMITTED_PROFILES else "figures"
-    return repo_root() / base / profile
+    """``figures/<profile>`` under the repository root (smoke: ``build/smoke``)."""
+    return figures_dir(profile)
 
 
 def _error_summary(err: BaseException) -> tuple[str, str]:
     """(one-line summary, longer traceback text) of a notebook failure."""
-    try:
+    try:  # papermill, zmq, jupyter_client: the Jupyter stack, imported only where a notebook is run
         from papermill.exceptions import PapermillExecutionError
     except ImportError:  # pragma: no cover
         PapermillExecutionError = ()  # type: ignore[assignment]
@@ -91,7 +91,7 @@ def kernel_config():
     ``transport_encryption="auto"`` for kernels that declare support; older versions have neither
     the warning nor the option.
     """
-    import zmq
+    import zmq  # the Jupyter stack: imported where a kernel is started (see _error_summary)
     from jupyter_client.manager import KernelManager
     from traitlets.config import Config
 
@@ -107,7 +107,7 @@ def run_notebook(notebook: Path, out_dir: Path, profile: str, timeout: float | N
 
     Raises papermill's execution error when a cell fails (the partial copy is written first).
     """
-    import papermill as pm
+    import papermill as pm  # the Jupyter stack: imported where a notebook is run (see _error_summary)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = out_dir / VERDICT_FILE

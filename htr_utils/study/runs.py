@@ -30,7 +30,6 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import math
 import os
 import platform
@@ -48,13 +47,12 @@ from tqdm.auto import tqdm
 
 from .data import in_channels, num_classes
 from .files import FileLock, LockTimeout, atomic_write, read_json, remove_orphan_temps, write_json
+from .hashing import RUNS_VERSION, config_hash  # re-exported: the cache's key is part of its API
 from .models import build_model
+from .paths import data_root as repo_data_root
 from .records import CurvatureRecord
 from .training import TrainConfig, Trainer, TrainingDiverged, _progress_disabled
 
-RUNS_VERSION = 3  # bump when training/curvature code changes the numbers a config produces
-# (3: bumped for batched HTR probes, which then stayed optional and off; the training code is unchanged,
-# so v2 and v3 runs of one config agree where machine and thread count are the same)
 DEFAULT_ROOT = "data/runs"
 LOCK_FILE = "lock"
 ALLOW_ENV_VAR = "HTR_ALLOW_ENV_CHANGE"  # "1": resume runs started under another environment
@@ -79,14 +77,7 @@ class EnvironmentChanged(RuntimeError):
     """Resuming a run under an environment other than the one that started it (numbers would match neither)."""
 
 
-# -- hashing, environment and files -----------------------------------------------------------
-def config_hash(config: TrainConfig) -> str:
-    """12 hex characters of sha256 over the canonical JSON (sorted keys) of the config and RUNS_VERSION."""
-    payload = json.dumps({"config": config.to_dict(), "version": RUNS_VERSION}, sort_keys=True,
-                         separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
+# -- run paths, environment and files ---------------------------------------------------------
 def run_path(config: TrainConfig, root: str | Path = DEFAULT_ROOT) -> Path:
     return Path(root) / config_hash(config)
 
@@ -359,7 +350,6 @@ def _train_locked(config: TrainConfig, path: Path, progress: bool, data_root, de
         info = _read(path / "diverged.json", _read_dict, path)
         raise TrainingDiverged(info["gamma"], info["epoch"], info["step"], info["what"], info["last_good_epoch"])
     if data_root is None:
-        from .outputs import data_root as repo_data_root
         data_root = repo_data_root()
     exact_gpu_kernels(device)
     current = environment(device)
