@@ -29,8 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from tqdm.auto import tqdm
+
+from .data import missing_data
+from .hashing import config_hash
+from .paths import data_root as default_data_root
 from .profiles import Profile, SpectraReading, get_profile
-from .training import TrainConfig
+from .regularisation import choose_gammas, describe_config, select_gamma, study_runs
+from .runs import run_path, train_run
+from .spectra_readings import read_run
+from .training import TrainConfig, TrainingDiverged
 
 SWEEP = "sweep"
 
@@ -45,7 +54,6 @@ class GridTask:
 
     @property
     def hash(self) -> str:
-        from .runs import config_hash
         return config_hash(self.config)
 
 
@@ -67,7 +75,6 @@ def _check_select(P: Profile, select: Sequence[str] | None) -> set[str]:
 
 
 def _task(setting: str, cfg: TrainConfig, data_root: Path, readings: SpectraReading | None = None) -> GridTask:
-    from .data import missing_data
     return GridTask(setting, cfg, readings, missing_data(cfg.dataset, data_root))
 
 
@@ -85,8 +92,6 @@ def plan(profile: str | Profile | None = None, select: Sequence[str] | None = No
          data_root: str | Path | None = None) -> list[GridTask]:
     """The runs that wait on nothing (spectra runs, γ selection grids, plain arms, sweep, side studies),
     each once (a run several settings share keeps the first setting's name)."""
-    from .outputs import data_root as default_data_root
-    from .regularisation import study_runs
     P = get_profile(profile) if not isinstance(profile, Profile) else profile
     keep = _check_select(P, select)
     droot = Path(data_root) if data_root is not None else default_data_root()
@@ -104,9 +109,6 @@ def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | Non
                data_root: str | Path | None = None, done: Sequence[GridTask] = ()) -> list[GridTask]:
     """The HTR arms of the deciding studies at the γ their selection grid chose (read from the cache,
     so after :func:`plan`'s runs), minus those in ``done``."""
-    from .outputs import data_root as default_data_root
-    from .data import missing_data
-    from .regularisation import choose_gammas, select_gamma
     P = get_profile(profile) if not isinstance(profile, Profile) else profile
     keep = _check_select(P, select)
     droot = Path(data_root) if data_root is not None else default_data_root()
@@ -124,7 +126,6 @@ def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | Non
 
 def describe(tasks: Sequence[GridTask], root: Path) -> str:
     """One line per run: cached / to train / skipped, then the counts."""
-    from .regularisation import describe_config
     lines, counts = [], {"cached": 0, "to train": 0, "skipped": 0}
     for t in tasks:
         state = "skipped" if t.skipped else "cached" if (root / t.hash / "done.json").is_file() else "to train"
@@ -143,10 +144,9 @@ def worker_device(device: str | None) -> str | None:
     GPU (its number mod the GPU count); else None (CUDA if available, else CPU)."""
     if device is not None:
         return device
-    import torch
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n > 1:
-        try:
+        try:  # distributed: the optional 'cluster' extra, present where Dask runs this
             from distributed import get_worker
             name = get_worker().name
         except (ImportError, ValueError):
@@ -164,11 +164,6 @@ def run_task(task: GridTask, root: str, data_root: str, threads: int | None = No
 
     Runs in the grid's process (local) or on a Dask worker; a diverged run is an outcome, not an error.
     """
-    import torch
-
-    from .runs import run_path, train_run
-    from .spectra_readings import read_run
-    from .training import TrainingDiverged
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     cached = (run_path(task.config, root) / "done.json").is_file()
@@ -205,7 +200,7 @@ def dask_executor(client: Any, root: Path, data_root: Path, threads: int | None,
                   retries: int = 3) -> Executor:
     """Every run as one Dask task (key: the run's hash, so a run is never submitted twice); a task whose
     worker died is retried (``retries``) and resumes the run from its last finished epoch."""
-    from distributed import as_completed
+    from distributed import as_completed  # the optional 'cluster' extra (only the Dask executor needs it)
 
     def execute(tasks: Sequence[GridTask], done: Callable[[dict], None]) -> None:
         futures = [client.submit(run_task, t, str(root), str(data_root), threads, device, key=f"run-{t.hash}",
@@ -216,14 +211,14 @@ def dask_executor(client: Any, root: Path, data_root: Path, threads: int | None,
 
 
 def _dask_client(workers: int | None, scheduler: str | None, threads: int | None) -> Any:
-    try:
+    try:  # the optional 'cluster' extra (only the Dask executor needs it)
         from distributed import Client
     except ImportError:
         raise SystemExit("the Dask executor needs dask and distributed: pip install -e '.[cluster]' "
                          "(make setup installs them)") from None
     if scheduler:
         return Client(scheduler)
-    import dask
+    import dask  # the optional 'cluster' extra, as above
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
     # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536; setting it at all turns off glibc's
     # adaptive mmap threshold, so every large tensor is mapped and unmapped afresh, and a CPU run takes
@@ -240,11 +235,8 @@ def train(profile: str | Profile | None = None, select: Sequence[str] | None = N
           progress: bool = True) -> list[dict]:
     """Plan, then train every missing run with ``execute`` (default: local), then the HTR arms at the
     chosen γ; the outcomes of every run (skipped ones included), in the order they finished."""
-    from tqdm.auto import tqdm
-
-    from .outputs import data_root
     P = get_profile(profile) if not isinstance(profile, Profile) else profile
-    root, droot = P.runs_dir(), data_root()
+    root, droot = P.runs_dir(), default_data_root()
     execute = execute or local_executor(root, droot, threads, device)
     first = plan(P, select, droot)
     print(describe(first, root), flush=True)
@@ -295,17 +287,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         ap.error(str(err))
     if args.command == "plan":
-        from .outputs import data_root
-        print(describe(plan(P, args.select, data_root()), P.runs_dir()))
+        print(describe(plan(P, args.select, default_data_root()), P.runs_dir()))
         return
     if args.workers is None and args.scheduler is None:
         train(P, args.select, threads=args.threads, device=args.device)
         return
-    from .outputs import data_root
     with _dask_client(args.workers, args.scheduler, args.threads) as client:
         threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None)
         print(f"Dask scheduler {client.scheduler.address}; {threads or 'default'} threads per run", flush=True)
-        train(P, args.select, dask_executor(client, P.runs_dir(), data_root(), threads, args.device),
+        train(P, args.select, dask_executor(client, P.runs_dir(), default_data_root(), threads, args.device),
               threads=threads, device=args.device)
 
 

@@ -17,9 +17,13 @@ import pandas as pd
 
 from ..curvature import KINDS
 from ..lanczos import SpectralDensity
+from ..spectra import count_outliers, spectral_distance
+from . import runs as run_cache  # train_run looked up at call time, as the grid's tests substitute it
+from .data import num_classes
+from .paths import data_root
+from .profiles import get_profile
 from .records import BlockCurvature, CurvatureRecord
 from .verdicts import Verdict, VerdictResult
-from ..spectra import count_outliers, spectral_distance
 
 #: the paper's names of the three curvature kinds (Hess = G + H)
 KIND_LABELS = {"hessian": "Hess", "ggn": "G", "residual": "H"}
@@ -34,19 +38,13 @@ def spectra_runs(profile: str | None = None, progress: bool = True) -> dict[str,
     The cache (``profile.runs_dir()``, under the repository root) is shared by notebooks 01-05,
     so a run trained by one notebook is read at no cost by the others.
     """
-    from .outputs import data_root
-    from .profiles import get_profile
-    from .runs import train_run
-
     P = get_profile(profile)
-    return {label: train_run(cfg, root=P.runs_dir(), progress=progress, data_root=data_root())
+    return {label: run_cache.train_run(cfg, root=P.runs_dir(), progress=progress, data_root=data_root())
             for label, cfg in P.spectra_runs.items()}
 
 
 def run_classes(run: Any) -> int:
     """Number of classes C of a run's data set."""
-    from .data import num_classes
-
     return num_classes(run.config.dataset)
 
 
