@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.io import loadmat
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -147,8 +148,6 @@ def _read_svhn(dirs: Sequence[Path], train: bool) -> tuple[np.ndarray, np.ndarra
     path = _find_file(dirs, "train_32x32.mat" if train else "test_32x32.mat")
     if path is None:
         return None
-    from scipy.io import loadmat
-
     mat = loadmat(path)
     x = np.transpose(mat["X"], (3, 2, 0, 1))  # (32, 32, 3, N) -> (N, 3, 32, 32)
     y = mat["y"].astype(np.int64).reshape(-1)
@@ -158,6 +157,7 @@ def _read_svhn(dirs: Sequence[Path], train: bool) -> tuple[np.ndarray, np.ndarra
 
 def _read_digits(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits scaled to [0, 1], bilinearly upsampled to 32x32, split stratified 80/20."""
+    # scikit-learn takes about a second to import and only the smoke profile's digits need it
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -208,7 +208,7 @@ def _read_raw(name: str, dirs: Sequence[Path], train: bool) -> tuple[np.ndarray,
 
 def _torchvision_download(name: str, root: Path, train: bool) -> None:
     """Let torchvision fetch the official files into ``root/<name>/`` (where the readers look)."""
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # heavy to import, and needed only to download a data set once
 
     target = str(root / name)
     if name == "fashionmnist":

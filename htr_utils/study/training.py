@@ -333,7 +333,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 1000,
 
 
 def _in_jupyter_kernel() -> bool:
-    try:
+    try:  # IPython is there only inside a notebook's kernel (the study runs without Jupyter too)
         from IPython import get_ipython
     except ImportError:
         return False
