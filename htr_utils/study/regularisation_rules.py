@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as t_dist
 
+from .statistics import paired_difference
 from .verdicts import Verdict, combine
 
 R, N, I = 1, -1, 0  # verdict codes
@@ -221,3 +222,57 @@ def c6b_amended(chosen: Sequence[Mapping[str, float]],
     out = {"C6b": c6b_statements(chosen)["paper_gain"], "chosen": c6b_statements(chosen),
            "dose": c6b_statements(dose) if dose else None, "earlier rule": c6b_rule(chosen)}
     return out
+
+
+# ================================================================ issue 31, amendment 2: the authors' schedule
+def fieller_ratio(num: Mapping[int, float], den: Mapping[int, float], level: float = 0.95) -> dict[str, float]:
+    """Ratio θ = mean(num) / mean(den) of paired per-seed values with its Fieller interval.
+
+    The interval is every θ at which the paired t test of num_s − θ·den_s does not reject mean 0:
+    (n̄ − θ d̄)² ≤ q (s_nn − 2θ s_nd + θ² s_dd), q = t²_{n−1} / n. It is the bounded interval between
+    the two roots when d̄² > q s_dd (the denominator's own interval excludes 0), else unbounded
+    (``lo`` −inf, ``hi`` inf, ``bounded`` False).
+    """
+    seeds = sorted(s for s in set(num) & set(den) if np.isfinite(num[s]) and np.isfinite(den[s]))
+    a, b = np.array([den[s] for s in seeds], float), np.array([num[s] for s in seeds], float)
+    n = len(seeds)
+    ratio = float(b.mean() / a.mean()) if n and a.mean() != 0 else float("nan")
+    if n < 2:
+        return {"ratio": ratio, "lo": float("nan"), "hi": float("nan"), "bounded": False, "n": n}
+    q = t_dist.ppf(0.5 + level / 2, n - 1) ** 2 / n
+    cov = np.cov(np.stack([b, a]), ddof=1)
+    qa, qb, qc = a.mean() ** 2 - q * cov[1, 1], -2 * (a.mean() * b.mean() - q * cov[0, 1]), b.mean() ** 2 - q * cov[0, 0]
+    disc = qb ** 2 - 4 * qa * qc
+    if qa <= 0 or disc < 0:
+        return {"ratio": ratio, "lo": -np.inf, "hi": np.inf, "bounded": False, "n": n}
+    r1, r2 = sorted(((-qb - np.sqrt(disc)) / (2 * qa), (-qb + np.sqrt(disc)) / (2 * qa)))
+    return {"ratio": ratio, "lo": float(r1), "hi": float(r2), "bounded": True, "n": n}
+
+
+def authors_schedule(acc: Mapping[str, Mapping[int, float]], published_gain: float = PAPER_GAIN,
+                     level: float = 0.95) -> dict[str, Any]:
+    """The authors' LeNet + FashionMNIST schedule (SGD 30 epochs against SGD + HTR 40), shown, never deciding.
+
+    ``acc``: "sgd30", "sgd40", "htr40" (and optionally "htr30") -> {seed: test accuracy}. Per seed,
+    the authors' comparison A = HTR40 − SGD30 splits exactly into B = SGD40 − SGD30 (the 10 extra
+    epochs) and C = HTR40 − SGD40 (HTR at equal epochs). Returned: paired t intervals of A, B, C
+    (and HTR30 − SGD30); ``share_of_published``: B / ``published_gain`` in % with the interval
+    [B_lo, B_hi] / published_gain (the published gain is a constant, so this is exact under the
+    paired t model); ``share_of_as_run``: B̄ / Ā in % with its Fieller interval (:func:`fieller_ratio`),
+    unbounded when A's own interval contains 0.
+    """
+    missing = {"sgd30", "sgd40", "htr40"} - set(acc)
+    if missing:
+        raise ValueError(f"authors_schedule: no accuracies for {sorted(missing)}; train SGD 40 and SGD + HTR 40 "
+                         "(SGD 30 is SGD 40's epoch 30) at the same seeds")
+    comps = {"HTR 40 − SGD 30 (the authors' comparison)": paired_difference(acc["htr40"], acc["sgd30"], level),
+             "SGD 40 − SGD 30 (10 extra epochs)": paired_difference(acc["sgd40"], acc["sgd30"], level),
+             "HTR 40 − SGD 40 (HTR at equal epochs)": paired_difference(acc["htr40"], acc["sgd40"], level)}
+    if "htr30" in acc:
+        comps["HTR 30 − SGD 30 (HTR at equal epochs, 30)"] = paired_difference(acc["htr30"], acc["sgd30"], level)
+    extra = comps["SGD 40 − SGD 30 (10 extra epochs)"]
+    a = {s: acc["htr40"][s] - acc["sgd30"][s] for s in extra["seeds"] if s in acc["htr40"]}
+    b = {s: acc["sgd40"][s] - acc["sgd30"][s] for s in a}
+    share = {k: 100 * extra[k] / published_gain for k in ("diff", "lo", "hi")}
+    as_run = {k: (100 * v if k in ("ratio", "lo", "hi") else v) for k, v in fieller_ratio(b, a, level).items()}
+    return {"comparisons": comps, "share_of_published": share, "share_of_as_run": as_run}

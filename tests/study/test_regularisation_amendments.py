@@ -103,3 +103,53 @@ def test_c6b_amended_keeps_the_earlier_rule_beside():
     assert out["C6b"] == "inconclusive" and out["earlier rule"] == "reproduced"
     assert out["dose"]["paper_gain"] == "not reproduced" and out["dose"]["any_gain"] == "a loss"
     assert rr.c6b_amended([iv(0.06, 0.12), iv(0.07, 0.15)])["dose"] is None
+
+
+# ---------------------------------------------------------------------------- the authors' schedule (amendment 2)
+
+def test_fieller_interval_is_the_set_the_paired_t_test_keeps():
+    rng = np.random.default_rng(3)
+    a = {s: 0.002 + 0.0004 * rng.standard_normal() for s in range(1, 6)}
+    b = {s: 0.6 * a[s] + 0.0003 * rng.standard_normal() for s in range(1, 6)}
+    got = rr.fieller_ratio(b, a)
+    assert got["bounded"]
+    grid = np.linspace(-3, 4, 70001)
+    aa, bb = np.array(list(a.values())), np.array(list(b.values()))
+    diff = bb[None, :] - grid[:, None] * aa[None, :]
+    p = stats.ttest_1samp(diff, 0.0, axis=1).pvalue
+    kept = grid[p >= 0.05]
+    assert got["lo"] == pytest.approx(min(kept), abs=2e-4) and got["hi"] == pytest.approx(max(kept), abs=2e-4)
+    # a denominator whose interval contains 0 gives an unbounded ratio
+    flat = {s: (-1) ** s * 0.001 for s in range(1, 6)}
+    assert not rr.fieller_ratio(b, flat)["bounded"]
+
+
+def test_authors_schedule_splits_the_authors_comparison():
+    sgd30 = {1: 0.9031, 2: 0.8999, 3: 0.9001}
+    sgd40 = {1: 0.9040, 2: 0.9010, 3: 0.9008}
+    htr40 = {1: 0.9042, 2: 0.9009, 3: 0.9012}
+    out = rr.authors_schedule({"sgd30": sgd30, "sgd40": sgd40, "htr40": htr40, "htr30": sgd30})
+    c = out["comparisons"]
+    a, b, e = (c[k]["diff"] for k in ("HTR 40 − SGD 30 (the authors' comparison)", "SGD 40 − SGD 30 (10 extra epochs)",
+                                      "HTR 40 − SGD 40 (HTR at equal epochs)"))
+    assert a == pytest.approx(b + e)
+    assert out["share_of_published"]["diff"] == pytest.approx(100 * b / rr.PAPER_GAIN)
+    assert out["share_of_as_run"]["ratio"] == pytest.approx(100 * b / a)
+    with pytest.raises(ValueError, match="train SGD 40"):
+        rr.authors_schedule({"sgd30": sgd30, "htr40": htr40})
+
+
+def test_share_interval_covers_and_has_the_stated_width():
+    # 3 seeds, true extra-epoch gain 0.06 pts, paired sd 0.05 pts: the share interval covers 60 % of +0.1 pt
+    rng = np.random.default_rng(4)
+    sd, n, true = 0.0005, 3, 0.0006
+    hits, widths = 0, []
+    for _ in range(1000):
+        d = true + sd * rng.standard_normal(n)
+        acc = {"sgd30": {s: 0.9 for s in range(n)}, "sgd40": {s: 0.9 + d[s] for s in range(n)},
+               "htr40": {s: 0.9 + d[s] + 0.0002 for s in range(n)}}
+        share = rr.authors_schedule(acc)["share_of_published"]
+        hits += share["lo"] <= 60.0 <= share["hi"]
+        widths.append((share["hi"] - share["lo"]) / 2)
+    assert hits / 1000 == pytest.approx(0.95, abs=0.02)
+    assert np.mean(widths) == pytest.approx(cr.share_halfwidth(sd, n), rel=0.08)
