@@ -310,3 +310,91 @@ def c5_rule(series: Mapping[str, Sequence[float]]) -> Verdict:
                          "so few (at n = 3 the smallest exact p is 1/6): record the curvature at more epochs")
     trends = np.array([kendall_trend(v) for v in series.values()])
     return verdict_of(c5_codes(trends[:, 1], trends[:, 2]))
+
+
+# ----------------------------------------------------------------------------- C5 (issue 30): serial dependence
+
+PHI_MEASURED = 0.5        # C5 amendment: lag-1 autocorrelation allowed for, ≥ every committed series' (0.20–0.47)
+PHI_CAP = 0.9             # a series' own estimate is used up to this (beyond it 50 points hold ~3 independent ones)
+PHI_GRID = 0.05           # null tables are built on this grid of φ, the series' φ rounded up (conservative)
+AR1_NULL_DRAWS = 20000
+
+
+def lag1_autocorrelation(values: Sequence[float]) -> float:
+    """r₁ of the residuals of a least-squares line through ``values`` against their index:
+    Σ e_t e_{t−1} / Σ e_t² (0 for a series the line fits to rounding)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3 or not np.all(np.isfinite(v)):
+        raise ValueError(f"lag1_autocorrelation: need at least 3 finite values, got {list(v)}")
+    x = np.arange(len(v))
+    e = v - np.polyval(np.polyfit(x, v, 1), x)
+    ss = float(np.sum(e * e))
+    # a series the line fits to rounding has no residual to correlate
+    return float(np.sum(e[1:] * e[:-1]) / ss) if ss > 1e-20 * float(np.sum((v - v.mean()) ** 2)) else 0.0
+
+
+def discordant_pairs(values: np.ndarray) -> np.ndarray:
+    """D = #{i < j: v_i > v_j} over the last axis (a decrease has many discordant pairs)."""
+    v = np.asarray(values, dtype=float)
+    d = np.zeros(v.shape[:-1], dtype=np.int64)
+    for lag in range(1, v.shape[-1]):
+        d += (v[..., :-lag] > v[..., lag:]).sum(-1)
+    return d
+
+
+def ar1_series(n: int, phi: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` stationary Gaussian AR(1) series of length n, unit marginal variance: e_t = φ e_{t−1} + √(1 − φ²) z_t."""
+    if not -1 < phi < 1:
+        raise ValueError(f"ar1_series: φ must lie in (−1, 1), got {phi}")
+    e = np.empty((size, n))
+    e[:, 0] = rng.standard_normal(size)
+    scale = np.sqrt(1 - phi ** 2)
+    for t in range(1, n):
+        e[:, t] = phi * e[:, t - 1] + scale * rng.standard_normal(size)
+    return e
+
+
+_AR1_NULLS: dict[tuple[int, float], np.ndarray] = {}
+
+
+def ar1_kendall_null(n: int, phi: float, draws: int = AR1_NULL_DRAWS) -> np.ndarray:
+    """Sorted null sample of D (:func:`discordant_pairs`) for n points of AR(1) noise at ``phi`` and no trend,
+    ``draws`` Monte Carlo series seeded by (n, φ): the same table on every call (cached)."""
+    key = (int(n), round(float(phi), 6))
+    if (key, draws) not in _AR1_NULLS:
+        rng = np.random.default_rng([n, int(round(phi * 1e6)), draws])
+        _AR1_NULLS[(key, draws)] = np.sort(discordant_pairs(ar1_series(n, phi, draws, rng)))
+    return _AR1_NULLS[(key, draws)]
+
+
+def phi_used(values: Sequence[float], phi0: float = PHI_MEASURED) -> float:
+    """The φ a series is tested at: max(φ₀, its own detrended r₁) capped at PHI_CAP, rounded up to PHI_GRID."""
+    phi = min(max(phi0, lag1_autocorrelation(values)), PHI_CAP)
+    return float(np.ceil(phi / PHI_GRID - 1e-9) * PHI_GRID)
+
+
+def kendall_trend_ar1(values: Sequence[float], phi0: float = PHI_MEASURED,
+                      draws: int = AR1_NULL_DRAWS) -> tuple[float, float, float, float]:
+    """(τ, p_decrease, p_increase, φ) of ``values`` against their index (C5 amendment, issue 30): Kendall's τ,
+    its one-sided p-values from the Monte Carlo null of D under AR(1) noise at φ = :func:`phi_used`:
+    p_decrease = (1 + #{D' ≥ D}) / (draws + 1), p_increase = (1 + #{D' ≤ D}) / (draws + 1)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < MIN_TREND_POINTS or not np.all(np.isfinite(v)):
+        raise ValueError(f"kendall_trend_ar1: need at least {MIN_TREND_POINTS} finite values, got {len(v)}")
+    phi = phi_used(v, phi0)
+    null = ar1_kendall_null(len(v), phi, draws)
+    d = int(discordant_pairs(v))
+    pairs = len(v) * (len(v) - 1) // 2
+    ge = len(null) - np.searchsorted(null, d, side="left")
+    le = np.searchsorted(null, d, side="right")
+    return (pairs - 2 * d) / pairs, (1 + ge) / (draws + 1), (1 + le) / (draws + 1), phi
+
+
+def c5_ar1_rule(series: Mapping[str, Sequence[float]], phi0: float = PHI_MEASURED) -> Verdict:
+    """:func:`c5_codes` on the AR(1)-adjusted Kendall trends (:func:`kendall_trend_ar1`) of the named series."""
+    short = {k: len(v) for k, v in series.items() if len(v) < MIN_TREND_POINTS}
+    if short:
+        raise ValueError(f"c5_ar1_rule: series {short} have fewer than {MIN_TREND_POINTS} points; "
+                         "record the curvature at more epochs")
+    trends = np.array([kendall_trend_ar1(v, phi0)[:3] for v in series.values()])
+    return verdict_of(c5_codes(trends[:, 1], trends[:, 2]))

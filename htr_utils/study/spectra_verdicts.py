@@ -359,10 +359,48 @@ def c5_verdict(trends: pd.DataFrame) -> VerdictResult:
     layer = trends[trends["level"] == "layer"]
     layer_down = int((layer["p_decrease"] < 0.05).sum())
     parts = "; ".join(f"{r['run']} {r['quantity']}: {r['first']:.4g} → {r['last']:.4g} (epochs {r['first_epoch']}–"
-                      f"{r['last_epoch']}, n = {r['n']}, τ = {r['tau']:.2f}, p↓ = {r['p_decrease']:.2g})"
+                      f"{r['last_epoch']}, n = {r['n']}, τ = {r['tau']:.2f}, p↓ = {r['p_decrease']:.2g}, p↑ = {r['p_increase']:.2g})"
                       for _, r in full.iterrows())
     measured = (f"full network: {int((full['p_decrease'] < 0.05).sum())}/{len(full)} series decrease significantly "
                 f"[{parts}]; layers: {layer_down}/{len(layer)}")
     return VerdictResult(verdict, measured, {"full_decreasing": int((full["p_decrease"] < 0.05).sum()),
                                              "full_total": len(full), "layer_decreasing": layer_down,
                                              "layer_total": len(layer)})
+
+
+def trend_table_ar1(series: pd.DataFrame, phi0: float = rules.PHI_MEASURED) -> pd.DataFrame:
+    """C5 amendment (issue 30): one row per full-network (run, quantity): Kendall τ with one-sided p-values
+    from the AR(1) null at the series' φ (:func:`htr_utils.study.spectra_rules.kendall_trend_ar1`), the series'
+    own detrended lag-1 autocorrelation, and the earlier exact iid p-values beside."""
+    rows = []
+    for label, g in series[series["scope"] == FULL].groupby("run", sort=False):
+        g = g.sort_values("epoch")
+        for q in ("lambda_max", "trace"):
+            v = g[q].to_numpy()
+            tau, p_dec, p_inc, phi = rules.kendall_trend_ar1(v, phi0)
+            _, p_dec_iid, p_inc_iid = rules.kendall_trend(v)
+            rows.append({"run": label, "quantity": q, "n": len(v), "first_epoch": int(g["epoch"].iloc[0]),
+                         "last_epoch": int(g["epoch"].iloc[-1]), "first": float(v[0]), "last": float(v[-1]),
+                         "tau": tau, "r1": rules.lag1_autocorrelation(v), "phi": phi, "p_decrease": p_dec,
+                         "p_increase": p_inc, "p_decrease_iid": p_dec_iid, "p_increase_iid": p_inc_iid})
+    return pd.DataFrame(rows)
+
+
+def c5_ar1_verdict(trends: pd.DataFrame) -> VerdictResult:
+    """C5 under the issue-30 amendment: :func:`htr_utils.study.spectra_rules.c5_codes` on the AR(1)-adjusted
+    p-values of :func:`trend_table_ar1`; the measured text gives p↓ and p↑ of every series."""
+    short = trends[trends["n"] < rules.MIN_TREND_POINTS]
+    if len(short) or not len(trends):
+        raise ValueError("C5: every full-network series needs at least "
+                         f"{rules.MIN_TREND_POINTS} points; record the curvature at more epochs")
+    verdict = rules.verdict_of(rules.c5_codes(trends["p_decrease"].to_numpy(), trends["p_increase"].to_numpy()))
+    m = len(trends)
+    parts = "; ".join(f"{r['run']} {r['quantity']}: {r['first']:.4g} → {r['last']:.4g} (n = {r['n']}, τ = "
+                      f"{r['tau']:.2f}, r₁ = {r['r1']:.2f}, tested at φ = {r['phi']:.2f}: p↓ = {r['p_decrease']:.2g}, "
+                      f"p↑ = {r['p_increase']:.2g})" for _, r in trends.iterrows())
+    down = int((trends["p_decrease"] < rules.ALPHA).sum())
+    up = int((trends["p_increase"] < rules.ALPHA / m).sum())
+    measured = (f"AR(1)-adjusted Kendall: {down}/{m} series decrease (p↓ < {rules.ALPHA}), {up}/{m} increase "
+                f"(p↑ < {rules.ALPHA}/{m}) [{parts}]")
+    return VerdictResult(verdict, measured, {"decreasing": down, "increasing": up, "total": m,
+                                             "rows": trends.to_dict("records")})

@@ -148,3 +148,19 @@ def test_c1_spiked_model():
     assert no_spike["P(not reproduced)"] == 1 and no_spike["mean count"] < 5       # k small: below C / 2
     assert weak["P(reproduced)"] == 0                                               # below the separation threshold
     assert strong["P(reproduced)"] == 1 and strong["mean count"] == 10              # every class mean separates
+
+
+# ------------------------------------------------------------------------------- issue 30: C5 under AR(1) noise
+
+
+def test_c5_ar1_calibration_claim_false_and_true():
+    """At the measured autocorrelation (φ = 0.5) the amended rule keeps both false rates ≤ 5 % where the earlier
+    iid rule says "not reproduced" about a third of the time; a strong decrease is still found."""
+    from htr_utils.study.calibration_spectra import c5_ar1_rates
+
+    lengths, sims = [50, 50, 50, 50, 10, 10], 1500
+    se = 4 * math.sqrt(0.05 * 0.95 / sims)
+    null = c5_ar1_rates(lengths, 0.5, 0.0, sims, seed=1)
+    assert null["P(reproduced)"] <= 0.05 + se and null["P(not reproduced)"] <= 0.05 + se
+    assert c5_ar1_rates(lengths, 0.5, 0.0, sims, seed=1, adjusted=False)["P(not reproduced)"] > 0.2
+    assert c5_ar1_rates(lengths, 0.5, -0.7, sims, seed=2)["P(reproduced)"] >= 0.6

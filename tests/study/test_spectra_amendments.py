@@ -1,0 +1,82 @@
+"""Issue-30 amendments of the spectra rules (PROTOCOL.md, C1–C5): known answers of every new rule, and each rule
+applied to a simulated claim-true and claim-false case."""
+import math
+
+import numpy as np
+import pytest
+
+from htr_utils.study import spectra_rules as r
+from htr_utils.study.calibration import kendall_null
+from htr_utils.study.verdicts import Verdict
+
+
+# ------------------------------------------------------------------------------------------------------ C5
+
+
+def test_lag1_autocorrelation_known_answers():
+    assert r.lag1_autocorrelation(np.arange(10.0)) == 0.0                     # a line: no residual
+    alt = np.array([1.0, -1.0] * 10)
+    assert r.lag1_autocorrelation(alt) < -0.9                                 # alternating residuals
+    e = r.ar1_series(4000, 0.6, 1, np.random.default_rng(0))[0]
+    assert r.lag1_autocorrelation(e + 0.01 * np.arange(4000)) == pytest.approx(0.6, abs=0.04)
+    with pytest.raises(ValueError, match="at least 3"):
+        r.lag1_autocorrelation([1.0, 2.0])
+
+
+def test_ar1_null_at_phi_zero_is_the_exact_kendall_null():
+    """At φ = 0 the Monte Carlo null of D is the exact inversion distribution: same mean, variance and tails."""
+    for n in (10, 50):
+        null = r.ar1_kendall_null(n, 0.0)
+        exact = kendall_null(n)
+        d = np.arange(len(exact))
+        mean, var = float(d @ exact), float((d - d @ exact) ** 2 @ exact)
+        assert null.mean() == pytest.approx(mean, abs=4 * math.sqrt(var / len(null)))
+        assert null.var() == pytest.approx(var, rel=0.05)
+        q = int(np.searchsorted(np.cumsum(exact), 0.05))                      # the exact lower 5 % point
+        assert np.mean(null <= q) == pytest.approx(np.cumsum(exact)[q], abs=0.006)
+    assert r.ar1_kendall_null(10, 0.5) is r.ar1_kendall_null(10, 0.5)        # one table per (n, φ)
+
+
+def test_ar1_null_widens_with_phi():
+    """Serial dependence spreads D: the null at φ = 0.5 is wider than the iid one (why the iid p is too small)."""
+    assert r.ar1_kendall_null(50, 0.5).std() > 1.5 * r.ar1_kendall_null(50, 0.0).std()
+
+
+def test_kendall_trend_ar1_known_answers():
+    down = np.linspace(10, 1, 50)
+    tau, p_dec, p_inc, phi = r.kendall_trend_ar1(down)
+    assert tau == -1.0 and phi == r.PHI_MEASURED
+    assert p_dec == pytest.approx(1 / (r.AR1_NULL_DRAWS + 1)) and p_inc == 1.0
+    tau, p_dec, p_inc, _ = r.kendall_trend_ar1(down[::-1])
+    assert tau == 1.0 and p_inc == pytest.approx(1 / (r.AR1_NULL_DRAWS + 1)) and p_dec == 1.0
+    # the series' own r₁ is used when above φ₀, rounded up to the grid, capped
+    e = r.ar1_series(50, 0.95, 1, np.random.default_rng(3))[0]
+    assert r.phi_used(e) == pytest.approx(min(r.PHI_CAP, math.ceil(r.lag1_autocorrelation(e) / r.PHI_GRID) * r.PHI_GRID))
+    assert r.phi_used(e, phi0=0.0) >= 0.0
+    with pytest.raises(ValueError, match="at least"):
+        r.kendall_trend_ar1([1.0, 2.0, 3.0])
+
+
+def test_kendall_trend_ar1_with_phi_zero_matches_the_exact_iid_test():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        v = rng.standard_normal(10) - 0.2 * np.arange(10)
+        if r.lag1_autocorrelation(v) > 0:
+            continue
+        _, p_dec, p_inc, phi = r.kendall_trend_ar1(v, phi0=0.0)
+        _, e_dec, e_inc = r.kendall_trend(v)
+        assert phi == 0.0
+        assert p_dec == pytest.approx(e_dec, abs=0.01) and p_inc == pytest.approx(e_inc, abs=0.01)
+
+
+def test_c5_ar1_rule_claim_true_and_false():
+    rng = np.random.default_rng(2)
+    lengths = (50, 50, 10, 10)
+    down = {f"s{j}": -1.0 * np.arange(n) + r.ar1_series(n, 0.5, 1, rng)[0] for j, n in enumerate(lengths)}
+    up = {**down, "s0": 1.0 * np.arange(50) + r.ar1_series(50, 0.5, 1, rng)[0]}
+    assert r.c5_ar1_rule(down) is Verdict.REPRODUCED
+    assert r.c5_ar1_rule(up) is Verdict.NOT_REPRODUCED
+    flat = {f"s{j}": np.sin(np.arange(n)) for j, n in enumerate(lengths)}
+    assert r.c5_ar1_rule(flat) is Verdict.INCONCLUSIVE
+    with pytest.raises(ValueError, match="fewer than"):
+        r.c5_ar1_rule({"a": [1.0, 2.0]})
