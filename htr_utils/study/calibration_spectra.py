@@ -86,3 +86,55 @@ def c5_ar1_calibration(lengths: Sequence[int] = (50, 50, 50, 50, 10, 10), sims: 
                 rows.append({"phi": phi, "E[tau] (iid)": tau, "rule": "AR(1)-adjusted" if adjusted else "earlier (iid)",
                              **c5_ar1_rates(lengths, phi, tau, sims, adjusted=adjusted)})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- C2: per network, lognormal a(G)
+
+C2_SIGMA_IID = 1.3        # pooled within-network sd of log a(G): LeNet 1.08 (7 readings), VGG11_bn 1.84 (3)
+C2_SIGMA_TREND = 0.72     # pooled residual sd of log a(G) about a line in log epoch: LeNet 0.65, VGG11_bn 1.01
+# offsets of log a(G) about the network's median along the fitted line in log epoch (committed readings,
+# figures/cpu/02_gauss_newton/top_agreement.csv): LeNet epochs 1, 5, 10, 20, 30, 40, 50; VGG11_bn 3, 15, 30
+C2_SHAPES = {"lenet": (1.95, 0.90, 0.45, 0.0, -0.26, -0.45, -0.60), "vgg11_bn": (2.32, 0.0, -1.0)}
+C2_MEASURED_MEDIANS = {"lenet": 0.0256, "vgg11_bn": 0.0070}   # medians of the fitted lines
+C2_CONTROL_MEDIAN = 0.72  # far-epoch control estimated from the committed Hess λ_1, λ_C (0.46–1.23 over readings)
+C2_CONTROL_SIGMA = 0.3
+
+
+def c2_rates(medians: Sequence[float], shapes: Sequence[Sequence[float]], sigma: float,
+             control_median: float = C2_CONTROL_MEDIAN, control_sigma: float = C2_CONTROL_SIGMA, floor: float = 1e-3,
+             sims: int = 20000, seed: int = 0) -> dict[str, float]:
+    """C2's amended verdict (:func:`htr_utils.study.spectra_rules.c2_network_codes` per network, "all_of" over the
+    deciding networks) when network k's reading j has log a(G) = ln medians[k] + shapes[k][j] + sigma·z
+    (z iid N(0, 1); shapes of zeros: iid lognormal readings) and its controls
+    log a ~ N(ln control_median, control_sigma²)."""
+    rng = np.random.default_rng(seed)
+    codes = []
+    for m, shape in zip(medians, shapes):
+        shape = np.asarray(shape, dtype=float)
+        a = np.exp(np.log(m) + shape + sigma * rng.standard_normal((sims, len(shape))))
+        c = np.exp(np.log(control_median) + control_sigma * rng.standard_normal((sims, len(shape))))
+        codes.append(rules.c2_network_codes(a, c, floor))
+    return rates(rules.all_of_codes(codes))
+
+
+def c2_calibration(sims: int = 20000) -> pd.DataFrame:
+    """The amended C2 rule's rates on the deciding networks (LeNet 7 readings, VGG11_bn 3) in two models fitted to
+    the committed a(G): "iid" (lognormal about the network's median, sd 1.3) and "trend" (the fitted line in log
+    epoch plus residual sd 0.72). Scenarios set the networks' medians: claim false (one at 0.20, twice the
+    threshold, or on the threshold 0.10; the other at 0.05), claim true (both at 0.05, half the threshold; the
+    measured medians), and the control passing (median 0.07)."""
+    lenet, vgg = C2_SHAPES["lenet"], C2_SHAPES["vgg11_bn"]
+    measured = (C2_MEASURED_MEDIANS["lenet"], C2_MEASURED_MEDIANS["vgg11_bn"])
+    scenarios = [("false: LeNet at 0.20, VGG at 0.05", (0.20, 0.05), C2_CONTROL_MEDIAN),
+                 ("false: VGG at 0.20, LeNet at 0.05", (0.05, 0.20), C2_CONTROL_MEDIAN),
+                 ("boundary: LeNet at 0.10, VGG at 0.05", (0.10, 0.05), C2_CONTROL_MEDIAN),
+                 ("boundary: VGG at 0.10, LeNet at 0.05", (0.05, 0.10), C2_CONTROL_MEDIAN),
+                 ("true: both at 0.05", (0.05, 0.05), C2_CONTROL_MEDIAN),
+                 ("true: both at 0.02", (0.02, 0.02), C2_CONTROL_MEDIAN),
+                 ("true: the measured medians", measured, C2_CONTROL_MEDIAN),
+                 ("true, but the control passes (median 0.07)", (0.05, 0.05), 0.07)]
+    rows = []
+    for model, shapes, sigma in (("iid", ((0.0,) * 7, (0.0,) * 3), C2_SIGMA_IID), ("trend", (lenet, vgg), C2_SIGMA_TREND)):
+        for label, med, ctrl in scenarios:
+            rows.append({"model": model, "scenario": label, **c2_rates(med, shapes, sigma, ctrl, sims=sims)})
+    return pd.DataFrame(rows)

@@ -398,3 +398,53 @@ def c5_ar1_rule(series: Mapping[str, Sequence[float]], phi0: float = PHI_MEASURE
                          "record the curvature at more epochs")
     trends = np.array([kendall_trend_ar1(v, phi0)[:3] for v in series.values()])
     return verdict_of(c5_codes(trends[:, 1], trends[:, 2]))
+
+
+# ----------------------------------------------------------------------------- C2 (issue 30): per network, with a control
+
+
+def _shares(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Over the last axis: share of the finite values ≤ threshold (NaN where none is finite)."""
+    v = np.asarray(values, dtype=float)
+    finite = np.isfinite(v)
+    count = finite.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, ((v <= threshold) & finite).sum(-1) / np.maximum(count, 1), np.nan)
+
+
+def c2_network_codes(a_ggn: np.ndarray, a_control: np.ndarray, floor: float | np.ndarray,
+                     threshold: float = TOP_THRESHOLD) -> np.ndarray:
+    """One network's C2 code (issue-30 amendment), vectorised over all but the last axis (its readings):
+    share of readings with a(G) ≤ threshold ≥ 0.75 → R, ≤ 0.25 → N, else I; inconclusive whatever G shows if
+    the control (G of the far epoch against this epoch's Hess) passes in more than 25 % of readings or was
+    not read, or the restart floor is not below the threshold."""
+    s_g, s_c = _shares(a_ggn, threshold), _shares(a_control, threshold)
+    bad = ~np.isfinite(s_c) | (s_c > SHARE_LOW) | ~(np.asarray(floor, dtype=float) < threshold)
+    return np.where(bad, I, share_codes(s_g))
+
+
+def all_of_codes(codes: Sequence[np.ndarray]) -> np.ndarray:
+    """Element-wise "all_of" of code arrays: R if every part is R, N if any is N, else I."""
+    c = np.stack([np.asarray(x) for x in codes])
+    return np.where((c == R).all(0), R, np.where((c == N).any(0), N, I))
+
+
+def far_epoch(epochs: Sequence[int], epoch: int) -> int:
+    """The control's epoch for a reading at ``epoch``: of the other ``epochs``, the farthest (ties: the later)."""
+    others = [e for e in epochs if e != epoch]
+    if not others:
+        raise ValueError(f"far_epoch: the run needs G at a second epoch besides {epoch} for C2's control; "
+                         "record G and H at more epochs")
+    return max(others, key=lambda e: (abs(e - epoch), e))
+
+
+def c2_network_rule(readings: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+                    deciding: Sequence[str]) -> tuple[Verdict, dict[str, Verdict]]:
+    """C2 (issue-30 amendment): per network (a(G) readings, control readings, restart floor) →
+    :func:`c2_network_codes`; the claim's verdict combines the ``deciding`` networks (the paper's ReLU nets) with
+    "all_of"; the other networks get a verdict of their own that never decides (extensions)."""
+    if not set(deciding) <= set(readings):
+        raise ValueError(f"c2_network_rule: deciding networks {sorted(set(deciding) - set(readings))} have no readings")
+    per = {k: verdict_of(c2_network_codes(np.asarray(g, dtype=float), np.asarray(c, dtype=float), f))
+           for k, (g, c, f) in readings.items()}
+    return combine([per[k] for k in deciding], "all_of"), per

@@ -404,3 +404,50 @@ def c5_ar1_verdict(trends: pd.DataFrame) -> VerdictResult:
                 f"(p↑ < {rules.ALPHA}/{m}) [{parts}]")
     return VerdictResult(verdict, measured, {"decreasing": down, "increasing": up, "total": m,
                                              "rows": trends.to_dict("records")})
+
+
+# ----------------------------------------------------------------------------- C2 (issue 30): per network, far-epoch control
+
+
+def gauss_newton_control_table(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """C2 amendment (issue 30): :func:`gauss_newton_table` with, per (run, epoch), the control: the top-C
+    disagreement of G recorded at the far epoch (:func:`htr_utils.study.spectra_rules.far_epoch` among the run's
+    epochs ≥ 1 with G) against this epoch's Hess; ``decides``: the paper's ReLU networks (not :func:`is_smooth`).
+    Needs only the runs' curvature records (top Ritz values of Hess and G at every epoch with G)."""
+    table = gauss_newton_table(runs)
+    rows = []
+    for label, run in runs.items():
+        C = classes_of(run)
+        g_epochs = [e for e in run.curvature_epochs() if e >= 1 and "ggn" in run.curvature(e).kinds]
+        for e in g_epochs:
+            far = rules.far_epoch(g_epochs, e)
+            h = run.curvature(e).kinds["hessian"].full.top
+            g_far = run.curvature(far).kinds["ggn"].full.top
+            rows.append({"run": label, "epoch": e, "control_epoch": far,
+                         "a_control": rules.top_disagreement(g_far, h, C), "decides": not is_smooth(run)})
+    return table.merge(pd.DataFrame(rows), on=["run", "epoch"], how="left")
+
+
+def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> VerdictResult:
+    """C2 under the issue-30 amendment: a verdict per network (:func:`htr_utils.study.spectra_rules.c2_network_rule`)
+    from its share of readings with a(G) ≤ 0.10, each network's far-epoch control and its restart floor; the
+    paper's ReLU networks decide ("all_of"), a smooth network (LeNet-GELU) is a labelled extension."""
+    readings, deciding, parts = {}, [], []
+    for label, g in table.groupby("run", sort=False):
+        floor = float(floors.get(label, float("nan")))
+        readings[label] = (g["a_ggn"].to_numpy(), g["a_control"].to_numpy(), floor)
+        if bool(g["decides"].iloc[0]):
+            deciding.append(label)
+    if not deciding:
+        raise ValueError("C2: no ReLU network (the paper's) among the runs; C2 is decided by LeNet and VGG11_bn")
+    verdict, per = rules.c2_network_rule(readings, deciding)
+    for label, g in table.groupby("run", sort=False):
+        n = int(g["a_ggn"].notna().sum())
+        role = "decides" if label in deciding else "extension, does not decide (smooth activation)"
+        parts.append(f"{label} ({role}): {per[label].value}; G within 10 % of Hess in "
+                     f"{int((g['a_ggn'] <= rules.TOP_THRESHOLD).sum())}/{n} readings (median a(G) "
+                     f"{g['a_ggn'].median():.3f}); control G of the far epoch in "
+                     f"{int((g['a_control'] <= rules.TOP_THRESHOLD).sum())}/{int(g['a_control'].notna().sum())} "
+                     f"(median {g['a_control'].median():.2f}); restart floor {floors.get(label, float('nan')):.1e}")
+    return VerdictResult(verdict, "; ".join(parts), {"per_network": {k: v.value for k, v in per.items()},
+                                                     "deciding": deciding, "floors": dict(floors)})

@@ -164,3 +164,20 @@ def test_c5_ar1_calibration_claim_false_and_true():
     assert null["P(reproduced)"] <= 0.05 + se and null["P(not reproduced)"] <= 0.05 + se
     assert c5_ar1_rates(lengths, 0.5, 0.0, sims, seed=1, adjusted=False)["P(not reproduced)"] > 0.2
     assert c5_ar1_rates(lengths, 0.5, -0.7, sims, seed=2)["P(reproduced)"] >= 0.6
+
+
+# ------------------------------------------------------------------------------- issue 30: C2 per network
+
+
+def test_c2_amended_rates_claim_false_and_true():
+    """In the model fitted to the committed a(G): a network twice the threshold away gives a false 'reproduced'
+    ≤ 5 %; the measured levels are found more often than not; a passing control makes the rule abstain."""
+    from htr_utils.study.calibration_spectra import C2_SIGMA_IID, c2_rates
+
+    iid = ((0.0,) * 7, (0.0,) * 3)
+    assert c2_rates((0.20, 0.05), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] <= 0.02
+    assert c2_rates((0.05, 0.20), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] <= 0.02
+    assert c2_rates((0.10, 0.05), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] <= 0.05
+    assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] >= 0.5
+    assert c2_rates((0.20, 0.20), iid, C2_SIGMA_IID, sims=4000)["P(not reproduced)"] >= 0.5
+    assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, control_median=0.05, sims=4000)["P(reproduced)"] == 0.0

@@ -80,3 +80,42 @@ def test_c5_ar1_rule_claim_true_and_false():
     assert r.c5_ar1_rule(flat) is Verdict.INCONCLUSIVE
     with pytest.raises(ValueError, match="fewer than"):
         r.c5_ar1_rule({"a": [1.0, 2.0]})
+
+
+# ------------------------------------------------------------------------------------------------------ C2
+
+
+def test_c2_network_codes_every_branch():
+    ok, bad = np.full(8, 0.01), np.full(8, 0.5)
+    assert r.c2_network_codes(ok, bad, 1e-3) == r.R
+    assert r.c2_network_codes(bad, bad, 1e-3) == r.N
+    assert r.c2_network_codes(ok, ok, 1e-3) == r.I                       # the control passes: no discrimination
+    assert r.c2_network_codes(ok, bad, 0.2) == r.I                       # restart floor above the threshold
+    assert r.c2_network_codes(ok, np.full(8, np.nan), 1e-3) == r.I       # control not read
+    assert r.c2_network_codes(np.r_[ok[:6], bad[:2]], bad, 1e-3) == r.R  # exactly 75 %
+    assert r.c2_network_codes(np.r_[ok[:2], bad[:6]], bad, 1e-3) == r.N  # exactly 25 %
+    assert r.c2_network_codes(np.r_[ok[:4], bad[:4]], bad, 1e-3) == r.I
+    assert r.c2_network_codes(ok, np.r_[bad[:6], ok[:2]], 1e-3) == r.R   # control passes in 25 %: still fine
+    assert r.c2_network_codes(ok, np.r_[bad[:5], ok[:3]], 1e-3) == r.I
+    stacked = r.c2_network_codes(np.stack([ok, bad]), np.stack([bad, bad]), 1e-3)
+    assert list(stacked) == [r.R, r.N]
+
+
+def test_c2_per_network_rule_extension_never_decides():
+    ok, bad = [0.01] * 7, [0.5] * 7
+    readings = {"lenet": (ok, bad, 1e-3), "vgg": (ok[:3], bad[:3], 1e-3), "gelu": (bad, bad, 1e-3)}
+    verdict, per = r.c2_network_rule(readings, ["lenet", "vgg"])
+    assert verdict is Verdict.REPRODUCED and per["gelu"] is Verdict.NOT_REPRODUCED
+    verdict, _ = r.c2_network_rule({**readings, "vgg": (bad[:3], bad[:3], 1e-3)}, ["lenet", "vgg"])
+    assert verdict is Verdict.NOT_REPRODUCED
+    with pytest.raises(ValueError, match="no readings"):
+        r.c2_network_rule(readings, ["resnet"])
+
+
+def test_far_epoch():
+    assert r.far_epoch([1, 5, 10, 20, 30, 40, 50], 1) == 50
+    assert r.far_epoch([1, 5, 10, 20, 30, 40, 50], 30) == 1
+    assert r.far_epoch([3, 15, 30], 15) == 30                            # 30 lies 15 away, 3 lies 12
+    assert r.far_epoch([1, 3, 5], 3) == 5                                # a tie goes to the later epoch
+    with pytest.raises(ValueError, match="second epoch"):
+        r.far_epoch([5], 5)
