@@ -9,7 +9,7 @@ PROFILE ?= cpu
 LAB_IP ?= 127.0.0.1
 LAB_PORT ?= 8888
 
-.PHONY: setup data test test-fast reproduce smoke lab bench clean
+.PHONY: setup data test test-fast reproduce smoke lab bench clean fuzz
 
 setup: $(STAMP) data
 
@@ -76,6 +76,13 @@ lab: setup
 		--ServerApp.root_dir=notebooks --ServerApp.ip=$(LAB_IP) --ServerApp.port=$(LAB_PORT) \
 		--ServerApp.port_retries=0 --MappingKernelManager.default_kernel_name=python3 \
 		--MappingKernelManager.transport_encryption=auto
+
+# The model fuzzer (tests/fuzz_models.py): random small models checked against dense float64 references
+# for FUZZ_MINUTES (default 20) from a random first seed (FUZZ_START to repeat a run); FUZZ_SEED=S
+# replays one case. Prints every failing seed and exits non-zero if any case failed.
+FUZZ_MINUTES ?= 20
+fuzz: setup
+	OMP_NUM_THREADS=1 FUZZ_MINUTES=$(FUZZ_MINUTES) FUZZ_SEED=$(FUZZ_SEED) FUZZ_START=$(FUZZ_START) $(PY) -m tests.fuzz_models
 
 bench: setup
 	$(PY) -m pip install -q -e '.[study,dev,peers]'
