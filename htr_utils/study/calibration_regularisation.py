@@ -10,10 +10,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.special import gammaln
+from scipy.stats import rankdata, spearmanr
 from scipy.stats import t as t_dist
 
 from .regularisation_rules import (ACCURACY_RESOLUTION, GAIN_THRESHOLD, MEASURED_PAIRED_CORR, MEASURED_PAIRED_SD,
-                                   PAPER_GAIN, I, N, R, any_gain_codes, paper_gain_codes)
+                                   PAPER_GAIN, I, N, R, any_gain_codes, c6a_codes, paper_gain_codes)
+from .statistics import partial_spearman
 
 
 def _rates(codes: np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -108,8 +111,6 @@ def c6b_amended_calibration(sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = 
 def share_halfwidth(sd: float, n: int, published_gain: float = PAPER_GAIN, level: float = 0.95) -> float:
     """Expected half-width, in % of ``published_gain``, of the interval of the share the 10 extra epochs explain:
     t_{n−1} · E[s] / √n / gain, with E[s] = c4(n) · sd for n paired seeds of per-seed sd ``sd``."""
-    from scipy.special import gammaln
-
     c4 = np.sqrt(2 / (n - 1)) * np.exp(gammaln(n / 2) - gammaln((n - 1) / 2))
     return float(100 * t_dist.ppf(0.5 + level / 2, n - 1) * c4 * sd / np.sqrt(n) / published_gain)
 
@@ -120,3 +121,117 @@ def authors_schedule_precision(sds: Sequence[float] = (MEASURED_PAIRED_SD[0], 0.
     authors'-schedule row can say what share of a +0.1-point gain the extra epochs explain."""
     return pd.DataFrame([{"sd of SGD 40 − SGD 30 (pts)": 100 * sd, "seeds": n,
                           "share interval ± (% of +0.1 pt)": share_halfwidth(sd, n)} for sd in sds for n in seeds])
+
+
+# ----------------------------------------------------------------------------- amendment 3: C6a in a fitted model
+SWEEP_COLUMNS = ("train_loss", "trace", "test_acc", "acc_gap")
+
+
+def fit_sweep_model(table: pd.DataFrame, setting: str = "run") -> dict[str, np.ndarray]:
+    """Fit C6a's simulation model to a measured sweep (one row per run: ``setting``, train_loss, trace,
+    test_acc, acc_gap), on (loss, log trace, test acc., gap).
+
+    Returns ``between``: the correlation matrix of the setting means; ``within``: the pooled
+    within-setting covariance, each variable in units of its setting means' sd (so the seed noise is
+    measured against the spread of the settings); ``collinearity``: Spearman(trace, loss) over the runs.
+    """
+    missing = {setting, *SWEEP_COLUMNS} - set(table.columns)
+    if missing:
+        raise ValueError(f"fit_sweep_model: the sweep table lacks {sorted(missing)}; pass the per-run sweep table "
+                         "(figures/<profile>/06_trace_generalisation/sweep.csv)")
+    x = table[list(SWEEP_COLUMNS)].astype(float).copy()
+    x["trace"] = np.log(x["trace"])
+    groups = table[setting]
+    means = x.groupby(groups).mean()
+    if len(means) < 3 or groups.value_counts().min() < 2:
+        raise ValueError("fit_sweep_model: need at least 3 settings with at least 2 seeds each")
+    scale = means.std(ddof=1).to_numpy()
+    dev = (x - x.groupby(groups).transform("mean")).to_numpy() / scale
+    dof = len(x) - len(means)
+    return {"between": np.corrcoef(means.to_numpy().T), "within": dev.T @ dev / dof,
+            "collinearity": float(spearmanr(table["trace"], table["train_loss"])[0]), "settings": len(means),
+            "seeds": int(groups.value_counts().min())}
+
+
+def setting_correlation(between: np.ndarray, partial_rho: float) -> np.ndarray:
+    """Setting-level correlation of (loss, trace, test acc., gap) with the measured correlations of each variable
+    with the loss, and given the loss: corr(trace, acc.) = ``partial_rho``, corr(trace, gap) = −``partial_rho``
+    (the claim: ρ < 0, flatter goes with higher accuracy and a smaller gap), corr(acc., gap) as measured
+    (shrunk towards 0 until the matrix is positive definite)."""
+    r = between[0, 1:]
+    resid = between[1:, 1:] - np.outer(r, r)
+    sd = np.sqrt(np.clip(np.diag(resid), 1e-12, None))
+    partial_ag = float(np.clip(resid[1, 2] / (sd[1] * sd[2]), -0.99, 0.99))
+    for shrink in np.linspace(1, 0, 21):
+        p = np.array([[1, partial_rho, -partial_rho], [partial_rho, 1, shrink * partial_ag],
+                      [-partial_rho, shrink * partial_ag, 1]])
+        if np.linalg.eigvalsh(p).min() > 1e-9:
+            break
+    cov_resid = p * np.outer(sd, sd)
+    full = np.empty((4, 4))
+    full[0, 0], full[0, 1:], full[1:, 0] = 1.0, r, r
+    full[1:, 1:] = np.outer(r, r) + cov_resid
+    return full
+
+
+def simulate_fitted_sweep(model: dict, partial_rho: float, settings: int, seeds: int, reps: int,
+                          rng: np.random.Generator, design: str = "fixed epochs") -> dict[str, np.ndarray]:
+    """Synthetic sweeps (reps, settings·seeds) of loss, trace, test acc., gap from :func:`fit_sweep_model`'s model.
+
+    Settings are drawn from the fitted setting-level distribution (:func:`setting_correlation`), each
+    seed adds the measured within-setting noise. ``design``: "fixed epochs" (as run: every setting
+    trains the same epochs, its loss varies across settings as measured) or "loss threshold" (every
+    run stops at a common training loss: the settings' loss is the same and only the measured seed
+    noise of the loss remains; trace, accuracy and gap keep their variation given the loss).
+    """
+    if design not in ("fixed epochs", "loss threshold"):
+        raise ValueError(f"simulate_fitted_sweep: design must be 'fixed epochs' or 'loss threshold', got {design!r}")
+    c = setting_correlation(model["between"], partial_rho)
+    if design == "loss threshold":  # condition on the loss: the Schur complement, with a zero loss
+        r = c[1:, 0]
+        c = np.block([[np.zeros((1, 1)), np.zeros((1, 3))], [np.zeros((3, 1)), c[1:, 1:] - np.outer(r, r)]])
+    w, v = np.linalg.eigh(c)
+    level = rng.standard_normal((reps, settings, 4)) @ (v * np.sqrt(np.clip(w, 0, None))).T
+    wn, vn = np.linalg.eigh(model["within"])
+    noise = rng.standard_normal((reps, settings, seeds, 4)) @ (vn * np.sqrt(np.clip(wn, 0, None))).T
+    runs = (level[:, :, None, :] + noise).reshape(reps, settings * seeds, 4)
+    return {k: runs[..., i] for i, k in enumerate(("loss", "trace", "test_acc", "gap"))}
+
+
+def c6a_fitted_rates(model: dict, partial_rho: float, settings: int, seeds: int, design: str = "fixed epochs",
+                     reps: int = 400, boot: int = 400, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Verdict frequencies of C6a's rule (:func:`htr_utils.study.regularisation_rules.c6a_codes`: cluster-bootstrap
+    intervals of the partial Spearman ρ given the training loss) on :func:`simulate_fitted_sweep` data; also the
+    mean run-level Spearman(trace, loss) of the simulated sweeps (the collinearity the design sees)."""
+    rng = np.random.default_rng(seed)
+    sim = simulate_fitted_sweep(model, partial_rho, settings, seeds, reps, rng, design)
+    members = np.arange(settings * seeds).reshape(settings, seeds)
+    idx = members[rng.integers(0, settings, (boot, settings))].reshape(boot, -1)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    bounds = {}
+    for col in ("test_acc", "gap"):
+        rho = partial_spearman(sim["trace"][:, idx], sim[col][:, idx], sim["loss"][:, idx])
+        bounds[col] = np.nanquantile(rho, q, axis=1)
+    rt, rl = rankdata(sim["trace"], axis=1), rankdata(sim["loss"], axis=1)
+    rt, rl = rt - rt.mean(1, keepdims=True), rl - rl.mean(1, keepdims=True)
+    coll = float(np.mean((rt * rl).sum(1) / np.sqrt((rt ** 2).sum(1) * (rl ** 2).sum(1))))
+    codes = c6a_codes(bounds["test_acc"][0], bounds["test_acc"][1], bounds["gap"][0], bounds["gap"][1])
+    return {**_rates(codes), "Spearman(trace, loss)": coll}
+
+
+C6A_DESIGNS = (("fixed epochs", 7, 3), ("loss threshold", 7, 3), ("loss threshold", 21, 2), ("loss threshold", 35, 1))
+
+
+def c6a_design_table(model: dict, designs: Sequence[tuple[str, int, int]] = C6A_DESIGNS, reps: int = 600,
+                     boot: int = 400) -> pd.DataFrame:
+    """One row per (design, settings, seeds): C6a's verdict frequencies in the fitted model at partial ρ = 0
+    (false), −0.5 (holds) and +0.5 (opposite), and the run-level Spearman(trace, loss) the design sees."""
+    rows = []
+    for design, settings, seeds in designs:
+        row = {"design": design, "settings": settings, "seeds": seeds, "runs": settings * seeds}
+        for rho, label in ((0.0, "ρ = 0"), (-0.5, "ρ = −0.5"), (0.5, "ρ = +0.5")):
+            r = c6a_fitted_rates(model, rho, settings, seeds, design, reps, boot)
+            row |= {f"P(R | {label})": r["P(reproduced)"], f"P(N | {label})": r["P(not reproduced)"]}
+        row["Spearman(trace, loss)"] = r["Spearman(trace, loss)"]
+        rows.append(row)
+    return pd.DataFrame(rows)

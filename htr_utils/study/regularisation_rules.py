@@ -276,3 +276,29 @@ def authors_schedule(acc: Mapping[str, Mapping[int, float]], published_gain: flo
     share = {k: 100 * extra[k] / published_gain for k in ("diff", "lo", "hi")}
     as_run = {k: (100 * v if k in ("ratio", "lo", "hi") else v) for k, v in fieller_ratio(b, a, level).items()}
     return {"comparisons": comps, "share_of_published": share, "share_of_as_run": as_run}
+
+
+# ================================================================ issue 31, amendment 3: C6a, a design that can see the claim
+C6A_MIN_POWER = 0.5       # calibrated P(reproduced | partial ρ = −0.5) a design must reach to decide
+C6A_BUDGET_MINUTES = 20.0  # training minutes C6a may take on the cpu profile (issue 33's 90-minute study)
+C6A_LOSS_THRESHOLD = 0.56  # every one of the 21 committed sweep runs reached it within 15 epochs (highest: 0.558)
+
+
+def c6a_design_check(power: float, runs: int, minutes_per_run: float, budget_minutes: float = C6A_BUDGET_MINUTES,
+                     min_power: float = C6A_MIN_POWER) -> dict[str, Any]:
+    """Whether a C6a design can decide here: calibrated power at ρ = −0.5 ≥ ``min_power`` and estimated
+    training time runs × minutes_per_run ≤ ``budget_minutes``; the text gives the numbers either way."""
+    minutes = runs * minutes_per_run
+    testable = bool(power >= min_power and minutes <= budget_minutes)
+    why = (f"power {100 * power:.0f} % at ρ = −0.5 (needs ≥ {100 * min_power:.0f} %), {runs} runs × "
+           f"{minutes_per_run:.1f} min = {minutes:.0f} min of training (budget {budget_minutes:.0f} min)")
+    return {"testable": testable, "minutes": minutes, "text": ("testable: " if testable else "not testable at this budget: ") + why}
+
+
+def c6a_amended(acc: Mapping[str, float], gap: Mapping[str, float], design: Mapping[str, Any]) -> dict[str, Any]:
+    """Amended C6a: the partial-ρ rule (:func:`c6a_rule`) decides only on a design that passed
+    :func:`c6a_design_check`; otherwise the verdict is inconclusive, "not testable at this budget", and the
+    rule's reading is shown beside (never deciding)."""
+    reading = c6a_rule(acc, gap)
+    verdict = reading if design["testable"] else Verdict.INCONCLUSIVE
+    return {"C6a": verdict, "reading": reading, "design": design["text"]}

@@ -153,3 +153,85 @@ def test_share_interval_covers_and_has_the_stated_width():
         widths.append((share["hi"] - share["lo"]) / 2)
     assert hits / 1000 == pytest.approx(0.95, abs=0.02)
     assert np.mean(widths) == pytest.approx(cr.share_halfwidth(sd, n), rel=0.08)
+
+
+# ---------------------------------------------------------------------------- C6a (amendment 3)
+
+def _synthetic_sweep(between: np.ndarray, within: np.ndarray, settings: int, seeds: int, rng) -> "pd.DataFrame":
+    import pandas as pd
+    level = rng.multivariate_normal(np.zeros(4), between, settings)
+    noise = rng.multivariate_normal(np.zeros(4), within, (settings, seeds))
+    runs = (level[:, None, :] + noise).reshape(-1, 4)
+    scale = np.array([0.15, 0.7, 0.04, 0.012])  # the committed sweep's setting spreads (loss, log trace, acc., gap)
+    runs = runs * scale + np.array([0.35, 6.0, 0.86, 0.02])
+    return pd.DataFrame({"run": np.repeat(np.arange(settings), seeds), "train_loss": runs[:, 0],
+                         "trace": np.exp(runs[:, 1]), "test_acc": runs[:, 2], "acc_gap": runs[:, 3]})
+
+
+def test_fit_sweep_model_recovers_a_known_model():
+    rng = np.random.default_rng(5)
+    between = cr.setting_correlation(np.array([[1, 0.9, -0.9, -0.6], [0.9, 1, -0.8, -0.5], [-0.9, -0.8, 1, 0.5],
+                                               [-0.6, -0.5, 0.5, 1]]), -0.3)
+    within = 0.04 * np.array([[1, 0.2, -0.8, 0.3], [0.2, 1, -0.2, 0.2], [-0.8, -0.2, 1, -0.4], [0.3, 0.2, -0.4, 1]])
+    fit = cr.fit_sweep_model(_synthetic_sweep(between, within, 600, 3, rng))
+    assert np.allclose(fit["between"], between, atol=0.04)
+    # within is in units of the settings' sd, which includes the seed noise averaged over 3 seeds
+    assert np.allclose(fit["within"], within / (1 + 0.04 / 3), atol=0.008)
+    with pytest.raises(ValueError, match="sweep.csv"):
+        cr.fit_sweep_model(_synthetic_sweep(between, within, 5, 2, rng).drop(columns=["acc_gap"]))
+
+
+def test_setting_correlation_keeps_the_loss_correlations_and_sets_the_partial_rho():
+    fit = np.array([[1, 0.981, -0.99, -0.884], [0.981, 1, -0.949, -0.939], [-0.99, -0.949, 1, 0.808],
+                    [-0.884, -0.939, 0.808, 1]])
+    for rho in (-0.5, 0.0, 0.5):
+        c = cr.setting_correlation(fit, rho)
+        assert np.linalg.eigvalsh(c).min() > 0 and np.allclose(c[0], fit[0])
+        partial = lambda i, j: (c[i, j] - c[0, i] * c[0, j]) / np.sqrt((1 - c[0, i] ** 2) * (1 - c[0, j] ** 2))  # noqa: E731
+        assert partial(1, 2) == pytest.approx(rho) and partial(1, 3) == pytest.approx(-rho)
+
+
+def test_loss_threshold_design_leaves_only_the_seed_noise_of_the_loss():
+    model = {"between": np.array([[1, 0.95, -0.95, -0.8], [0.95, 1, -0.9, -0.8], [-0.95, -0.9, 1, 0.7],
+                                  [-0.8, -0.8, 0.7, 1]]), "within": 0.01 * np.eye(4)}
+    rng = np.random.default_rng(6)
+    fixed = cr.simulate_fitted_sweep(model, -0.5, 50, 1, 200, rng, "fixed epochs")
+    thresh = cr.simulate_fitted_sweep(model, -0.5, 50, 1, 200, rng, "loss threshold")
+    assert fixed["loss"].var() == pytest.approx(1.01, rel=0.05) and thresh["loss"].var() == pytest.approx(0.01, rel=0.05)
+    with pytest.raises(ValueError, match="loss threshold"):
+        cr.simulate_fitted_sweep(model, 0.0, 5, 1, 2, rng, "stop early")
+
+
+def test_c6a_fitted_rates_claim_true_false_and_opposite():
+    model = {"between": np.array([[1, 0.5, -0.5, -0.4], [0.5, 1, -0.4, -0.3], [-0.5, -0.4, 1, 0.3],
+                                  [-0.4, -0.3, 0.3, 1]]), "within": 0.02 * np.eye(4)}
+    kw = dict(settings=30, seeds=1, design="fixed epochs", reps=150, boot=150)
+    true, null, opposite = (cr.c6a_fitted_rates(model, rho, **kw) for rho in (-0.9, 0.0, 0.9))
+    assert true["P(reproduced)"] > 0.7 and opposite["P(not reproduced)"] > 0.7
+    assert null["P(reproduced)"] < 0.1
+
+
+def test_fitted_model_reproduces_the_measured_collinearity():
+    import pandas as pd
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "figures/cpu/06_trace_generalisation/sweep.csv"
+    if not path.exists():
+        pytest.skip("no committed cpu sweep")
+    table = pd.read_csv(path)
+    fit = cr.fit_sweep_model(table)
+    sim = cr.c6a_fitted_rates(fit, 0.0, fit["settings"], fit["seeds"], reps=200, boot=50)
+    assert sim["Spearman(trace, loss)"] == pytest.approx(fit["collinearity"], abs=0.06)
+    assert cr.c6a_fitted_rates(fit, 0.0, fit["settings"], fit["seeds"], "loss threshold", reps=200,
+                               boot=50)["Spearman(trace, loss)"] < 0.5
+
+
+def test_c6a_design_check_and_amended_verdict():
+    ok = rr.c6a_design_check(0.55, 35, 0.5)
+    assert ok["testable"] and "17.5" not in ok["text"] and "18 min" in ok["text"]
+    slow = rr.c6a_design_check(0.55, 35, 1.9)
+    weak = rr.c6a_design_check(0.02, 21, 0.1)
+    assert not slow["testable"] and not weak["testable"] and slow["text"].startswith("not testable at this budget")
+    acc, gap = {"lo": -0.9, "hi": -0.2}, {"lo": 0.1, "hi": 0.8}
+    assert rr.c6a_amended(acc, gap, ok)["C6a"] == "reproduced"
+    out = rr.c6a_amended(acc, gap, slow)
+    assert out["C6a"] == "inconclusive" and out["reading"] == "reproduced" and "not testable" in out["design"]
