@@ -14,8 +14,9 @@ from scipy.special import gammaln
 from scipy.stats import rankdata, spearmanr
 from scipy.stats import t as t_dist
 
-from .regularisation_rules import (ACCURACY_RESOLUTION, GAIN_THRESHOLD, MEASURED_PAIRED_CORR, MEASURED_PAIRED_SD,
-                                   PAPER_GAIN, I, N, R, any_gain_codes, c6a_codes, paper_gain_codes)
+from .regularisation_rules import (ACCURACY_RESOLUTION, C7_EQUIVALENCE_MARGIN, GAIN_THRESHOLD, MEASURED_PAIRED_CORR,
+                                   MEASURED_PAIRED_SD, PAPER_GAIN, I, N, R, any_gain_codes, c6a_codes, c7_accuracy_codes,
+                                   c7_acts, c7_equivalence_codes, paper_gain_codes)
 from .statistics import partial_spearman
 
 
@@ -234,4 +235,46 @@ def c6a_design_table(model: dict, designs: Sequence[tuple[str, int, int]] = C6A_
             row |= {f"P(R | {label})": r["P(reproduced)"], f"P(N | {label})": r["P(not reproduced)"]}
         row["Spearman(trace, loss)"] = r["Spearman(trace, loss)"]
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- amendment 4: C7
+MEASURED_MIDDLE_FULL_SD = 0.000375   # sd of paired middle − full HTR test accuracy (figures/cpu/08, 10 seeds)
+MEASURED_REDUCTION_SD_PCT = 0.82     # sd over seeds of the per-seed relative trace reduction, full and middle arms (%)
+
+
+def c7_acts_rates(middle_pct: float, full_pct: float, sd_pct: float = MEASURED_REDUCTION_SD_PCT, n: int = 10,
+                  reps: int = 20000, seed: int = 0) -> float:
+    """P(the amended gate says "acts") when the middle and full arms' true mean reductions are ``middle_pct`` and
+    ``full_pct`` (%), per-seed reductions N(·, sd_pct²) independent between arms (:func:`c7_acts`)."""
+    rng = np.random.default_rng(seed)
+    m = middle_pct + sd_pct * rng.standard_normal((reps, n))
+    f = full_pct + sd_pct * rng.standard_normal((reps, n))
+    half = t_dist.ppf(0.975, n - 1) * m.std(1, ddof=1) / np.sqrt(n)
+    hits = [c7_acts({"mean_pct": mm}, {"mean_pct": ff}, {"hi": -(mm - h)})["acts"]
+            for mm, ff, h in zip(m.mean(1), f.mean(1), half)]
+    return float(np.mean(hits))
+
+
+def c7_amended_calibration(sds: Sequence[float] = (MEASURED_MIDDLE_FULL_SD, DECORRELATED_PAIRED_SD), n: int = 10,
+                           gain: float = PAPER_GAIN, reps: int = 20000) -> pd.DataFrame:
+    """Amended C7's rates: the gate (P(acts)) at the measured reductions, at the two floors and when both arms act;
+    the accuracy half (margin gain / 2, as before) and the secondary ±0.1-pt equivalence at the measured paired sd
+    of middle − full (and at a decorrelated pair's sd, as arms at an acting dose may be), differences rounded to one
+    test image."""
+    rows = []
+    for m, f, label in ((1.1, 1.0, "as measured (1 %)"), (5.0, 5.0, "on the 5 % floor"), (10.0, 20.0, "on the half-share floor"),
+                        (20.0, 20.0, "both act (20 %)"), (8.0, 20.0, "middle acts weakly (8 % vs 20 %)")):
+        rows.append({"part": "acts", "scenario": label, "middle / full reduction (%)": f"{m:g} / {f:g}",
+                     "P(acts)": c7_acts_rates(m, f, reps=min(reps, 4000))})
+    rng = np.random.default_rng(1)
+    for sd, e, label in ((sd, e, label) for sd in sds for e, label in (
+            (0.0, "middle = full"), (-gain / 2, "middle − full = −0.05 pt"), (-gain, "middle − full = −0.1 pt"),
+            (C7_EQUIVALENCE_MARGIN, "middle − full = +0.1 pt"))):
+        lo, hi = paired_intervals_rounded([e], [sd], n, reps, rng)
+        rows.append({"part": "accuracy (margin gain / 2) and equivalence (±0.1 pt)", "scenario": label,
+                     "sd (pts)": 100 * sd,
+                     **_rates(c7_accuracy_codes(lo[:, 0], hi[:, 0], gain / 2)),
+                     "P(equivalent)": float((c7_equivalence_codes(lo[:, 0], hi[:, 0]) == R).mean()),
+                     "P(not equivalent)": float((c7_equivalence_codes(lo[:, 0], hi[:, 0]) == N).mean())})
     return pd.DataFrame(rows)

@@ -302,3 +302,75 @@ def c6a_amended(acc: Mapping[str, float], gap: Mapping[str, float], design: Mapp
     reading = c6a_rule(acc, gap)
     verdict = reading if design["testable"] else Verdict.INCONCLUSIVE
     return {"C6a": verdict, "reading": reading, "design": design["text"]}
+
+
+# ================================================================ issue 31, amendment 4: C7 that acts, equivalence, cost
+C7_ACTS_SHARE = 0.5             # the middle arm's trace reduction must be at least half the full arm's ...
+C7_ACTS_MIN_PCT = 5.0           # ... and at least 5 %
+C7_EQUIVALENCE_MARGIN = 0.001   # secondary: middle − full HTR within ±0.1 pt
+
+
+def c7_acts(middle: Mapping[str, float], full: Mapping[str, float], middle_vs_sgd: Mapping[str, float]) -> dict[str, Any]:
+    """Amended C7 gate: the middle arm acts if its paired trace interval (middle − SGD) lies below 0 **and** its mean
+    relative reduction (:func:`relative_trace_reduction`, %) is ≥ 5 % **and** ≥ half the full arm's."""
+    m, f = middle["mean_pct"], full["mean_pct"]
+    checks = {"below SGD": bool(np.isfinite(middle_vs_sgd["hi"]) and middle_vs_sgd["hi"] < 0),
+              f"≥ {C7_ACTS_MIN_PCT:g} %": bool(np.isfinite(m) and m >= C7_ACTS_MIN_PCT),
+              "≥ half the full arm's": bool(np.isfinite(m) and np.isfinite(f) and m >= C7_ACTS_SHARE * f)}
+    failed = [k for k, ok in checks.items() if not ok]
+    text = (f"middle arm lowers the final trace by {m:.1f} % (full arm {f:.1f} %): "
+            + ("acts" if not failed else "does not act (fails: " + ", ".join(failed) + ")"))
+    return {"acts": not failed, "checks": checks, "text": text}
+
+
+def c7_equivalence_codes(lo: np.ndarray, hi: np.ndarray, margin: float = C7_EQUIVALENCE_MARGIN) -> np.ndarray:
+    """Secondary C7 statement on the paired 95 % interval of (middle − full HTR) test accuracy: R (equivalent) if the
+    interval lies inside (−margin, +margin), N (not equivalent) if it lies wholly outside, I otherwise."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    return np.where((lo > -margin) & (hi < margin), R, np.where((lo > margin) | (hi < -margin), N, I))
+
+
+def double_backward_path(layers: Sequence[str], penalised: Sequence[str]) -> dict[str, list[str]]:
+    """Which layers the penalty's per-probe double backward passes through and which it skips.
+
+    ``layers``: the weight layers in forward order (e.g. conv1, conv2, fc1, fc2, fc3); ``penalised``:
+    the layers with a penalised tensor. The gradient of the penalised tensors, and its product with
+    a probe, needs backpropagation from the loss down to the lowest penalised layer only; the layers
+    below it are skipped (the final backward of γ·penalty reaches them once, as a plain backward).
+    """
+    unknown = sorted(set(penalised) - set(layers))
+    if unknown or not penalised:
+        raise ValueError(f"double_backward_path: penalised layers {unknown or 'none'} are not among {list(layers)}; "
+                         "name penalised layers by their weight layer")
+    lowest = min(layers.index(p) for p in penalised)
+    return {"through": list(layers[lowest:]), "skipped": list(layers[:lowest])}
+
+
+def c7_cost_line(layers: Sequence[str], penalised: Sequence[str], cost_ratio: float, param_share: float,
+                 compute_share: float) -> str:
+    """The cost line beside C7: the step ratio, the parameter and compute shares, and where the saving comes from."""
+    path = double_backward_path(layers, penalised)
+    skipped = ", ".join(path["skipped"]) or "no layer"
+    return (f"penalty step middle / full {cost_ratio:.2f}; the middle set holds {100 * param_share:.0f} % of the "
+            f"parameters but {100 * compute_share:.0f} % of the penalty's compute: its per-probe double backward runs "
+            f"through {', '.join(path['through'])} and skips {skipped}, so the saving comes from not "
+            "differentiating twice through those layers, not from penalising fewer parameters")
+
+
+def c7_amended(acts: Mapping[str, Any], accuracy: Mapping[str, float], cost_ratio: float, gain: float | None,
+               earlier_acts: Mapping[str, float]) -> dict[str, Any]:
+    """Amended C7 for one middle rule: :func:`c7_rule` with the amended gate ``acts`` (:func:`c7_acts`) in place of
+    "the trace interval lies below 0"; the secondary equivalence statement (:func:`c7_equivalence_codes`, never
+    deciding) and the earlier rule's result (``earlier_acts``: the paired trace interval it gated on) beside."""
+    stand_in = {"lo": -1.0, "hi": -1.0} if acts["acts"] else {"lo": np.nan, "hi": np.nan}
+    out = dict(c7_rule(stand_in, accuracy, cost_ratio, gain))
+    out["acts"] = "yes" if acts["acts"] else "no"
+    out["acts_note"] = acts["text"]
+    if gain is not None and not acts["acts"]:
+        out["accuracy_note"] = "the middle arm does not act (amended gate): accuracy half cannot be judged"
+    bounds = [accuracy["lo"], accuracy["hi"]]
+    out["equivalence"] = ({R: "equivalent within ±0.1 pt", N: "not equivalent (outside ±0.1 pt)",
+                           I: "undetermined"}[int(c7_equivalence_codes(*bounds))] if np.isfinite(bounds).all()
+                          else "no interval")
+    out["earlier rule"] = c7_rule(earlier_acts, accuracy, cost_ratio, gain)["C7"]
+    return out

@@ -235,3 +235,87 @@ def test_c6a_design_check_and_amended_verdict():
     assert rr.c6a_amended(acc, gap, ok)["C6a"] == "reproduced"
     out = rr.c6a_amended(acc, gap, slow)
     assert out["C6a"] == "inconclusive" and out["reading"] == "reproduced" and "not testable" in out["design"]
+
+
+# ---------------------------------------------------------------------------- C7 (amendment 4)
+
+def test_c7_acts_needs_half_the_full_reduction_and_five_percent():
+    below = {"lo": -30.0, "hi": -10.0}
+    red = lambda pct: {"mean_pct": pct}  # noqa: E731
+    assert rr.c7_acts(red(12.0), red(20.0), below)["acts"]
+    weak = rr.c7_acts(red(8.0), red(20.0), below)
+    assert not weak["acts"] and "half the full arm" in weak["text"]
+    small = rr.c7_acts(red(4.0), red(4.0), below)
+    assert not small["acts"] and "≥ 5 %" in small["text"]
+    # the committed run: 1.1 % against 1.0 %, interval below 0: acted under the earlier gate, not now
+    assert not rr.c7_acts(red(1.09), red(1.01), {"lo": -7.9, "hi": -1.9})["acts"]
+    assert not rr.c7_acts(red(12.0), red(20.0), {"lo": -5.0, "hi": 1.0})["acts"]
+
+
+def test_c7_equivalence_and_amended_result():
+    eq = rr.c7_equivalence_codes(np.array([-0.0005, -0.0012, 0.0011, -0.0015]), np.array([0.0005, 0.0002, 0.002, -0.0011]))
+    assert eq.tolist() == [rr.R, rr.I, rr.N, rr.N]
+    acts = rr.c7_acts({"mean_pct": 18.0}, {"mean_pct": 22.0}, {"lo": -120.0, "hi": -60.0})
+    ok = {"lo": -0.0004, "hi": 0.0006}
+    out = rr.c7_amended(acts, ok, 0.09, gain=0.001, earlier_acts={"lo": -120.0, "hi": -60.0})
+    assert out["C7"] == "reproduced" and out["equivalence"] == "equivalent within ±0.1 pt"
+    idle = rr.c7_acts({"mean_pct": 1.1}, {"mean_pct": 1.0}, {"lo": -7.9, "hi": -1.9})
+    out = rr.c7_amended(idle, ok, 0.09, gain=0.001, earlier_acts={"lo": -7.9, "hi": -1.9})
+    assert out["acts"] == "no" and out["accuracy"] == "inconclusive" and "amended gate" in out["accuracy_note"]
+    assert out["earlier rule"] == "reproduced"  # the earlier gate let a 1 % reduction through
+
+
+def test_cost_line_names_the_skipped_layers():
+    layers = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert rr.double_backward_path(layers, ["fc1", "fc2"]) == {"through": ["fc1", "fc2", "fc3"], "skipped": ["conv1", "conv2"]}
+    assert rr.double_backward_path(layers, ["conv2", "fc1"])["skipped"] == ["conv1"]
+    line = rr.c7_cost_line(layers, ["fc1", "fc2"], 0.09, 0.94, 0.07)
+    assert "skips conv1, conv2" in line and "94 % of the parameters but 7 %" in line
+    with pytest.raises(ValueError, match="not among"):
+        rr.double_backward_path(layers, ["fc4"])
+
+
+def test_the_penalty_of_upper_layers_does_not_backpropagate_through_lower_ones():
+    """What the cost line states, checked on autograd itself: an identity node after each layer counts the
+    gradients that flow back through that layer's output while the penalty (gradient + probe products) is built."""
+    import torch
+    from torch import nn
+
+    from htr_utils.hutchinson import trace_penalty
+
+    counts: dict[str, int] = {}
+
+    class Count(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, name):
+            ctx.name = name
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            counts[ctx.name] = counts.get(ctx.name, 0) + 1
+            return g, None
+
+    torch.manual_seed(0)
+    conv, fc1, fc2 = nn.Conv2d(1, 3, 3), nn.Linear(3 * 6 * 6, 8), nn.Linear(8, 4)
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+    for penalised, want in (([fc1.weight, fc2.weight], ["fc1", "fc2"]), ([conv.weight, fc2.weight], ["conv", "fc1", "fc2"])):
+        h = Count.apply(torch.tanh(conv(x)), "conv").flatten(1)
+        h = Count.apply(torch.tanh(fc1(h)), "fc1")
+        loss = nn.functional.cross_entropy(Count.apply(fc2(h), "fc2"), y)
+        counts.clear()
+        trace_penalty(loss, penalised, 2, generator=torch.Generator().manual_seed(1))
+        names = {id(conv.weight): "conv", id(fc1.weight): "fc1", id(fc2.weight): "fc2"}
+        path = rr.double_backward_path(["conv", "fc1", "fc2"], [names[id(p)] for p in penalised])
+        assert sorted(counts) == sorted(want) == sorted(path["through"])
+
+
+def test_c7_amended_rates():
+    assert cr.c7_acts_rates(1.1, 1.0, reps=2000) == 0.0 and cr.c7_acts_rates(20.0, 20.0, reps=2000) == 1.0
+    assert 0.4 < cr.c7_acts_rates(5.0, 5.0, reps=2000) < 0.6       # on the 5 % floor
+    assert 0.4 < cr.c7_acts_rates(10.0, 20.0, reps=2000) < 0.6     # on the half-share floor
+    table = cr.c7_amended_calibration(sds=(cr.MEASURED_MIDDLE_FULL_SD,), reps=4000).set_index("scenario")
+    assert table.loc["middle = full", "P(reproduced)"] > 0.9 and table.loc["middle = full", "P(equivalent)"] > 0.95
+    assert table.loc["middle − full = −0.1 pt", "P(not reproduced)"] > 0.9
+    for edge in ("middle − full = −0.1 pt", "middle − full = +0.1 pt"):  # false equivalence on the margin ≈ 2.5 %
+        assert table.loc[edge, "P(equivalent)"] < 0.04
