@@ -486,18 +486,36 @@ def make_case(seed: int) -> Case:
             model, shape, inputs, desc = FAMILIES[family](rng, tags, out)
         if _count(model) <= MAX_PARAMS:
             break
+    # From a second stream (so that every other seed keeps its case): a linear model on one-hot
+    # (categorical) inputs, whose squared-loss Hessian is diagonal with repeated values (axis-aligned eigenspaces).
+    alt = random.Random(seed + 7_777_777)
+    if alt.random() < 0.08:
+        d = alt.randint(2, 5)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed * 100 + 99)
+            model = nn.Sequential(nn.Linear(d, out, bias=alt.random() < 0.3))
+        shape, inputs, family = (d,), f"onehot{d}", "onehot_linear"
+        desc = f"onehot_linear[one-hot({d}) Linear({d},{out},bias={model[0].bias is not None})]"
+        tags.clear()
     tags.add(family)
     if isinstance(model, Tied):
         out = model.decoder.out_features
     _randomise_statistics(model, gen)
     model.double()
     loss_fn, target, loss_desc = _loss(rng, gen, out, tags)
+    if family == "onehot_linear" and alt.random() < 0.5:
+        loss_fn, target, loss_desc = F.mse_loss, "float", "mse"
+        tags.add("mse")
 
     n = _randint(rng, 3, 8)
     form = rng.choice(["one", "one", "list", "list", "loader"])
     bounds = _bounds(rng, n, form)
-    x = (torch.randint(0, int(inputs[6:]), (n, *shape), generator=gen) if inputs.startswith("tokens")
-         else torch.randn(n, *shape, generator=gen, dtype=torch.float64))
+    if inputs.startswith("tokens"):
+        x = torch.randint(0, int(inputs[6:]), (n, *shape), generator=gen)
+    elif inputs.startswith("onehot"):
+        x = F.one_hot(torch.randint(0, shape[0], (n,), generator=gen), shape[0]).double()
+    else:
+        x = torch.randn(n, *shape, generator=gen, dtype=torch.float64)
     if target == "class":
         y = torch.randint(0, out, (n,), generator=gen)
     elif target == "binary":
@@ -519,14 +537,19 @@ def make_case(seed: int) -> Case:
 
     # Parameters: all, one layer, a random subset, frozen ones.
     names = [nm for nm, _ in model.named_parameters()]
-    mode = rng.choice(["all", "all", "layer", "subset", "frozen"])
+    # last_bias: with a squared loss its Hessian is a multiple of the identity (repeated, axis-aligned eigenvalues).
+    mode = rng.choice(["all", "all", "layer", "subset", "frozen", "last_bias"])
     params: list[str] | None = None
     if mode == "frozen" and len(names) > 1:
         for nm in rng.sample(names, _randint(rng, 1, len(names) - 1)):
             model.get_parameter(nm).requires_grad_(False)
         params_desc = "frozen[" + ",".join(nm for nm, p in model.named_parameters() if not p.requires_grad) + "]"
         tags.add("frozen")
-    elif mode == "layer":
+    elif mode == "last_bias" and names[-1].endswith("bias"):
+        params = [names[-1]]
+        params_desc = f"params={params}"
+        tags.add("last_bias")
+    elif mode in ("layer", "last_bias"):
         owners = sorted({nm.rsplit(".", 1)[0] if "." in nm else "" for nm in names})
         owner = rng.choice(owners)
         params = [nm for nm in names if (nm.rsplit(".", 1)[0] if "." in nm else "") == owner]
