@@ -7,7 +7,7 @@ The reproduction of the paper is the ``study`` subpackage: it imports this libra
 """
 from .curvature import CurvatureOperator, eval_mode, hvp_operator
 from .dense import dense_curvature, dense_ggn, dense_hessian, finite_difference_hessian
-from .hutchinson import TraceEstimate, hutchinson_trace, hutchpp_trace, trace_penalty
+from .hutchinson import TraceEstimate, ggn_trace_penalty, hutchinson_trace, hutchpp_trace, trace_penalty
 from .lanczos import SpectralDensity, lanczos, lanczos_tridiagonal, slq_density, top_eigenvalues
 from .layers import layer_groups, middle_layers, middle_parameters_authors
 from .layerwise import layerwise_spectra, layerwise_trace, lockstep_lanczos
@@ -17,7 +17,7 @@ from .spectra import (atoms_wasserstein, authors_distance, count_outliers, exact
 __all__ = [
     "hvp_operator", "CurvatureOperator", "eval_mode",
     "lanczos", "lanczos_tridiagonal", "slq_density", "top_eigenvalues", "SpectralDensity",
-    "hutchinson_trace", "hutchpp_trace", "trace_penalty", "TraceEstimate",
+    "hutchinson_trace", "hutchpp_trace", "trace_penalty", "ggn_trace_penalty", "TraceEstimate",
     "spectral_distance", "atoms_wasserstein", "authors_distance", "exact_spectrum_density", "count_outliers",
     "layer_groups", "middle_layers", "middle_parameters_authors",
     "layerwise_spectra", "layerwise_trace", "lockstep_lanczos",
