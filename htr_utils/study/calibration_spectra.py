@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from . import spectra_rules as rules
 from .calibration import expected_tau, slope_for_tau
@@ -138,3 +139,55 @@ def c2_calibration(sims: int = 20000) -> pd.DataFrame:
         for label, med, ctrl in scenarios:
             rows.append({"model": model, "scenario": label, **c2_rates(med, shapes, sigma, ctrl, sims=sims)})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- C4: depth regression
+
+C4_SIZES = {"lenet": (150, 2400, 48000, 10080, 840),
+            "vgg11_bn": (72, 1152, 4608, 9216, 18432, 36864, 36864, 36864, 640)}   # width 0.125, FashionMNIST
+C4_SIGMA_LAYER = 0.6      # sd of a real layer's log W1 about the size law (exact narrow LeNet: W1 / size-matched 1.4–8.2×)
+C4_SIGMA_PROBE = 0.3      # relative error of one layer W1 at 5 SLQ probes, 32 Lanczos steps (exact narrow LeNet)
+
+
+def c4_depth_power(ratio: float, sizes: Sequence[Sequence[int]] = tuple(C4_SIZES.values()),
+                   sigma_layer: float = C4_SIGMA_LAYER, sigma_probe: float = C4_SIGMA_PROBE,
+                   epochs: Sequence[int] = (3, 2), stated_ratio: float = rules.C4_STATED_RATIO) -> dict[str, float]:
+    """Exact verdict frequencies of the amended C4 rule when log W1 follows the regression model with true
+    end-to-centre ratio ``ratio`` and iid noise of sd √(σ_layer² + σ_probe² / epochs) (noncentral t; the
+    per-network epoch counts are averaged into one sd, their spread being small)."""
+    X, _ = rules._depth_design(sizes)
+    df = X.shape[0] - X.shape[1]
+    sd = float(np.sqrt(sigma_layer ** 2 + sigma_probe ** 2 / np.mean(epochs)))
+    se = sd * float(np.sqrt(np.linalg.inv(X.T @ X)[-1, -1]))
+    c, c1 = 2 * np.log(ratio), 2 * np.log(stated_ratio)
+    crit = stats.t.ppf(1 - rules.ALPHA, df)
+    p_r = float(stats.nct.sf(crit, df, c / se))
+    p_n = float(stats.nct.cdf(-crit, df, (c - c1) / se))
+    return {"P(reproduced)": p_r, "P(not reproduced)": p_n, "P(inconclusive)": 1 - p_r - p_n}
+
+
+def c4_depth_rates(ratio: float, sizes: Sequence[Sequence[int]] = tuple(C4_SIZES.values()),
+                   sigma_layer: float = C4_SIGMA_LAYER, sigma_probe: float = C4_SIGMA_PROBE,
+                   epochs: Sequence[int] = (3, 2), stated_ratio: float = rules.C4_STATED_RATIO, slope: float = 0.3,
+                   sims: int = 4000, seed: int = 0) -> dict[str, float]:
+    """The same frequencies by simulation through the rule's own code
+    (:func:`htr_utils.study.spectra_rules.c4_depth_rule`): log W1_ki = slope · log share + 2 ln(``ratio``) |d_i − 1/2|
+    + σ_layer u_ki + σ_probe / √epochs_k ε_ki (u, ε iid N(0, 1))."""
+    X, z = rules._depth_design(sizes)
+    rng = np.random.default_rng(seed)
+    sd = np.concatenate([np.full(len(s), np.sqrt(sigma_layer ** 2 + sigma_probe ** 2 / e)) for s, e in zip(sizes, epochs)])
+    splits = np.cumsum([len(s) for s in sizes])[:-1]
+    codes = []
+    for _ in range(sims):
+        y = slope * X[:, -2] + 2 * np.log(ratio) * z + sd * rng.standard_normal(len(z))
+        codes.append(int(rules.c4_depth_codes(*(lambda t: (t["p_R"], t["p_N"]))(
+            rules.c4_depth_test(np.split(y, splits), sizes, stated_ratio)))))
+    return rates(np.array(codes))
+
+
+def c4_depth_calibration(ratios: Sequence[float] = (1.0, 2.0, 4.0, 6.0, 8.0),
+                         sigmas: Sequence[float] = (0.3, C4_SIGMA_LAYER, 0.9)) -> pd.DataFrame:
+    """One row per (layer sd, true end-to-centre ratio): the amended C4 rule's exact verdict frequencies on LeNet
+    and VGG11_bn's real layer sizes (LeNet 3 epochs, VGG 2)."""
+    return pd.DataFrame([{"sigma_layer": s, "true ratio": q, **c4_depth_power(q, sigma_layer=s)}
+                         for s in sigmas for q in ratios])

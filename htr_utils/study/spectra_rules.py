@@ -448,3 +448,93 @@ def c2_network_rule(readings: Mapping[str, tuple[Sequence[float], Sequence[float
     per = {k: verdict_of(c2_network_codes(np.asarray(g, dtype=float), np.asarray(c, dtype=float), f))
            for k, (g, c, f) in readings.items()}
     return combine([per[k] for k in deciding], "all_of"), per
+
+
+# ----------------------------------------------------------------------------- C4 (issue 30): depth regression
+
+C4_STATED_RATIO = 6.0     # the depth effect C4's amended design is powered for (PROTOCOL.md): W1 at either end of the
+                          # network (|d − 1/2| = 1/2) is this many times W1 at its centre, at equal size share
+
+
+def normalised_depth(num_layers: int) -> np.ndarray:
+    """d_i = (i + 0.5) / L, the normalised depth of each layer's centre."""
+    if num_layers < 2:
+        raise ValueError(f"normalised_depth: need at least 2 layers, got {num_layers}")
+    return (np.arange(num_layers) + 0.5) / num_layers
+
+
+def symmetric_middle(num_layers: int) -> np.ndarray:
+    """The symmetric middle half: 0.25 ≤ d_i ≤ 0.75 (LeNet's 5 layers: conv2, fc1, fc2; VGG11's 9: layers 2–6)."""
+    d = normalised_depth(num_layers)
+    return (d >= 0.25 - 1e-12) & (d <= 0.75 + 1e-12)
+
+
+def normalised_w1(nodes_a: np.ndarray, weights_a: np.ndarray, nodes_b: np.ndarray, weights_b: np.ndarray) -> float:
+    """W1 after each measure's eigenvalues are divided by its own largest |eigenvalue|: a scale-free distance, shown
+    beside the raw W1 as the paper's normalised variant (its min–max transform removes the scale)."""
+    xa, xb = np.asarray(nodes_a, dtype=float), np.asarray(nodes_b, dtype=float)
+    sa, sb = np.max(np.abs(xa)), np.max(np.abs(xb))
+    if not (sa > 0 and sb > 0):
+        raise ValueError("normalised_w1: a measure with every eigenvalue at zero has no scale to normalise by")
+    return w1_atoms(xa / sa, weights_a, xb / sb, weights_b)
+
+
+def _depth_design(sizes: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Design of the depth regression over the networks' layers: X = (one intercept per network, log size share
+    log(n_ki / N_k), |d_i − 1/2|), and the |d − 1/2| column."""
+    blocks, share, dist = [], [], []
+    for s in sizes:
+        s = np.asarray(s, dtype=float)
+        if s.ndim != 1 or len(s) < 3 or (s <= 0).any():
+            raise ValueError(f"C4 depth regression: every network needs 3 or more layers of positive size, got {list(s)}")
+        blocks.append(len(s))
+        share.append(np.log(s / s.sum()))
+        dist.append(np.abs(normalised_depth(len(s)) - 0.5))
+    intercepts = np.zeros((sum(blocks), len(blocks)))
+    start = 0
+    for k, n in enumerate(blocks):
+        intercepts[start:start + n, k] = 1.0
+        start += n
+    z = np.concatenate(dist)
+    X = np.column_stack([intercepts, np.concatenate(share), z])
+    if np.linalg.matrix_rank(X) < X.shape[1] or X.shape[0] - X.shape[1] < 2:
+        raise ValueError("C4 depth regression: depth and size are confounded or too few layers; add a network")
+    return X, z
+
+
+def c4_depth_test(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[int]],
+                  ratio: float = C4_STATED_RATIO) -> dict[str, float]:
+    """The depth regression of C4's amendment (issue 30), one row per real layer of every network k:
+    log W1_ki = α_k + b log(n_ki / N_k) + c |d_i − 1/2| + e_ki, e iid N(0, σ²) (``log_w1[k]``: each layer's log W1 to
+    the full spectrum, averaged over the epochs read; ``sizes[k]``: its layers' sizes). Ordinary least squares;
+    p_R = P(t_df ≥ ĉ / se) tests c > 0 (distance grows away from the middle), p_N = P(t_df ≤ (ĉ − c₁) / se) tests
+    c < c₁ = 2 ln(``ratio``) (an effect as large as the stated one is excluded); exact under the model.
+    Returns ĉ, se, the residual sd, df, p_R, p_N and ĉ's end-to-centre ratio exp(ĉ / 2)."""
+    X, _ = _depth_design(sizes)
+    y = np.concatenate([np.asarray(v, dtype=float) for v in log_w1])
+    if len(y) != X.shape[0] or not np.all(np.isfinite(y)):
+        raise ValueError("c4_depth_test: need one finite log W1 per layer of every network")
+    if not ratio > 1:
+        raise ValueError(f"c4_depth_test: the stated end-to-centre ratio must exceed 1, got {ratio}")
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    df = X.shape[0] - X.shape[1]
+    sd = float(np.sqrt(np.sum((y - X @ beta) ** 2) / df))
+    se = sd * float(np.sqrt(np.linalg.inv(X.T @ X)[-1, -1]))
+    c = float(beta[-1])
+    c1 = 2 * np.log(ratio)
+    p_r = float(stats.t.sf(c / se, df)) if se > 0 else float(c <= 0)
+    p_n = float(stats.t.cdf((c - c1) / se, df)) if se > 0 else float(c >= c1)
+    return {"c": c, "se": se, "residual_sd": sd, "df": df, "p_R": p_r, "p_N": p_n, "ratio": float(np.exp(c / 2))}
+
+
+def c4_depth_codes(p_reproduced: np.ndarray | float, p_not: np.ndarray | float, alpha: float = ALPHA) -> np.ndarray:
+    """R if p_R < alpha, N if p_N < alpha (and not R), else I."""
+    p_r, p_n = np.asarray(p_reproduced, dtype=float), np.asarray(p_not, dtype=float)
+    return np.where(p_r < alpha, R, np.where(p_n < alpha, N, I))
+
+
+def c4_depth_rule(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[int]],
+                  ratio: float = C4_STATED_RATIO) -> Verdict:
+    """C4's verdict under the issue-30 amendment: :func:`c4_depth_codes` of :func:`c4_depth_test`."""
+    t = c4_depth_test(log_w1, sizes, ratio)
+    return verdict_of(c4_depth_codes(t["p_R"], t["p_N"]))

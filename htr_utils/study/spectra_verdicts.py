@@ -451,3 +451,73 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
                      f"(median {g['a_control'].median():.2f}); restart floor {floors.get(label, float('nan')):.1e}")
     return VerdictResult(verdict, "; ".join(parts), {"per_network": {k: v.value for k, v in per.items()},
                                                      "deciding": deciding, "floors": dict(floors)})
+
+
+# ----------------------------------------------------------------------------- C4 (issue 30): depth regression
+
+
+def depth_distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any],
+                         sizes: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
+    """C4 amendment (issue 30): one row per (run, epoch, layer): raw W1 between the layer's pooled SLQ atoms and the
+    full Hessian's (pool A), the normalised W1 (each measure divided by its largest |eigenvalue|), the layer's size
+    (``sizes[run][layer]``, :func:`htr_utils.study.spectra_readings.layer_sizes`), size share, normalised depth
+    d = (i + 0.5) / L, symmetric-middle flag (0.25 ≤ d ≤ 0.75), whether the run decides (a ReLU network), and the
+    training state."""
+    rows = []
+    for label, run in runs.items():
+        for epoch, d in sorted(_get(readings[label], "distances").items()):
+            a = _measure(_get(d, "full_a"))
+            layers = list(_get(d, "layers"))
+            if set(layers) != set(sizes.get(label, {})):
+                raise ValueError(f"C4: layer sizes of {label} must name its layers {layers}; pass "
+                                 "spectra_readings.layer_sizes(run.load_model(epoch)) for every run")
+            total = sum(sizes[label].values())
+            depth, middle = rules.normalised_depth(len(layers)), rules.symmetric_middle(len(layers))
+            for i, name in enumerate(layers):
+                m = _measure(_get(d, "layers")[name])
+                rows.append({"run": label, "epoch": epoch, "layer": name, "index": i, "num_layers": len(layers),
+                             "depth": depth[i], "middle": bool(middle[i]), "size": sizes[label][name],
+                             "share": sizes[label][name] / total, "w1": rules.w1_atoms(*m, *a),
+                             "w1_normalised": rules.normalised_w1(*m, *a), "decides": not is_smooth(run),
+                             **epoch_state(run, epoch)})
+    return pd.DataFrame(rows)
+
+
+def _depth_fit(table: pd.DataFrame, column: str, runs: list[str]) -> dict[str, float]:
+    per_layer = (table.assign(log_w=np.log(table[column])).groupby(["run", "index"], sort=False)
+                 .agg(log_w=("log_w", "mean"), size=("size", "first")).reset_index())
+    log_w = [per_layer[per_layer["run"] == r].sort_values("index")["log_w"].to_numpy() for r in runs]
+    sizes = [per_layer[per_layer["run"] == r].sort_values("index")["size"].to_numpy() for r in runs]
+    return rules.c4_depth_test(log_w, sizes)
+
+
+def c4_depth_verdict(table: pd.DataFrame) -> VerdictResult:
+    """C4 under the issue-30 amendment: the depth regression (:func:`htr_utils.study.spectra_rules.c4_depth_test`)
+    of each layer's log raw W1, averaged over the epochs read, over the deciding networks' real layers; the same
+    regression on the normalised W1, each network's closest layer (symmetric middle), and the extensions' fits
+    are shown beside and never decide."""
+    deciding = list(dict.fromkeys(table.loc[table["decides"], "run"]))
+    if len(deciding) < 1 or table.groupby("run")["epoch"].nunique().min() < 2:
+        raise ValueError("C4: the depth regression needs the paper's ReLU networks, each read at 2 or more epochs")
+    fit = _depth_fit(table, "w1", deciding)
+    verdict = rules.verdict_of(rules.c4_depth_codes(fit["p_R"], fit["p_N"]))
+    norm = _depth_fit(table, "w1_normalised", deciding)
+    closest = []
+    for (run, epoch), g in table.groupby(["run", "epoch"], sort=False):
+        r = g.loc[g["w1"].idxmin()]
+        closest.append(f"{run} e{epoch}: {r['layer']} (d = {r['depth']:.2f}, {'middle' if r['middle'] else 'outer'})")
+    extensions = [r for r in dict.fromkeys(table["run"]) if r not in deciding]
+    ext = ""
+    if extensions:
+        e = _depth_fit(table, "w1", extensions) if table[table["run"].isin(extensions)]["index"].nunique() > 3 else None
+        ext = (f"; extension (does not decide) {', '.join(extensions)}: ratio {e['ratio']:.2g}, p_R {e['p_R']:.2g}"
+               if e else "")
+    low_power = "; above 0.70 the design had under 50 % power at the stated effect" if fit["residual_sd"] > 0.70 else ""
+    measured = (f"log W1 = α_net + b log size share + c |d − 1/2| over {sum(table[table['decides']].groupby('run')['index'].nunique())} "
+                f"layers of {', '.join(deciding)}: ĉ = {fit['c']:.2f} ± {fit['se']:.2f} (end-to-centre ratio "
+                f"{fit['ratio']:.2g}; stated effect {rules.C4_STATED_RATIO:g}), residual sd {fit['residual_sd']:.2f} "
+                f"(calibration assumed 0.63{low_power}), p_R = {fit['p_R']:.2g}, p_N = {fit['p_N']:.2g}; normalised W1 (shown, does "
+                f"not decide): ratio {norm['ratio']:.2g}, p_R = {norm['p_R']:.2g}; closest layer [{'; '.join(closest)}]"
+                + ext)
+    return VerdictResult(verdict, measured, {"fit": fit, "normalised": norm, "deciding": deciding,
+                                             "extensions": extensions})

@@ -181,3 +181,18 @@ def test_c2_amended_rates_claim_false_and_true():
     assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] >= 0.5
     assert c2_rates((0.20, 0.20), iid, C2_SIGMA_IID, sims=4000)["P(not reproduced)"] >= 0.5
     assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, control_median=0.05, sims=4000)["P(reproduced)"] == 0.0
+
+
+# ------------------------------------------------------------------------------- issue 30: C4 depth regression
+
+
+def test_c4_depth_rates_exact_against_simulation_and_the_protocols_numbers():
+    from htr_utils.study.calibration_spectra import c4_depth_power, c4_depth_rates
+
+    sims = 800
+    for ratio in (1.0, 6.0):
+        exact, sim = c4_depth_power(ratio), c4_depth_rates(ratio, sims=sims, seed=3)
+        _within(sim, exact, sims)
+    assert c4_depth_power(1.0)["P(reproduced)"] == pytest.approx(0.05, abs=1e-9)    # false R at no depth effect
+    assert c4_depth_power(6.0)["P(reproduced)"] >= 0.5                              # power at the stated effect
+    assert c4_depth_power(6.0)["P(not reproduced)"] == pytest.approx(0.05, abs=1e-9)

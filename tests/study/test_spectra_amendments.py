@@ -119,3 +119,59 @@ def test_far_epoch():
     assert r.far_epoch([1, 3, 5], 3) == 5                                # a tie goes to the later epoch
     with pytest.raises(ValueError, match="second epoch"):
         r.far_epoch([5], 5)
+
+
+# ------------------------------------------------------------------------------------------------------ C4
+
+LENET, VGG = (150, 2400, 48000, 10080, 840), (72, 1152, 4608, 9216, 18432, 36864, 36864, 36864, 640)
+
+
+def test_symmetric_middle_known_answers():
+    assert np.allclose(r.normalised_depth(5), [0.1, 0.3, 0.5, 0.7, 0.9])
+    assert list(r.symmetric_middle(5)) == [False, True, True, True, False]          # conv2, fc1, fc2
+    assert list(r.symmetric_middle(9)) == [False, False, True, True, True, True, True, False, False]
+    assert list(r.symmetric_middle(4)) == [False, True, True, False]
+    with pytest.raises(ValueError, match="at least 2"):
+        r.normalised_depth(1)
+
+
+def test_normalised_w1_is_scale_free():
+    x, w = np.array([0.0, 1.0, 3.0]), np.array([0.5, 0.3, 0.2])
+    assert r.normalised_w1(7 * x, w, x, w) == pytest.approx(0.0, abs=1e-12)
+    assert r.normalised_w1(x, w, x ** 2, w) > 0
+    with pytest.raises(ValueError, match="no scale"):
+        r.normalised_w1(np.zeros(2), np.ones(2), x, w)
+
+
+def _layers(c: float, noise: float, rng: np.random.Generator) -> list[np.ndarray]:
+    out = []
+    for s in (LENET, VGG):
+        s = np.asarray(s, dtype=float)
+        z = np.abs(r.normalised_depth(len(s)) - 0.5)
+        out.append(1.0 + 0.4 * np.log(s / s.sum()) + c * z + noise * rng.standard_normal(len(s)))
+    return out
+
+
+def test_c4_depth_test_recovers_c_and_matches_frisch_waugh():
+    rng = np.random.default_rng(0)
+    y = _layers(2.0, 1e-6, rng)
+    t = r.c4_depth_test(y, (LENET, VGG))
+    assert t["c"] == pytest.approx(2.0, abs=1e-4) and t["ratio"] == pytest.approx(np.e, rel=1e-3) and t["df"] == 10
+    assert r.c4_depth_rule(y, (LENET, VGG)) is Verdict.REPRODUCED
+    # ĉ equals the slope of y on |d − 1/2| after both are residualised on the network intercepts and log share
+    y = _layers(0.5, 0.5, rng)
+    X, z = r._depth_design((LENET, VGG))
+    X0, yy = X[:, :-1], np.concatenate(y)
+    res = lambda v: v - X0 @ np.linalg.lstsq(X0, v, rcond=None)[0]  # noqa: E731
+    assert r.c4_depth_test(y, (LENET, VGG))["c"] == pytest.approx(res(z) @ res(yy) / (res(z) @ res(z)), rel=1e-9)
+
+
+def test_c4_depth_rule_claim_true_and_false():
+    rng = np.random.default_rng(1)
+    assert r.c4_depth_rule(_layers(2 * np.log(20.0), 0.2, rng), (LENET, VGG)) is Verdict.REPRODUCED
+    assert r.c4_depth_rule(_layers(0.0, 0.2, rng), (LENET, VGG)) is Verdict.NOT_REPRODUCED     # no depth effect
+    assert r.c4_depth_rule(_layers(-3.0, 0.2, rng), (LENET, VGG)) is Verdict.NOT_REPRODUCED    # middle farthest
+    with pytest.raises(ValueError, match="3 or more layers"):
+        r.c4_depth_test([[1.0, 2.0]], [(10, 20)])
+    with pytest.raises(ValueError, match="one finite log W1"):
+        r.c4_depth_test([[1.0] * 5, [1.0] * 8], (LENET, VGG))

@@ -37,3 +37,25 @@ def test_c2_network_verdict_relu_networks_decide_and_the_far_epoch_control_fails
     bad = {**runs, "vgg": _run("vgg11_bn", "relu", [3, 15, 30], 0.6)}
     assert sv.c2_network_verdict(sv.gauss_newton_control_table(bad), {"lenet": 1e-3, "vgg": 1e-3}).verdict \
         == Verdict.NOT_REPRODUCED
+
+
+def test_c4_depth_verdict_on_a_constructed_table():
+    """Two ReLU networks whose W1 grows steeply away from the middle, read at two epochs, and a GELU extension."""
+    rows = []
+    for run, sizes, decides in (("lenet", (150, 2400, 48000, 10080, 840), True),
+                                ("vgg", (72, 1152, 4608, 9216, 18432, 36864, 36864, 36864, 640), True),
+                                ("gelu", (150, 2400, 48000, 10080, 840), False)):
+        L = len(sizes)
+        for epoch in (10, 20):
+            for i, n in enumerate(sizes):
+                d = (i + 0.5) / L
+                w1 = np.exp(6.0 * abs(d - 0.5) + 0.01 * np.sin(7 * i + epoch)) * (n / sum(sizes)) ** 0.3
+                rows.append({"run": run, "epoch": epoch, "layer": f"l{i}", "index": i, "num_layers": L, "depth": d,
+                             "middle": 0.25 <= d <= 0.75, "size": n, "share": n / sum(sizes), "w1": w1,
+                             "w1_normalised": w1, "decides": decides})
+    result = sv.c4_depth_verdict(pd.DataFrame(rows))
+    assert result.verdict == Verdict.REPRODUCED and result.details["deciding"] == ["lenet", "vgg"]
+    assert result.details["fit"]["c"] > 5 and "extension" in result.measured and "p_N" in result.measured
+    noise = np.random.default_rng(0).normal(0, 0.3, len(rows))
+    flat = pd.DataFrame(rows).assign(w1=np.exp(noise))                   # no depth effect, no size effect
+    assert sv.c4_depth_verdict(flat).verdict == Verdict.NOT_REPRODUCED
