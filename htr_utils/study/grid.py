@@ -39,6 +39,7 @@ from .profiles import Profile, SpectraReading, get_profile
 from .regularisation import choose_gammas, describe_config, select_gamma, study_runs
 from .runs import run_path, train_run
 from .spectra_readings import read_run
+from .time_estimate import estimate, table
 from .training import TrainConfig, TrainingDiverged
 
 SWEEP = "sweep"
@@ -122,6 +123,40 @@ def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | Non
             gammas = {"all": select_gamma(study, "all", P.runs_dir(), droot)[1]}
         tasks += [_task(name, c.replace(seed=s), droot) for c in study.arms(gammas).values() for s in study.seeds]
     return _dedup(tasks, {t.hash for t in done})
+
+
+def expected_gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | None = None) -> list[TrainConfig]:
+    """The HTR arm runs :func:`gamma_arms` will add once γ is chosen, at the published γ (same number of runs, same
+    cost per run: known before the selection grid has run, for the progress bar and the time estimate)."""
+    P = get_profile(profile) if not isinstance(profile, Profile) else profile
+    keep = _check_select(P, select)
+    cfgs = []
+    for name, study in P.regularisation.items():
+        if name in keep and (study.decides or study.grid("all")):
+            rules = ("all", *study.middle_rules) if study.decides else ("all",)
+            for arm, c in study.arms().items():
+                penalised = "all" if arm in ("htr", "l2_htr") else arm.removeprefix("htr_")
+                if c.htr_gamma > 0 and penalised in rules:
+                    cfgs += [c.replace(seed=s) for s in study.seeds]
+    return cfgs
+
+
+def stages(profile: str | Profile | None = None, select: Sequence[str] | None = None,
+           data_root: str | Path | None = None) -> list[tuple[str, list[TrainConfig]]]:
+    """The grid's runs by stage, as ``make reproduce`` trains them: spectra runs, each regularisation study's first
+    wave, the sweep, then the HTR arms at the chosen γ."""
+    P = get_profile(profile) if not isinstance(profile, Profile) else profile
+    out: dict[str, list[TrainConfig]] = {}
+    for t in plan(P, select, data_root):
+        if t.skipped:
+            continue
+        name = ("spectra runs (C1-C5)" if t.readings is not None else "sweep (C6a)" if t.setting == SWEEP
+                else f"{t.setting}: runs before γ is chosen")
+        out.setdefault(name, []).append(t.config)
+    arms = expected_gamma_arms(P, select)
+    if arms:
+        out["HTR arms at the chosen γ"] = arms
+    return list(out.items())
 
 
 def describe(tasks: Sequence[GridTask], root: Path) -> str:
@@ -242,13 +277,18 @@ def train(profile: str | Profile | None = None, select: Sequence[str] | None = N
     print(describe(first, root), flush=True)
     outcomes = [{"hash": t.hash, "setting": t.setting, "status": "skipped", "why": t.skipped}
                 for t in first if t.skipped]
-    bar = tqdm(total=len(first) - len(outcomes), desc="grid runs", unit="run", disable=not progress)
+    cached = {t.hash for t in first if (root / t.hash / "done.json").is_file()}
+    expected = sum(1 for c in expected_gamma_arms(P, select) if not (root / config_hash(c) / "done.json").is_file())
+    # the whole grid from the start (the HTR arms' count is known before γ is chosen), so the bar's
+    # remaining time covers both waves
+    bar = tqdm(total=len(first) - len(outcomes) + expected, desc="grid runs", unit="run", disable=not progress,
+               initial=len(cached))
 
     def done(outcome: dict) -> None:
         if outcome.get("malloc_trim") and not any(o.get("malloc_trim") for o in outcomes):
             bar.write(f"warning: worker pid {outcome['pid']} runs with {MALLOC_TRIM}={outcome['malloc_trim']} (Dask's "
                       "nanny default), which makes CPU training about 2x slower; start the workers without it "
-                      "(README, 'The run grid')")
+                      "(docs/cluster.md)")
         outcomes.append(outcome)
         bar.update(1)
         bar.write(f"{outcome['hash']} {outcome['setting']}: {outcome['status']} ({outcome['seconds']:.0f} s)")
@@ -256,10 +296,9 @@ def train(profile: str | Profile | None = None, select: Sequence[str] | None = N
     execute([t for t in first if not t.skipped], done)
     second = [t for t in gamma_arms(P, select, droot, first) if not t.skipped]
     if second:
-        bar.total += len(second)
-        bar.refresh()
         bar.write(f"γ chosen: {len(second)} HTR arm runs follow")
         execute(second, done)
+    bar.total = bar.n  # cached arms at the chosen γ, or fewer than expected: the grid is complete
     bar.close()
     return outcomes
 
@@ -271,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("command", choices=("plan", "train"))
     ap.add_argument("--profile", default=None, help="smoke, cpu or paper (default: $HTR_PROFILE, else cpu)")
     ap.add_argument("--select", nargs="+", default=None, metavar="NAME", help="only these settings")
+    ap.add_argument("--estimate", action="store_true",
+                    help="plan: also time a short sample of each kind of run and reading here and print where an "
+                         "empty-cache run spends its time (a few minutes)")
     ex = ap.add_mutually_exclusive_group()
     ex.add_argument("--workers", type=int, default=None, help="a Dask LocalCluster of N worker processes")
     ex.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
@@ -288,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         ap.error(str(err))
     if args.command == "plan":
         print(describe(plan(P, args.select, default_data_root()), P.runs_dir()))
+        if args.estimate:
+            print(f"\nEstimated time of an empty-cache run of profile {P.name!r} on this machine "
+                  f"({torch.get_num_threads()} threads), from a timed sample of each kind of run and reading:")
+            rows = estimate(P, stages(P, args.select, default_data_root()), default_data_root(),
+                            progress=lambda m: print(f"  {m}", flush=True))
+            print(table(rows))
         return
     if args.workers is None and args.scheduler is None:
         train(P, args.select, threads=args.threads, device=args.device)
