@@ -19,7 +19,8 @@ from .cases import Problem
 
 HEADINGS = ["## 1. One Hessian-vector product", "## 2. SLQ spectral density", "## 3. Hutchinson trace",
             "## 4. Layer spectra of every layer", "## 5. One HTR training step",
-            "## 6. Top eigenvalues: single-vector against block Lanczos"]
+            "## 6. Top eigenvalues: single-vector against block Lanczos",
+            "## 7. The three ratios of issue 32, side by side"]
 
 
 def table(rows: list[tuple], header: tuple[str, ...]) -> str:
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> Path:
                     help="run section 5 alone and replace it in an existing --out file (no peers needed)")
     ap.add_argument("--only-top", action="store_true",
                     help="run section 6 alone and replace it in an existing --out file (no peers needed)")
+    ap.add_argument("--only-ratios", action="store_true",
+                    help="run section 7 alone (HVP / gradient, SLQ / curvlinops, HTR / plain step, interleaved in "
+                         "one loop) and replace it in an existing --out file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +114,21 @@ def main(argv: list[str] | None = None) -> Path:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         out.write_text(text)
         log(f"wrote section 5 of {out}")
+        return out
+
+    if args.only_ratios:
+        command = "python -m benchmarks --only-ratios" + (f" --threads {args.threads}" if args.threads else "")
+        section = ratios_section(S, R, q, log, command)
+        out = Path(args.out)
+        text = out.read_text() if out.exists() else ""
+        if HEADINGS[6] in text:
+            head, rest = text.split(HEADINGS[6], 1)
+            nxt = rest.find("\n## ")
+            text = head + section + (rest[nxt:] if nxt >= 0 else "")
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        out.write_text(text)
+        log(f"wrote section 7 of {out}")
         return out
 
     if args.only_top:
@@ -150,6 +169,7 @@ def main(argv: list[str] | None = None) -> Path:
         htr_rows += rows
         log(f"HTR step {p.label}")
     top = top_section(S, R, q, log)
+    ratios = ratios_section(S, R, q, log)
     elapsed = time.perf_counter() - start
 
     # ---- targets
@@ -245,7 +265,8 @@ building the operators.
 
 {htr_text(S, htr_rows)}
 
-{top}"""
+{top}
+{ratios}"""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc)
@@ -282,6 +303,45 @@ top-k residual / λ₁ (estimated for single-vector Lanczos, computed for the bl
 
 {table(rows, ("problem", "k", "method", "median", "× today's", "products", "calls", "max residual / λ₁",
               "error vs float64", "values"))}
+"""
+
+
+def ratios_section(S: dict, R: int, quick: bool, log, command: str = "python -m benchmarks") -> str:
+    """Section 7: issue 32's three ratios, every candidate in one interleaved loop, and the penalties' spread."""
+    t0 = time.perf_counter()
+    rows, t = cases.case_ratios(R, quick=quick, probes=S["htr_probes"])
+    log("ratios")
+    spread = cases.htr_penalty_variance(draws=3 if quick else 20)
+    log("penalty spread")
+    mode = "quick mode: a smoke test, not a measurement" if quick else f"median of {R} interleaved rounds"
+    slq = t.get("SLQ / curvlinops (range given)")
+    ratio_rows = [("HVP / gradient (LeNet, 1000 inputs; per step of a 16-step Lanczos run)", f"{t['HVP / gradient']:.2f}"),
+                  ("SLQ / curvlinops' SLQ handed its spectral range (LeNet, 100 inputs, 128 steps)",
+                   f"{slq:.2f}" if slq is not None else "curvlinops not installed"),
+                  (f"HTR step / plain step, trace_penalty, {S['htr_probes']} probes (LeNet, batch 256)",
+                   f"{t['HTR / plain (trace_penalty)']:.2f}"),
+                  (f"HTR step / plain step, ggn_trace_penalty, {S['htr_probes']} probes",
+                   f"{t['HTR / plain (ggn_trace_penalty)']:.2f}"),
+                  ("HTR step / plain step, ggn_trace_penalty, 1 probe", f"{t['HTR / plain (ggn_trace_penalty, 1 probe)']:.2f}")]
+    (hm, hs, ht), (gm, gs, gt) = spread["trace_penalty"], spread["ggn_trace_penalty"]
+    return f"""{HEADINGS[6]}
+
+Written by `{command}` ({mode}; {time.perf_counter() - t0:.0f} s; torch threads: {torch.get_num_threads()}).
+All candidates below run in one `interleaved_medians` loop, round after round, in one process, so
+load on the (shared) machine hits them alike; SLQ includes building our operator (its linearised map
+is traced and verified on every call), curvlinops' operator is built outside the timing. The GGN
+route (`ggn_trace_penalty`: tr(G) = (1/N) E‖Jᵀ S u‖², one logits backward per probe, no third
+derivative) is the same penalty as `trace_penalty` for LeNet, which is piecewise linear in each
+parameter (ReLU, max-pooling): there tr(∇² loss) = tr(G) exactly.
+
+{table(ratio_rows, ("ratio", "value"))}
+
+{table(rows, ("candidate", "median"))}
+
+Spread of one penalty evaluation at one probe (LeNet, batch 256, train mode, {3 if quick else 20} draws; time
+includes the penalty's backward): `trace_penalty` {hm:.4g} ± {hs:.3g} (sd) in {ht * 1e3:.0f} ms,
+`ggn_trace_penalty` {gm:.4g} ± {gs:.3g} (sd) in {gt * 1e3:.0f} ms; variance × time (lower is better at equal
+cost): {hs ** 2 * ht:.3g} against {gs ** 2 * gt:.3g}.
 """
 
 

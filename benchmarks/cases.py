@@ -7,6 +7,7 @@ or raises becomes a row that says so.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +18,8 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp
 
-from htr_utils import (TraceEstimate, hutchinson_trace, hvp_operator, lanczos, layer_groups, layerwise_spectra, middle_layers,
-                       slq_density, top_eigenvalues)
+from htr_utils import (TraceEstimate, ggn_trace_penalty, hutchinson_trace, hvp_operator, lanczos, layer_groups,
+                       layerwise_spectra, middle_layers, slq_density, top_eigenvalues, trace_penalty)
 from htr_utils.study.models import build_model
 from htr_utils.study.training import sgd_step
 
@@ -305,3 +306,78 @@ def case_top(problem: Problem, ks: tuple[int, ...], repeats: int) -> tuple[list[
                          f"{values[0]:.4g} … {values[-1]:.4g}"))
         t_all[k] = t
     return rows, t_all
+
+
+# ============================================================================ 7. the three ratios of issue 32
+
+def ggn_htr_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, gamma: float,
+                 probes: int) -> None:
+    """One SGD step on CE + γ·ggn_trace_penalty (all parameters): for a ReLU network the same penalty tr(∇² loss)."""
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    total = loss + gamma * ggn_trace_penalty(out, list(model.parameters()), probes)
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+
+
+def case_ratios(repeats: int, quick: bool = False, probes: int = 10) -> tuple[list[tuple], dict[str, float]]:
+    """HVP / gradient (LeNet, 1000 inputs; per step of a 16-step Lanczos run), SLQ / curvlinops' SLQ handed its
+    range (LeNet, 100 inputs, 128 steps) and HTR step / plain step (LeNet, batch 256, 10 probes; Hutchinson double
+    backward and the GGN route), all candidates in one interleaved loop so that load hits them alike."""
+    n_hvp, n_slq, n_htr, steps, iters = (8, 8, 16, 2, 4) if quick else (1000, 100, 256, 16, 128)
+    cand: dict[str, Callable[[], object]] = {}
+    model, x, y = Problem("", "lenet", n_hvp).build()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    g = grad(lambda p: F.cross_entropy(functional_call(model, p, (x,)), y))
+    op = hvp_operator(model, F.cross_entropy, (x, y))
+    cand["gradient"] = lambda: g(params)
+    cand["HVP (per Lanczos step)"] = lambda: lanczos(op, steps)
+    smodel, sx, sy = Problem("", "lenet", n_slq).build()
+    cand["SLQ htr_utils"] = lambda: slq_density(hvp_operator(smodel, F.cross_entropy, (sx, sy)), num_iters=iters)
+    try:
+        cand["SLQ curvlinops, range given"] = peers.curvlinops_slq(smodel, sx, sy, iters, kappa=1.25, range_given=True)
+    except peers.PeerMissing:
+        pass
+    torch.manual_seed(0)
+    hmodel = build_model("lenet", 1, 10).train()
+    hx, hy = torch.randn(n_htr, 1, 32, 32), torch.randint(0, 10, (n_htr,))
+    opt = torch.optim.SGD(hmodel.parameters(), lr=1e-3)
+    P = list(hmodel.parameters())
+    cand["plain SGD step"] = lambda: sgd_step(hmodel, opt, nn.CrossEntropyLoss(), hx, hy)
+    cand["HTR step, trace_penalty"] = lambda: sgd_step(hmodel, opt, nn.CrossEntropyLoss(), hx, hy, P, 0.01, probes)
+    cand["HTR step, ggn_trace_penalty"] = lambda: ggn_htr_step(hmodel, opt, hx, hy, 0.01, probes)
+    cand["HTR step, ggn_trace_penalty, 1 probe"] = lambda: ggn_htr_step(hmodel, opt, hx, hy, 0.01, 1)
+    t = interleaved_medians(cand, repeats=repeats, warmup=1)
+    t["HVP (per Lanczos step)"] /= steps
+    ratios = {"HVP / gradient": t["HVP (per Lanczos step)"] / t["gradient"],
+              "HTR / plain (trace_penalty)": t["HTR step, trace_penalty"] / t["plain SGD step"],
+              "HTR / plain (ggn_trace_penalty)": t["HTR step, ggn_trace_penalty"] / t["plain SGD step"],
+              "HTR / plain (ggn_trace_penalty, 1 probe)": t["HTR step, ggn_trace_penalty, 1 probe"] / t["plain SGD step"]}
+    if "SLQ curvlinops, range given" in t:
+        ratios["SLQ / curvlinops (range given)"] = t["SLQ htr_utils"] / t["SLQ curvlinops, range given"]
+    rows = [(name, ms(v)) for name, v in t.items()]
+    return rows, {**t, **ratios}
+
+
+def htr_penalty_variance(draws: int = 20, probes: int = 1, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Spread of the two penalties on LeNet, batch 256, train mode, at ``probes`` probes: (mean, sd, seconds per call)."""
+    torch.manual_seed(seed)
+    model = build_model("lenet", 1, 10).train()
+    x, y = torch.randn(256, 1, 32, 32), torch.randint(0, 10, (256,))
+    P = list(model.parameters())
+    out = {}
+    for name in ("trace_penalty", "ggn_trace_penalty"):
+        vals, secs = [], []
+        gen = torch.Generator().manual_seed(seed + 1)
+        for _ in range(draws):
+            start = time.perf_counter()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            pen = (trace_penalty(loss, P, probes, generator=gen) if name == "trace_penalty"
+                   else ggn_trace_penalty(logits, P, probes, generator=gen))
+            torch.autograd.grad(pen, P)  # the penalty's own backward, as a training step pays it
+            secs.append(time.perf_counter() - start)
+            vals.append(float(pen.detach()))
+        out[name] = (float(np.mean(vals)), float(np.std(vals, ddof=1)), float(np.median(secs)))
+    return out
