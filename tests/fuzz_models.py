@@ -424,8 +424,10 @@ def _loss(rng: random.Random, gen: torch.Generator, out: int, tags: set[str]) ->
             tags.add("ignore_index")
         shown = {k: (f"[{','.join(f'{w:.2f}' for w in v.tolist())}]" if isinstance(v, Tensor) else v)
                  for k, v in kw.items()}
-        return (lambda z, y: F.cross_entropy(z, y, **{k: (v.to(z.dtype) if isinstance(v, Tensor) else v)
-                                                      for k, v in kw.items()})), "class", f"cross_entropy{shown or ''}"
+        def ce(z: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(z, y, **{k: (v.to(z.dtype) if isinstance(v, Tensor) else v) for k, v in kw.items()})
+        ce.kwargs = kw  # type: ignore[attr-defined]
+        return ce, "class", f"cross_entropy{shown or ''}"
     if name == "nll":
         if rng.random() < 0.3:
             weight = torch.rand(out, generator=gen, dtype=torch.float64) + 0.2
@@ -506,6 +508,11 @@ def make_case(seed: int) -> Case:
     if family == "onehot_linear" and alt.random() < 0.5:
         loss_fn, target, loss_desc = F.mse_loss, "float", "mse"
         tags.add("mse")
+    if hasattr(loss_fn, "kwargs") and alt.random() < 0.5:
+        # The same loss as a module, nn.CrossEntropyLoss(weight=..., ...), whose weighting the operator can read.
+        loss_fn = nn.CrossEntropyLoss(**loss_fn.kwargs)
+        loss_desc = "nn.CrossEntropyLoss" + loss_desc[len("cross_entropy"):]
+        tags.add("ce_module")
 
     n = _randint(rng, 3, 8)
     form = rng.choice(["one", "one", "list", "list", "loader"])
@@ -569,6 +576,8 @@ def make_case(seed: int) -> Case:
 
     dtype = torch.float64 if rng.random() < 0.6 else torch.float32
     model = model.to(dtype)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = loss_fn.to(dtype)
     if dtype == torch.float32:
         x = x.float() if x.is_floating_point() else x
         y = y.float() if y.is_floating_point() else y
@@ -697,11 +706,12 @@ def build_reference(case: Case, num_dirs: int = 2) -> Reference:
     """Dense H, G = Jᵀ(∇²_f L)J and H − G of the mean loss over all the data, by plain autograd in float64."""
     model, names = _reference_model(case)
     params = [model.get_parameter(nm) for nm in names]
+    loss_fn = copy.deepcopy(case.loss_fn).double() if isinstance(case.loss_fn, nn.Module) else case.loss_fn
     x = case.x.double() if case.x.is_floating_point() else case.x
     y = case.y.double() if case.y.is_floating_point() else case.y
     gen = torch.Generator().manual_seed(case.seed + 7)
     with sdpa_kernel(SDPBackend.MATH):
-        loss = _loss_value(model, case.loss_fn, x, y)
+        loss = _loss_value(model, loss_fn, x, y)
         g = _flat_grad(loss, params, create_graph=True)
         P = g.numel()
         H = torch.zeros(P, P, dtype=torch.float64)
@@ -715,7 +725,7 @@ def build_reference(case: Case, num_dirs: int = 2) -> Reference:
             if F_[j].requires_grad:
                 J[j] = _flat_grad(F_[j], params, retain_graph=True)
         z = f.detach().clone().requires_grad_(True)
-        gz = torch.autograd.grad(case.loss_fn(z, y), z, create_graph=True)[0].reshape(-1)
+        gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0].reshape(-1)
         Hf = torch.zeros(F_.numel(), F_.numel(), dtype=torch.float64)
         for j in range(F_.numel()):
             if gz[j].requires_grad:
@@ -731,7 +741,7 @@ def build_reference(case: Case, num_dirs: int = 2) -> Reference:
         dirs = [(v / v.norm().clamp_min(1e-300), u / u.norm()) for v, u in dirs]
         errors: dict[str, float] = {}
         for eps in (FD_EPS, FD_EPS / 100):
-            step = _fd_errors(model, params, case.loss_fn, x, y, f.detach(), (H, J, Hf), dirs, eps)
+            step = _fd_errors(model, params, loss_fn, x, y, f.detach(), (H, J, Hf), dirs, eps)
             errors = {k: min(errors.get(k, math.inf), e) for k, e in step.items()}
             if all(e <= FD_TOL for e in errors.values()):
                 break
