@@ -192,8 +192,8 @@ def relative_trace_reduction(sgd_trace: Mapping[int, float], arm_trace: Mapping[
 def dose_text(reduction: Mapping[str, float], penalty_steps: float, total_steps: float) -> str:
     """The dose beside an HTR verdict: the final-trace reduction in % with its interval, penalty steps per run."""
     share = 100 * penalty_steps / total_steps if total_steps else float("nan")
-    return (f"dose: final trace −{reduction['mean_pct']:.1f} % [{reduction['lo_pct']:.1f}, {reduction['hi_pct']:.1f}] "
-            f"against SGD, penalty on {penalty_steps:.0f} of {total_steps:.0f} steps per run ({share:.1f} %)")
+    return (f"dose: final trace {reduction['mean_pct']:.1f} % [{reduction['lo_pct']:.1f}, {reduction['hi_pct']:.1f}] "
+            f"below SGD's, penalty on {penalty_steps:.0f} of {total_steps:.0f} steps per run ({share:.1f} %)")
 
 
 def select_acting_dose(sgd_trace0: float, candidates: Sequence[tuple[str, float]],
