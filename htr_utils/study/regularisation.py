@@ -8,8 +8,11 @@
   :func:`select_middle_gamma` (a middle arm's γ matched on trace reduction), :func:`train_arms`
   (every arm × evaluation seed), :func:`arm_table`, :func:`compare_arms` (paired differences by
   seed, with Welch and bootstrap beside), :func:`penalty_step_costs`.
-* Verdicts: ``c6a_verdict``, ``c6b_verdict``, ``c7_result`` apply the rules of PROTOCOL.md
-  (:mod:`htr_utils.study.regularisation_rules`) and report the earlier rules beside them.
+* Verdicts: ``c6a_verdict``, ``c6b_verdict``, ``c7_result`` apply the rules of PROTOCOL.md as
+  amended by issue 31 (:mod:`htr_utils.study.regularisation_rules`: the loss-threshold C6a design with
+  its budget rule, C6b's "paper's +0.1 point" with "any gain" apart and the dose beside every HTR
+  verdict, C7's amended gate, equivalence and cost line) and report the earlier rules beside them.
+  The new arms (acting dose, authors' schedule) are trained by :mod:`htr_utils.study.regularisation_arms`.
 
 Training goes through :func:`htr_utils.study.runs.train_run`, so every run is cached and resumable;
 :func:`study_runs` lists a study's runs that wait on no choice of γ; :mod:`htr_utils.study.grid`
@@ -34,14 +37,17 @@ from .data import make_loader
 from .hashing import config_hash
 from .profiles import RegStudy
 from .runs import Run, train_run
-from .regularisation_rules import c6a_rule, c6b_rule, c7_rule, established_gain
+from ..layers import layer_groups
+from .regularisation_rules import (c6a_amended, c6a_design_check, c6a_rule, c6b_amended, c6b_rule, c7_acts,
+                                   c7_amended, c7_cost_line, double_backward_path, dose_text, established_gain,
+                                   relative_trace_reduction)
 from .verdicts import Verdict, VerdictResult, combine
 from .training import (Trainer, TrainConfig, TrainingDiverged, evaluate, penalty_parameter_names, prepare_data,
                        sgd_step)
 
 ARM_LABELS = {"sgd": "SGD", "sgd_l2": "SGD + L2", "htr": "SGD + HTR", "l2_htr": "SGD + L2 + HTR",
               "htr_middle": "SGD + middle HTR (layer rule)",
-              "htr_middle_authors": "SGD + middle HTR (authors' index rule)"}
+              "htr_middle_authors": "SGD + middle HTR (authors' index rule)", "htr_dose": "SGD + HTR (acting dose)"}
 
 
 # ============================================================================ one run
@@ -64,6 +70,7 @@ def run_summary(run: Run) -> dict:
     row["step_seconds"] = (float(np.average(plain["step_seconds"], weights=plain["steps"] - plain["penalty_steps"]))
                            if len(plain) else math.nan)
     row["penalty_steps"] = int(m["penalty_steps"].sum())
+    row["steps"] = int(m["steps"].sum())
     row["penalty_step_seconds"] = (float(np.average(pen["penalty_step_seconds"], weights=pen["penalty_steps"]))
                                    if len(pen) else math.nan)
     row["train_seconds"] = float(m["epoch_seconds"].sum())
@@ -103,8 +110,30 @@ def sweep_table(runs: Mapping[tuple[str, int], Run], base: TrainConfig, data_roo
                      "weight_decay": run.config.weight_decay, "trace": s["trace"], "trace_stderr": s["trace_stderr"],
                      "lambda_max": s["lambda_max"], "train_acc": train_acc, "test_acc": s["test_acc"],
                      "acc_gap": train_acc - s["test_acc"], "train_loss": train_loss, "test_loss": s["test_loss"],
-                     "loss_gap": s["test_loss"] - train_loss})
+                     "loss_gap": s["test_loss"] - train_loss, "wall_seconds": s["wall_seconds"]})
     return pd.DataFrame(rows)
+
+
+def threshold_sweep_configs(profile: Any) -> dict[str, TrainConfig] | None:
+    """C6a's loss-threshold design (PROTOCOL.md, amendment 3) in ``profile``: label -> config (each at its own
+    seed, stopping at the training-loss threshold), from the profile's ``threshold_sweep_runs`` field; None
+    while no profile has that field or it is empty (the design is then not in the profile)."""
+    cfgs = getattr(profile, "threshold_sweep_runs", None)
+    return dict(cfgs) if cfgs else None
+
+
+def train_sweep(configs: Mapping[str, TrainConfig], seeds: Sequence[int] | None, root: Path,
+                data_root: str | Path = "data", progress: bool = False) -> tuple[dict[tuple[str, int], Run], dict[str, str]]:
+    """Every sweep setting at each of ``seeds`` (None: each config's own seed), trained or read from the run cache:
+    (label, seed) -> run, and label + seed -> the reason of each diverged run (left out)."""
+    runs, diverged = {}, {}
+    for label, cfg in configs.items():
+        for seed in (seeds if seeds is not None else (cfg.seed,)):
+            try:
+                runs[(label, seed)] = train_run(cfg.replace(seed=seed), root=root, data_root=data_root, progress=progress)
+            except TrainingDiverged as err:
+                diverged[f"{label} seed {seed}"] = str(err)
+    return runs, diverged
 
 
 def sweep_correlations(table: pd.DataFrame, num: int = 2000) -> dict[str, dict]:
@@ -301,7 +330,12 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
     plain = float(np.median(times["plain"]))
     full = float(np.median(times["all"])) if "all" in times else math.nan
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = list(layer_groups(model))
+    pen = {k: penalised_layers(model, k) if k != "plain" else [] for k in params}
     return pd.DataFrame([{"step": k, "penalised tensors": len(params[k] or []),
+                          "layers": ", ".join(layers), "penalised layers": ", ".join(pen[k]),
+                          "double backward skips": (", ".join(double_backward_path(layers, pen[k])["skipped"]) or "none")
+                                                   if pen[k] else "–",
                           "penalised parameters": sum(p.numel() for p in params[k] or []),
                           "share of parameters": sum(p.numel() for p in params[k] or []) / total,
                           "median_s": float(np.median(v)), "q25_s": float(np.quantile(v, 0.25)),
@@ -309,6 +343,18 @@ def penalty_step_costs(config: TrainConfig, rules: Sequence[str] = ("all", "midd
                           # the penalty's own cost (step − plain step) as a share of the full penalty's
                           "share of penalty compute": (float(np.median(v)) - plain) / (full - plain)}
                          for k, v in times.items()])
+
+
+def penalised_layers(model: torch.nn.Module, rule: str) -> list[str]:
+    """The Conv/Linear layers (names of :func:`htr_utils.layers.layer_groups`, forward order) holding a tensor that
+    penalty ``rule`` penalises: a parameter ``conv2.bias`` counts for layer ``conv2``."""
+    layers = list(layer_groups(model))
+    owners = {name.rsplit(".", 1)[0] for name in penalty_parameter_names(model, rule)}
+    unknown = sorted(owners - set(layers))
+    if unknown:
+        raise ValueError(f"penalised_layers: rule {rule!r} penalises tensors of {unknown}, which are not Conv/Linear "
+                         f"layers ({layers}); the cost line can name Conv/Linear layers only")
+    return [layer for layer in layers if layer in owners]
 
 
 # ============================================================================ earlier rules (shown, not deciding)
@@ -380,36 +426,101 @@ def _interval(row: Mapping[str, Any], scale: float = 100, fmt: str = "+.2f") -> 
     return f"{scale * row['diff']:{fmt}} [{scale * row['lo']:{fmt}}, {scale * row['hi']:{fmt}}]"
 
 
-def c6a_verdict(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]],
-                diverged: Mapping[str, str]) -> VerdictResult:
-    """C6a by :func:`c6a_rule` on the partial Spearman ρ (given training loss) of :func:`sweep_correlations`.
+CHANGED = "the rule changed after issue 31's referee read; both shown"
+C6A_DESIGN = ("loss threshold", 35, 1)  # amendment 3: 35 settings × 1 seed, each run stopped at training loss L*
 
-    The earlier rule (:func:`sweep_verdict` on plain ρ across the settings' means) is reported beside.
+
+def c6a_budget(design_table: pd.DataFrame, sweep: pd.DataFrame, base_label: str = "base") -> dict[str, Any]:
+    """Amendment 3's budget rule (:func:`c6a_design_check`) on this study: the calibrated power at ρ = −0.5 of the
+    35 × 1 loss-threshold design (its row of :func:`htr_utils.study.calibration_regularisation.c6a_design_table`)
+    and t₁₅ = the median wall time of the sweep's ``base_label`` runs (the study's own full-length SGD runs)."""
+    design, settings, seeds = C6A_DESIGN
+    row = design_table[(design_table["design"] == design) & (design_table["settings"] == settings)
+                       & (design_table["seeds"] == seeds)]
+    base = sweep.loc[sweep["run"] == base_label, "wall_seconds"].dropna() if "wall_seconds" in sweep else []
+    if row.empty or not len(base):
+        raise ValueError(f"c6a_budget: need the design table's row {C6A_DESIGN} and the wall times of the sweep's "
+                         f"{base_label!r} runs; build the table with c6a_design_table (its default designs) and the "
+                         "sweep with sweep_table")
+    power, t15 = float(row["P(R | ρ = −0.5)"].iloc[0]), float(np.median(base)) / 60
+    return {**c6a_design_check(power, settings * seeds, t15), "power": power, "t15_minutes": t15}
+
+
+def c6a_verdict(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]], diverged: Mapping[str, str],
+                design: Mapping[str, Any] | None = None, threshold: Mapping[str, Any] | None = None) -> VerdictResult:
+    """C6a by the amended rule (PROTOCOL.md, amendment 3), the earlier rules beside.
+
+    ``table`` / ``corr`` / ``diverged``: the fixed-epoch sweep (:func:`sweep_table`, :func:`sweep_correlations`);
+    ``design``: the budget rule's result (:func:`c6a_budget`); ``threshold``: the loss-threshold sweep's
+    ``table``, ``corr`` and ``diverged``, or None when it is not in the profile. The verdict is
+    :func:`c6a_amended` on the loss-threshold sweep when the design is testable and was run; inconclusive,
+    "not testable at this budget", when the budget rule says so (the fixed-epoch sweep's reading then stands
+    beside, never deciding); inconclusive, "not in the profile yet", when testable but not run. Beside: the
+    earlier rule (:func:`c6a_rule` on the fixed-epoch sweep) and the earliest (:func:`sweep_verdict`, plain ρ).
     """
-    verdict = c6a_rule(corr["partial_test_acc"], corr["partial_acc_gap"])
-    earlier = sweep_verdict(corr["plain_test_acc"], corr["plain_acc_gap"])
-    f = lambda c: f"{corr[c]['rho']:.2f} [{corr[c]['lo']:.2f}, {corr[c]['hi']:.2f}]"  # noqa: E731
+    earlier = c6a_rule(corr["partial_test_acc"], corr["partial_acc_gap"])
+    earliest = sweep_verdict(corr["plain_test_acc"], corr["plain_acc_gap"])
+    f = lambda c, k: f"{c[k]['rho']:.2f} [{c[k]['lo']:.2f}, {c[k]['hi']:.2f}]"  # noqa: E731
+    if design is None:
+        verdict, amended = Verdict.INCONCLUSIVE, "no budget check (no design table): nothing to judge"
+    elif not design["testable"]:
+        verdict = c6a_amended(corr["partial_test_acc"], corr["partial_acc_gap"], design)["C6a"]
+        amended = f"inconclusive — {design['text']}; the 35 loss-threshold runs are not trained"
+    elif threshold is None:
+        verdict = Verdict.INCONCLUSIVE
+        amended = (f"inconclusive — {design['text']}, but the loss-threshold design is not in the profile yet: "
+                   "not trained, nothing to judge")
+    else:
+        t, c = threshold["table"], threshold["corr"]
+        verdict = c6a_amended(c["partial_test_acc"], c["partial_acc_gap"], design)["C6a"]
+        amended = (f"{design['text']}; loss-threshold sweep, {t['run'].nunique()} settings × {t.groupby('run').size().max()} "
+                   f"seed(s) ({len(threshold['diverged'])} left out), training loss reached "
+                   f"{t['train_loss'].min():.3f}–{t['train_loss'].max():.3f}: partial ρ(trace, test acc.) = "
+                   f"{f(c, 'partial_test_acc')}, ρ(trace, train−test acc.) = {f(c, 'partial_acc_gap')} → {verdict}")
     settings = table.groupby("run", sort=False)
-    measured = (f"{settings.ngroups} LeNet settings × {settings.size().min()}–{settings.size().max()} seeds "
-                f"({len(diverged)} diverged runs left out); given training loss (final train loss "
+    measured = (f"amended rule (issue 31): {amended} | earlier rule (PROTOCOL.md before issue 31; {CHANGED}): "
+                f"fixed-epoch sweep, {settings.ngroups} LeNet settings × {settings.size().min()}–{settings.size().max()} "
+                f"seeds ({len(diverged)} diverged runs left out); given training loss (final train loss "
                 f"{table['train_loss'].min():.3f}–{table['train_loss'].max():.3f}), partial ρ(trace, test acc.) = "
-                f"{f('partial_test_acc')}, ρ(trace, train−test acc.) = {f('partial_acc_gap')}, ρ(trace, test−train "
-                f"loss) = {f('partial_loss_gap')}; earlier rule (plain ρ over setting means: test acc. "
-                f"{f('plain_test_acc')}, gap {f('plain_acc_gap')}) → {earlier}")
+                f"{f(corr, 'partial_test_acc')}, ρ(trace, train−test acc.) = {f(corr, 'partial_acc_gap')}, ρ(trace, "
+                f"test−train loss) = {f(corr, 'partial_loss_gap')} → {earlier}; earliest rule (plain ρ over setting "
+                f"means: test acc. {f(corr, 'plain_test_acc')}, gap {f(corr, 'plain_acc_gap')}) → {earliest}")
     return VerdictResult(verdict, measured, {"correlations": {k: dict(v) for k, v in corr.items()},
-                                             "earlier_rule": earlier, "table": table.to_dict("records"),
-                                             "diverged": dict(diverged)})
+                                             "design": dict(design or {}), "earlier_rule": earlier,
+                                             "earliest_rule": earliest, "table": table.to_dict("records"),
+                                             "diverged": dict(diverged),
+                                             "threshold": None if threshold is None else
+                                             {"correlations": {k: dict(v) for k, v in threshold["corr"].items()},
+                                              "table": threshold["table"].to_dict("records")}})
+
+
+def arm_dose(results: pd.DataFrame, arm: str, reference: str = "sgd") -> dict[str, Any]:
+    """The dose of ``arm`` against ``reference`` (amendment 1): per-seed relative final-trace reduction
+    (:func:`relative_trace_reduction`, %, paired t interval), mean penalty steps and steps per run, and its text."""
+    red = relative_trace_reduction(per_seed(results, reference, "trace"), per_seed(results, arm, "trace"))
+    g = results[(results["arm"] == arm) & (results["status"] == "done")]
+    pen = float(g["penalty_steps"].mean()) if "penalty_steps" in g and len(g) else math.nan
+    steps = float(g["steps"].mean()) if "steps" in g and len(g) else math.nan
+    return {**red, "penalty_steps": pen, "steps": steps, "text": dose_text(red, pen, steps)}
 
 
 def c6b_verdict(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.DataFrame],
                 gammas: Mapping[str, float], studies: Mapping[str, RegStudy],
-                arms: Sequence[str] = ("sgd", "sgd_l2", "htr", "l2_htr")) -> VerdictResult:
-    """C6b by :func:`c6b_rule` on each deciding study's paired intervals (rows ``in_rule``), combined over studies.
+                arms: Sequence[str] = ("sgd", "sgd_l2", "htr", "l2_htr"),
+                dose: Mapping[str, Mapping[str, Any] | None] | None = None,
+                authors: Mapping[str, Mapping[str, Any]] | None = None) -> VerdictResult:
+    """C6b by the amended rule (:func:`c6b_amended`: the paper's +0.1 point at +0.05 pts, "any gain" apart) on
+    each deciding study's paired intervals (rows ``in_rule``), combined over studies (every); the dose
+    (:func:`arm_dose`) beside every HTR arm.
 
-    Studies with ``decides`` False are described beside the verdict; the earlier rule
-    (:func:`improvement_verdict`, Welch) is reported for each deciding study.
+    ``dose``: study -> the acting-dose arm (:func:`htr_utils.study.regularisation_arms.acting_dose_arm`: its
+    ``selection`` and ``comparison``, the paired test-accuracy row of HTR(dose) − SGD, and ``dose``), or None
+    when it is not in the profile; judged by the same statements, shown beside. ``authors``: study -> the
+    authors'-schedule numbers (:func:`htr_utils.study.regularisation_arms.authors_schedule_table`) for a side
+    study that runs it. Beside: the earlier rule (:func:`c6b_rule`) and the earliest (:func:`improvement_verdict`).
     """
-    per_study, earlier, texts = {}, {}, []
+    per_study, earlier, earliest, statements, texts = {}, {}, {}, {}, []
+    dose, authors = dict(dose or {}), dict(authors or {})
     for name, comp in comparisons.items():
         study, res = studies[name], results[name]
         rule_rows = comp[comp["in_rule"]]
@@ -418,30 +529,69 @@ def c6b_verdict(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, p
                 + ", ".join(f"{a} {100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f} %" for a, v in acc.items()))
         pairs = "; ".join(f"{r['comparison']} = {_interval(r)} pts (paired sd {100 * r['sd']:.2f}, detectable "
                           f"{100 * r['mde']:.2f})" for _, r in rule_rows.iterrows())
-        tr = comp[(comp["quantity"] == "trace") & (comp["arm"] == "htr")]
-        trace = f"; final trace HTR − SGD = {_interval(tr.iloc[0], 1, '+.3g')}" if len(tr) else ""
-        if study.decides:
-            per_study[name] = c6b_rule(rule_rows.to_dict("records"))
-            earlier[name] = improvement_verdict(rule_rows)
-            texts.append(f"{head}; {pairs}{trace} → {per_study[name]} (earlier Welch rule: {earlier[name]})")
+        doses = "; ".join(f"{ARM_LABELS.get(a, a)} {arm_dose(res, a, ref)['text']}"
+                          for a, ref in (("htr", "sgd"), ("l2_htr", "sgd_l2")) if {a, ref} <= set(res["arm"]))
+        if not study.decides:
+            side = f"shown, not deciding: {head}; {pairs}; {doses}"
+            if name in authors:
+                side += f"; the authors' schedule: {authors[name]['text']}"
+            texts.append(side)
+            continue
+        result = c6b_amended(rule_rows.to_dict("records"),
+                             [dose[name]["comparison"]] if dose.get(name) and dose[name].get("comparison") else None)
+        per_study[name], statements[name] = result["C6b"], result
+        earlier[name], earliest[name] = result["earlier rule"], improvement_verdict(rule_rows)
+        d = dose.get(name)
+        if d is None:
+            dose_part = ("acting-dose arm: not in the profile yet (not trained); whether a real trace reduction buys "
+                         "accuracy here is not tested")
+        elif d.get("comparison") is None:
+            dose_part = f"acting-dose arm: {d['text']}"
         else:
-            texts.append(f"shown, not deciding: {head}; {pairs}{trace}")
+            dose_part = (f"acting-dose arm ({d['text']}): HTR(dose) − SGD = {_interval(d['comparison'])} pts; "
+                         f"{result['dose']['text']} (shown, not deciding)")
+        texts.append(f"{head}; {pairs}; {doses}; {result['chosen']['text']} → {per_study[name]} | {dose_part} | "
+                     f"earlier rule (PROTOCOL.md before issue 31; {CHANGED}): {earlier[name]}; earliest rule "
+                     f"(Welch): {earliest[name]}")
     return VerdictResult(combine(per_study.values()), " | ".join(texts),
-                         {"per_study": per_study, "earlier_rule": earlier, "gammas": dict(gammas),
+                         {"per_study": per_study, "earlier_rule": earlier, "earliest_rule": earliest,
+                          "statements": {n: {"any gain": s["chosen"]["any_gain"], "text": s["chosen"]["text"],
+                                             "dose arm": s["dose"]} for n, s in statements.items()},
+                          "doses": {n: {a: {k: v for k, v in arm_dose(r, a, ref).items()}
+                                        for a, ref in (("htr", "sgd"), ("l2_htr", "sgd_l2")) if {a, ref} <= set(r["arm"])}
+                                    for n, r in results.items()},
+                          "acting_dose": {n: (None if d is None else {k: v for k, v in d.items() if k != "results"})
+                                          for n, d in dose.items()},
+                          "authors_schedule": {n: {k: v for k, v in a.items() if k != "table"} for n, a in authors.items()},
+                          "gammas": dict(gammas),
                           "comparisons": {n: c.to_dict("records") for n, c in comparisons.items()},
                           "results": {n: r.to_dict("records") for n, r in results.items()}})
+
+
+def _cost_line(c: pd.DataFrame, rule: str) -> str:
+    """:func:`c7_cost_line` from a :func:`penalty_step_costs` table (its ``layers`` / ``penalised layers`` columns)."""
+    ratio = c.loc[rule, "median_s"] / c.loc["all", "median_s"]
+    if "layers" not in c.columns:  # a table from before the cost line: shares only
+        return (f"penalty step {ratio:.2f}× full ({100 * c.loc[rule, 'share of parameters']:.0f} % of parameters, "
+                f"{100 * c.loc[rule, 'share of penalty compute']:.0f} % of the penalty's compute)")
+    split = lambda v: [x.strip() for x in str(v).split(",") if x.strip()]  # noqa: E731
+    return c7_cost_line(split(c.loc[rule, "layers"]), split(c.loc[rule, "penalised layers"]), ratio,
+                        float(c.loc[rule, "share of parameters"]), float(c.loc[rule, "share of penalty compute"]))
 
 
 def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.DataFrame],
               costs: Mapping[str, pd.DataFrame], gammas: Mapping[str, Mapping[str, float]],
               studies: Mapping[str, RegStudy], rounds: int) -> VerdictResult:
-    """C7 per deciding study by :func:`c7_rule` for each middle rule (gate, accuracy, cost), any rule suffices;
+    """C7 per deciding study by the amended rule (:func:`c7_amended`: gate :func:`c7_acts` on the per-seed trace
+    reductions, accuracy, cost, the ±0.1-pt equivalence beside) for each middle rule, any rule suffices;
     combined over studies (every). The gain that sets the margin is this study's paired HTR − SGD
-    (:func:`established_gain`). The earlier rule (:func:`earlier_c7_verdict`) is reported beside.
+    (:func:`established_gain`). Beside: the dose of every arm (:func:`arm_dose`), the cost line
+    (:func:`c7_cost_line`), the earlier rule (:func:`c7_rule`, gate: trace interval below 0) and the
+    earliest (:func:`earlier_c7_verdict`).
     """
-    per_study, texts, earlier = {}, [], {}
+    per_study, texts, earlier, earliest = {}, [], {}, {}
     for name, comp in comparisons.items():
-        study = studies[name]
+        study, res = studies[name], results[name]
         if not study.decides:
             continue
         row = lambda arm, ref, q: comp[(comp["arm"] == arm) & (comp["reference"] == ref)  # noqa: E731
@@ -449,30 +599,34 @@ def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.
         htr_gain = row("htr", "sgd", "test_acc")
         gain = established_gain(htr_gain)
         c = costs[name].set_index("step")
+        full_dose = arm_dose(res, "htr")
         rules, parts = {}, []
         for rule in study.middle_rules:
             arm = f"htr_{rule}"
-            acts, acc = row(arm, "sgd", "trace"), row(arm, "htr", "test_acc")
+            trace, acc = row(arm, "sgd", "trace"), row(arm, "htr", "test_acc")
             ratio = c.loc[rule, "median_s"] / c.loc["all", "median_s"]
-            rules[rule] = r = c7_rule(acts, acc, ratio, gain)
-            parts.append(f"{rule} (γ = {gammas[name][rule]:g}): trace − SGD {_interval(acts, 1, '+.3g')} → acts "
-                         f"{r['acts']}; middle − full {_interval(acc)} pts → accuracy {r['accuracy']} "
-                         f"({r['accuracy_note']}); penalty step {ratio:.2f}× full ({100 * c.loc[rule, 'share of parameters']:.0f} % "
-                         f"of parameters, {100 * c.loc[rule, 'share of penalty compute']:.0f} % of the penalty's compute) "
-                         f"→ cost {r['cost']}; → {r['C7']}")
+            mid_dose = arm_dose(res, arm)
+            gate = c7_acts(mid_dose, full_dose, trace)
+            rules[rule] = r = c7_amended(gate, acc, ratio, gain, trace)
+            parts.append(f"{rule} (γ = {gammas[name][rule]:g}; {mid_dose['text']}): trace − SGD "
+                         f"{_interval(trace, 1, '+.3g')}; {gate['text']}; middle − full {_interval(acc)} pts → accuracy "
+                         f"{r['accuracy']} ({r['accuracy_note']}), {r['equivalence']} (secondary); {_cost_line(c, rule)} "
+                         f"→ cost {r['cost']}; → {r['C7']} (earlier rule: {r['earlier rule']})")
         for rule in (r for r in study.cost_rules if r not in study.middle_rules and r in c.index):
-            parts.append(f"{rule} (cost only, no arm trained): penalty step {c.loc[rule, 'median_s'] / c.loc['all', 'median_s']:.2f}× "
-                         f"full ({100 * c.loc[rule, 'share of parameters']:.0f} % of parameters, "
-                         f"{100 * c.loc[rule, 'share of penalty compute']:.0f} % of the penalty's compute)")
+            parts.append(f"{rule} (cost only, no arm trained): {_cost_line(c, rule)}")
         per_study[name] = {**rules, "C7": combine((r["C7"] for r in rules.values()), "any_of")}
-        earlier[name] = earlier_c7_verdict(comp[(comp["reference"] == "htr") & (comp["quantity"] == "test_acc")],
-                                           costs[name], study.middle_rules)
+        earlier[name] = combine((r["earlier rule"] for r in rules.values()), "any_of")
+        earliest[name] = earlier_c7_verdict(comp[(comp["reference"] == "htr") & (comp["quantity"] == "test_acc")],
+                                            costs[name], study.middle_rules)
         texts.append(f"{name}: HTR − SGD {_interval(htr_gain)} pts ("
                      + (f"gain established, margin {100 * gain / 2:.3f} pts" if gain is not None else "no gain established")
-                     + f"); full penalty step {c.loc['all', 'median_s']:.3g} s, plain {c.loc['plain', 'median_s']:.3g} s "
-                     f"(median of {rounds}); " + "; ".join(parts) + f" (earlier rule: {earlier[name]})")
+                     + f"); full HTR {full_dose['text']}; full penalty step {c.loc['all', 'median_s']:.3g} s, plain "
+                     f"{c.loc['plain', 'median_s']:.3g} s (median of {rounds}); " + "; ".join(parts)
+                     + f"; the middle arm at an acting dose (amendment 4, optional) is not in the profile | earlier rule "
+                     f"(PROTOCOL.md before issue 31; {CHANGED}): {earlier[name]}; earliest rule (Welch, 0.3-pt margin): "
+                     f"{earliest[name]}")
     return VerdictResult(combine(v["C7"] for v in per_study.values()), " | ".join(texts),
-                         {"per_study": per_study, "earlier_rule": earlier,
+                         {"per_study": per_study, "earlier_rule": earlier, "earliest_rule": earliest,
                           "gammas": {n: dict(g) for n, g in gammas.items()},
                           "costs": {n: c.to_dict("records") for n, c in costs.items()},
                           "comparisons": {n: c.to_dict("records") for n, c in comparisons.items()}})

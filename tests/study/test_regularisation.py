@@ -172,3 +172,93 @@ def test_arms_at_one_seed_share_initialisation_and_data_order(tmp_path):
     cols = ["train_loss", "train_acc", "test_acc", "val_acc"]
     assert sgd.loc[sgd["epoch"] == 1, cols].to_numpy().tolist() == htr.loc[htr["epoch"] == 1, cols].to_numpy().tolist()
     assert sgd.loc[sgd["epoch"] == 2, "train_loss"].item() != htr.loc[htr["epoch"] == 2, "train_loss"].item()
+
+
+# ---------------------------------------------------------------------------- issue 31: doses and amended verdicts
+
+def _arms(values: dict[str, list[float]], trace: dict[str, list[float]], penalty: int = 3, steps: int = 30):
+    rows = []
+    for arm, accs in values.items():
+        for seed, (acc, tr) in enumerate(zip(accs, trace[arm]), start=1):
+            rows.append({"arm": arm, "seed": seed, "status": "done", "gamma": 0.0 if arm in ("sgd", "sgd_l2") else 1e-3,
+                         "weight_decay": 1e-4 if "l2" in arm else 0.0, "test_acc": acc, "trace": tr,
+                         "penalty_steps": 0 if arm in ("sgd", "sgd_l2") else penalty, "steps": steps})
+    return pd.DataFrame(rows)
+
+
+def test_arm_dose_is_the_mean_per_seed_relative_reduction():
+    res = _arms({"sgd": [0.9, 0.9, 0.9], "htr": [0.9, 0.9, 0.9]}, {"sgd": [100.0, 200.0, 400.0], "htr": [90.0, 150.0, 360.0]})
+    d = rs.arm_dose(res, "htr")
+    r = [0.10, 0.25, 0.10]  # (sgd − htr) / sgd per seed, by hand
+    assert d["mean_pct"] == pytest.approx(100 * sum(r) / 3) and d["lo_pct"] < d["mean_pct"] < d["hi_pct"]
+    assert d["penalty_steps"] == 3 and d["steps"] == 30 and "3 of 30 steps per run (10.0 %)" in d["text"]
+
+
+def _comparisons_for(res, pairs):
+    return pd.concat([rs.compare_arms(res, pairs).assign(in_rule=True),
+                      rs.compare_arms(res, pairs, column="trace").assign(in_rule=False)], ignore_index=True)
+
+
+def test_c6b_verdict_decides_by_the_amended_rule_and_shows_the_earlier_one():
+    study = RegStudy(base=TINY, seeds=(1, 2, 3, 4), l2=1e-4, gamma=1e-3, middle_gamma=1e-4)
+    trace = {a: [100.0, 110.0, 120.0, 130.0] for a in ("sgd", "sgd_l2")} | {a: [95.0, 104.0, 114.0, 123.0] for a in ("htr", "l2_htr")}
+    base = [0.80, 0.81, 0.82, 0.83]
+    for gain, amended, earlier in ((0.0003, "not reproduced", "reproduced"),  # +0.03 pt: a gain, under half the paper's
+                                   (0.0010, "reproduced", "reproduced")):
+        noise = [0.0, 0.0001, -0.0001, 0.0]
+        acc = {"sgd": base, "sgd_l2": base, "htr": [b + gain + e for b, e in zip(base, noise)],
+               "l2_htr": [b + gain - e for b, e in zip(base, noise)]}
+        res = _arms(acc, trace)
+        comp = _comparisons_for(res, [("htr", "sgd"), ("l2_htr", "sgd_l2")])
+        out = rs.c6b_verdict({"s": comp}, {"s": res}, {"s": 1e-3}, {"s": study})
+        assert out.verdict == amended and out.details["earlier_rule"]["s"] == earlier
+        assert "any gain: shown" in out.measured and "below SGD's, penalty on 3 of 30 steps" in out.measured
+        assert "acting-dose arm: not in the profile yet" in out.measured and "both shown" in out.measured
+
+
+def test_c7_result_gate_needs_a_real_trace_reduction():
+    study = RegStudy(base=TINY, seeds=(1, 2, 3, 4), l2=1e-4, gamma=1e-3, middle_gamma=1e-4, middle_rules=("middle",),
+                     cost_rules=("middle",))
+    costs = pd.DataFrame({"step": ["plain", "all", "middle"], "median_s": [0.1, 1.0, 0.2],
+                          "share of parameters": [0.0, 1.0, 0.9], "share of penalty compute": [0.0, 1.0, 0.1],
+                          "layers": ["conv1, conv2, fc1, fc2, fc3"] * 3, "penalised layers": ["", "conv1, conv2, fc1, fc2, fc3", "fc1, fc2"]})
+    acc = {"sgd": [0.80, 0.81, 0.82, 0.83], "htr": [0.805, 0.8149, 0.8251, 0.835], "htr_middle": [0.805, 0.815, 0.825, 0.835]}
+    for mid_trace, acts in (([99.0, 108.9, 118.8, 128.7], "no"), ([80.0, 88.0, 96.0, 104.0], "yes")):  # 1 % / 20 %
+        res = _arms(acc, {"sgd": [100.0, 110.0, 120.0, 130.0], "htr": [80.0, 88.0, 96.5, 104.0], "htr_middle": mid_trace})
+        comp = pd.concat([rs.compare_arms(res, [("htr_middle", "htr")]).assign(in_rule=True),
+                          rs.compare_arms(res, [("htr", "sgd"), ("htr_middle", "sgd")]).assign(in_rule=False),
+                          rs.compare_arms(res, [("htr_middle", "sgd"), ("htr", "sgd")], column="trace").assign(in_rule=True)],
+                         ignore_index=True)
+        out = rs.c7_result({"s": comp}, {"s": res}, {"s": costs}, {"s": {"all": 1e-3, "middle": 1e-2}}, {"s": study}, 3)
+        r = out.details["per_study"]["s"]["middle"]
+        assert r["acts"] == acts and r["earlier rule"] == "reproduced"  # the earlier gate: trace interval below 0
+        assert out.verdict == ("reproduced" if acts == "yes" else "inconclusive")
+        assert "skips conv1, conv2" in out.measured and "equivalent within ±0.1 pt" in out.measured
+
+
+def test_c6a_verdict_follows_the_budget_rule():
+    rho = lambda r, lo, hi: {"rho": r, "lo": lo, "hi": hi}  # noqa: E731
+    corr = {f"{k}_{c}": rho(-0.5, -0.8, -0.2) if c == "test_acc" else rho(0.5, 0.2, 0.8)
+            for k in ("partial", "plain") for c in ("test_acc", "acc_gap", "loss_gap")}
+    table = pd.DataFrame({"run": ["base", "base", "lr_low", "lr_low"], "seed": [1, 2, 1, 2],
+                          "train_loss": [0.3, 0.31, 0.5, 0.52], "wall_seconds": [60.0, 70.0, 80.0, 90.0]})
+    designs = pd.DataFrame([{"design": "loss threshold", "settings": 35, "seeds": 1, "P(R | ρ = −0.5)": 0.57}])
+    slow = rs.c6a_budget(designs, table)  # t15 = 65 s: 35 × 1.08 min = 38 min > 20
+    assert slow["t15_minutes"] == pytest.approx(65 / 60) and not slow["testable"]
+    out = rs.c6a_verdict(table, corr, {}, slow, None)
+    assert out.verdict == "inconclusive" and "not testable at this budget" in out.measured
+    assert out.details["earlier_rule"] == "reproduced"  # the fixed-epoch sweep's reading, shown, never deciding
+    fast = rs.c6a_budget(designs, table.assign(wall_seconds=20.0))
+    assert fast["testable"]
+    assert "not in the profile yet" in rs.c6a_verdict(table, corr, {}, fast, None).measured
+    assert rs.c6a_verdict(table, corr, {}, fast, {"table": table, "corr": corr, "diverged": {}}).verdict == "reproduced"
+    weak = rs.c6a_budget(designs.assign(**{"P(R | ρ = −0.5)": 0.3}), table.assign(wall_seconds=20.0))
+    assert not weak["testable"]
+
+
+def test_penalised_layers_of_lenet():
+    model = Trainer(TINY).model
+    assert rs.penalised_layers(model, "all") == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert rs.penalised_layers(model, "middle") == ["fc1", "fc2"]
+    assert rs.penalised_layers(model, "middle_authors") == ["conv2", "fc1", "fc2"]  # conv2.bias is in the index rule
+    assert {n.rsplit(".", 1)[0] for n in penalty_parameter_names(model, "middle_authors")} == {"conv2", "fc1", "fc2"}
