@@ -140,6 +140,11 @@ def fit_sweep_model(table: pd.DataFrame, setting: str = "run") -> dict[str, np.n
     if missing:
         raise ValueError(f"fit_sweep_model: the sweep table lacks {sorted(missing)}; pass the per-run sweep table "
                          "(figures/<profile>/06_trace_generalisation/sweep.csv)")
+    bad = sorted(set(table.loc[~(table["trace"].astype(float) > 0), setting]))
+    if bad:
+        raise ValueError(f"fit_sweep_model: the model is on log trace, and runs of {bad} have a non-positive or "
+                         "missing trace estimate (a Hutchinson estimate of a near-zero trace, e.g. an undertrained "
+                         "run); leave those settings out or measure the trace with more probes")
     x = table[list(SWEEP_COLUMNS)].astype(float).copy()
     x["trace"] = np.log(x["trace"])
     groups = table[setting]

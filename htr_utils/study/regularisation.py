@@ -38,6 +38,7 @@ from .hashing import config_hash
 from .profiles import RegStudy
 from .runs import Run, train_run
 from ..layers import layer_groups
+from .calibration_regularisation import c6a_design_table, fit_sweep_model
 from .regularisation_rules import (c6a_amended, c6a_design_check, c6a_rule, c6b_amended, c6b_rule, c7_acts,
                                    c7_amended, c7_cost_line, double_backward_path, dose_text, established_gain,
                                    relative_trace_reduction)
@@ -428,6 +429,20 @@ def _interval(row: Mapping[str, Any], scale: float = 100, fmt: str = "+.2f") -> 
 
 CHANGED = "the rule changed after issue 31's referee read; both shown"
 C6A_DESIGN = ("loss threshold", 35, 1)  # amendment 3: 35 settings × 1 seed, each run stopped at training loss L*
+
+
+def c6a_design(table: pd.DataFrame, reps: int = 600, boot: int = 400) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Amendment 3's calibration and budget rule on this study's fixed-epoch sweep ``table``: the model fitted to it
+    (:func:`fit_sweep_model`), each design's rates (:func:`c6a_design_table`) and :func:`c6a_budget`. When no model
+    can be fitted (e.g. a non-positive trace estimate), an empty table and a design that cannot decide, saying why."""
+    try:
+        model = fit_sweep_model(table)
+    except ValueError as err:
+        return pd.DataFrame(), {"testable": False, "minutes": math.nan, "power": math.nan, "t15_minutes": math.nan,
+                                "collinearity": math.nan,
+                                "text": f"not testable here: the design's power cannot be calibrated ({err})"}
+    designs = c6a_design_table(model, reps=reps, boot=boot)
+    return designs, {**c6a_budget(designs, table), "collinearity": model["collinearity"]}
 
 
 def c6a_budget(design_table: pd.DataFrame, sweep: pd.DataFrame, base_label: str = "base") -> dict[str, Any]:

@@ -262,3 +262,11 @@ def test_penalised_layers_of_lenet():
     assert rs.penalised_layers(model, "middle") == ["fc1", "fc2"]
     assert rs.penalised_layers(model, "middle_authors") == ["conv2", "fc1", "fc2"]  # conv2.bias is in the index rule
     assert {n.rsplit(".", 1)[0] for n in penalty_parameter_names(model, "middle_authors")} == {"conv2", "fc1", "fc2"}
+
+
+def test_c6a_design_says_why_it_cannot_decide_without_a_fitted_model():
+    table = pd.DataFrame({"run": ["a", "a", "b", "b", "c", "c"], "seed": [1, 2] * 3, "train_loss": [0.3, 0.31, 0.5, 0.52, 0.7, 0.71],
+                          "trace": [100.0, 110.0, -0.5, 50.0, 20.0, 25.0], "test_acc": [0.9, 0.89, 0.85, 0.86, 0.8, 0.81],
+                          "acc_gap": [0.02, 0.03, 0.01, 0.01, 0.0, 0.01], "wall_seconds": [10.0] * 6})
+    designs, design = rs.c6a_design(table, reps=10, boot=10)
+    assert designs.empty and not design["testable"] and "['b']" in design["text"] and "non-positive" in design["text"]
