@@ -568,6 +568,9 @@ def c6b_verdict(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, p
         texts.append(f"{head}; {pairs}; {doses}; {result['chosen']['text']} → {per_study[name]} | {dose_part} | "
                      f"earlier rule (PROTOCOL.md before issue 31; {CHANGED}): {earlier[name]}; earliest rule "
                      f"(Welch): {earliest[name]}")
+    if not authors:
+        texts.append("the authors' schedule (SGD 30 epochs against SGD + HTR 40, amendment 2): not in the profile yet, "
+                     "not shown")
     return VerdictResult(combine(per_study.values()), " | ".join(texts),
                          {"per_study": per_study, "earlier_rule": earlier, "earliest_rule": earliest,
                           "statements": {n: {"any gain": s["chosen"]["any_gain"], "text": s["chosen"]["text"],

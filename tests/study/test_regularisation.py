@@ -214,6 +214,7 @@ def test_c6b_verdict_decides_by_the_amended_rule_and_shows_the_earlier_one():
         assert out.verdict == amended and out.details["earlier_rule"]["s"] == earlier
         assert "any gain: shown" in out.measured and "below SGD's, penalty on 3 of 30 steps" in out.measured
         assert "acting-dose arm: not in the profile yet" in out.measured and "both shown" in out.measured
+        assert "the authors' schedule (SGD 30 epochs against SGD + HTR 40, amendment 2): not in the profile yet" in out.measured
 
 
 def test_c7_result_gate_needs_a_real_trace_reduction():
