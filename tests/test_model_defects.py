@@ -358,3 +358,27 @@ def test_mean_loss_over_batches_stays_quiet():
         warnings.simplefilter("error", UserWarning)
         op = hvp_operator(model, F.cross_entropy, [(x[:7], y[:7]), (x[7:16], y[7:16]), (x[16:], y[16:])])
         assert rel_err(op.to_dense(), reference(model, F.cross_entropy, x, y)["hessian"]) < TOL
+
+
+class FunctionalPadding(nn.Module):
+    """F.embedding(padding_idx=0) on a bare parameter: not recognisable by module type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table, self.fc = nn.Parameter(torch.randn(6, 3)), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.embedding(x, self.table, padding_idx=0).flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_symmetry_check_catches_functional_padding_embedding(dtype):
+    torch.manual_seed(7)
+    model = FunctionalPadding().double()
+    x, y = torch.randint(0, 6, (8, 4)), torch.randint(0, 3, (8,))
+    x[:, 0] = 0
+    H = autograd_hessian(model, F.cross_entropy, x, y)
+    op = hvp_operator(model.to(dtype), F.cross_entropy, (x, y))
+    with pytest.warns(UserWarning, match=r"not symmetric.*FunctionalPadding"):
+        A = op.to_dense()
+    assert rel_err(A.double(), H) < (TOL if dtype == torch.float64 else 1e-5)
