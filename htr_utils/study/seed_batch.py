@@ -20,7 +20,7 @@ cannot be updated in place under vmap.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -121,16 +121,18 @@ def stacked_trace_penalty(total_loss: Tensor, params: Sequence[Tensor], probes: 
 
 def stacked_sgd_step(template: nn.Module, params: Params, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                      penalty_names: Sequence[str] | None = None, gamma: float = 0.0,
-                     probes: Sequence[Sequence[Tensor]] | None = None
+                     probes: Sequence[Sequence[Tensor]] | None = None,
+                     forward: Callable[[Params, Tensor], Tensor] | None = None
                      ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One step of every member on Σ_s [L_s + γ · penalty_s]; x (S, B, ...), y (S, B).
 
     The stacked counterpart of ``training.sgd_step``. ``probes`` (from :func:`member_probes`, over
     the tensors ``penalty_names``) are needed when ``penalty_names`` is given. Raises
     :class:`MemberDiverged` before stepping when a member's objective is not finite. Returns
-    (logits (S, B, C), losses (S,), penalties (S,) or None), the latter two detached.
+    (logits (S, B, C), losses (S,), penalties (S,) or None), the latter two detached. ``forward``
+    replaces :func:`stacked_forward` (e.g. a hand-written grouped-convolution forward).
     """
-    logits = stacked_forward(template, params, x)
+    logits = stacked_forward(template, params, x) if forward is None else forward(params, x)
     losses = member_losses(logits, y)
     objective, pens = losses, None
     if penalty_names:
