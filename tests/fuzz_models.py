@@ -914,7 +914,6 @@ def _check_hutchinson(case: Case, op, dense: Tensor, size: float, fail: Callable
 def _check_penalty(case: Case, ref: Reference, fail: Callable[[str], None]) -> None:
     """trace_penalty on the mean loss over all data: fixed probes exactly, fresh probes in expectation."""
     model = copy.deepcopy(case.model).eval()
-    canonical = {id(p): nm for nm, p in model.named_parameters()}
     params = [model.get_parameter(nm) for nm in ref.names]
     for p in params:
         p.requires_grad_(True)
@@ -946,7 +945,6 @@ def _check_penalty(case: Case, ref: Reference, fail: Callable[[str], None]) -> N
     if not abs(float(fresh) - exact) <= Z_MAX * sigma + TOL[case.dtype] * scale:
         fail(f"trace_penalty({PENALTY_PROBES} probes, batched={case.penalty_batched}) = {float(fresh):.6g}, "
              f"tr H = {exact:.6g} ({abs(float(fresh) - exact) / max(sigma, 1e-300):.1f} σ)")
-    del canonical
 
 
 def run_seed(seed: int) -> Outcome:
@@ -1024,7 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
         if o.status != "PASS":
             print(f"replay: make fuzz FUZZ_SEED={seed}")
         return 1 if o.status == "FAIL" else 0
-    start = args.start if args.start is not None else int(os.environ.get("FUZZ_START") or random.SystemRandom().randrange(10**9))
+    start = args.start if args.start is not None else int(os.environ.get("FUZZ_START")
+                                                          or random.SystemRandom().randrange(10**9))
     print(f"fuzz: {args.minutes:g} minutes from seed {start} (FUZZ_START={start} repeats this run)", flush=True)
     outcomes = fuzz(args.minutes, start)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "SKIP")}
