@@ -948,12 +948,16 @@ def _check_penalty(case: Case, ref: Reference, fail: Callable[[str], None]) -> N
 
 
 def run_seed(seed: int) -> Outcome:
-    """Build and check the case of ``seed``; an exception while building it is a FAIL of the generator's case."""
+    """Build and check the case of ``seed``; an exception escaping either is a FAIL with its traceback's last frame."""
     try:
         case = make_case(seed)
     except Exception as exc:  # noqa: BLE001 - a generator bug, reported as such
         return Outcome(seed, "FAIL", "(generator)", [f"make_case raised {_short(exc)}: {traceback.format_exc(-1)}"])
-    return check_case(case)
+    try:
+        return check_case(case)
+    except Exception as exc:  # noqa: BLE001 - outside the guarded products: still this case's failure
+        return Outcome(seed, "FAIL", case.desc, [f"check_case raised {_short(exc)}: {traceback.format_exc(-1)}"],
+                       families=sorted(case.families))
 
 
 # ============================================================================================ the driver
