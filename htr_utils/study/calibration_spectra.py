@@ -7,6 +7,7 @@ The earlier rules' calibrations stay in :mod:`htr_utils.study.calibration`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -141,6 +142,137 @@ def c2_calibration(sims: int = 20000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ----------------------------------------------------------------------------- C1 / C3(a): anisotropic spiked model
+
+SPIKED_MAX_DIM = 400      # model dimension: min(block size, this); only the top 2C of the spectrum is used
+
+
+@dataclass(frozen=True)
+class SpikedFit:
+    """Hess ≈ U diag(a) Uᵀ + diag(w) in ``dim`` dimensions: C class directions (U, a random C-dimensional subspace,
+    the class-mean span) with strengths a_k geometric from ``a1`` to ``aC``, and an anisotropic within-class part
+    w_j = edge · j^(−beta) whose top, λ_max(G_within), is the measured bulk edge."""
+    dim: int
+    C: int
+    a1: float
+    aC: float
+    edge: float
+    beta: float
+    loss: float = float("nan")
+
+    def strengths(self) -> np.ndarray:
+        return self.a1 * (self.aC / self.a1) ** (np.arange(self.C) / max(self.C - 1, 1))
+
+
+def spiked_top(dim: int, strengths: np.ndarray, edge: float, beta: float, rng: np.random.Generator,
+               k: int, lead: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top k eigenvalues (descending) of U diag(strengths) Uᵀ + diag(w), w_j = edge · j^(−beta) (``lead``, if given,
+    replaces w_1: one strong within-class direction), U a random orthonormal dim × C, and each eigenvector's
+    squared projection on span(U) (the readings' per-vector overlaps)."""
+    from scipy.linalg import eigh
+
+    C = len(strengths)
+    U = np.linalg.qr(rng.standard_normal((dim, C)))[0]
+    M = (U * strengths) @ U.T
+    w = edge * np.arange(1, dim + 1, dtype=float) ** (-beta)
+    if lead is not None:
+        w[0] = lead
+    M[np.diag_indices(dim)] += w
+    k = min(k, dim)
+    ev, vec = eigh(M, subset_by_index=[dim - k, dim - 1], driver="evr")
+    return ev[::-1], ((U.T @ vec[:, ::-1]) ** 2).sum(0)
+
+
+def fit_spiked(lambda_1: float, lambda_C: float, lambda_C1: float, edge: float, overlap: float, dim: int,
+               C: int = 10, draws: int = 3, max_dim: int = SPIKED_MAX_DIM) -> SpikedFit:
+    """The :class:`SpikedFit` whose λ_1, λ_C, λ_C+1 and mean top-C overlap match the measured ones (least squares
+    on log eigenvalues and on the overlap, Nelder–Mead from three starts, ``draws`` fixed random subspaces),
+    with the within-class top fixed at the measured bulk edge."""
+    from scipy.optimize import minimize
+
+    if not (lambda_1 >= lambda_C >= lambda_C1 > 0 and edge > 0 and 0 < overlap <= 1 and dim > 2 * C):
+        raise ValueError(f"fit_spiked: need λ_1 ≥ λ_C ≥ λ_C+1 > 0, edge > 0, overlap in (0, 1] and dim > 2C, got "
+                         f"{lambda_1}, {lambda_C}, {lambda_C1}, {edge}, {overlap}, {dim}")
+    d = min(dim, max_dim)
+
+    def loss(p: np.ndarray) -> float:
+        a1, aC, beta = np.exp(p)
+        a = a1 * (aC / a1) ** (np.arange(C) / (C - 1))
+        err = []
+        for s in range(draws):
+            ev, ov = spiked_top(d, a, edge, beta, np.random.default_rng(s), C + 1)
+            err.append((np.log(ev[0] / lambda_1), np.log(ev[C - 1] / lambda_C), np.log(ev[C] / lambda_C1),
+                        ov[:C].mean() - overlap))
+        return float(np.sum(np.mean(err, 0) ** 2))
+
+    starts = ([lambda_1, lambda_C, 0.5], [lambda_1 / 2, lambda_C / 2, 1.0], [lambda_1, lambda_C / 5, 0.2])
+    best = min((minimize(loss, np.log(s), method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 200})
+                for s in starts), key=lambda r: r.fun)
+    a1, aC, beta = np.exp(best.x)
+    return SpikedFit(d, C, float(a1), float(aC), float(edge), float(beta), float(best.fun))
+
+
+def spiked_counts(fit: SpikedFit, strengths: np.ndarray, sims: int, seed: int = 0, lead: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per simulated reading: (k_cls, k_edge): the amended count (:func:`htr_utils.study.spectra_rules.class_direction_count`
+    of the top 2C eigenvectors' overlaps) and the earlier count (eigenvalues above λ_max(G_within): the fitted
+    edge, or ``lead`` where one within-class direction is set to that strength)."""
+    edge = fit.edge if lead is None else max(fit.edge, lead)
+    rng = np.random.default_rng(seed)
+    k_cls, k_edge = np.empty(sims, dtype=int), np.empty(sims, dtype=int)
+    for i in range(sims):
+        ev, ov = spiked_top(fit.dim, strengths, fit.edge, fit.beta, rng, 3 * fit.C, lead)
+        k_cls[i] = rules.class_direction_count(ov[:2 * fit.C])
+        k_edge[i] = int(np.sum(ev > edge))
+    return k_cls, k_edge
+
+
+def spiked_scenarios(fit: SpikedFit) -> dict[str, tuple[np.ndarray, float | None]]:
+    """Scenarios of C1 / C3(a) in a fitted model: (class strengths, strength of one strong within-class direction
+    or None). "true": C class directions, the weakest at half (or a quarter of) the within edge; "true, masked": the same plus one
+    within-class direction at twice the strongest class direction (the earlier rule's blind spot); "measured":
+    the fit; "false": only C/2 or C − 3 class directions clear the bulk (the others at a quarter of the fitted
+    strength), or none."""
+    C, a1, edge = fit.C, fit.a1, fit.edge
+    half = a1 * (min(edge / 2, a1) / a1) ** (np.arange(C) / (C - 1))
+    quarter = a1 * (min(edge / 4, a1) / a1) ** (np.arange(C) / (C - 1))
+    out = {"true: weakest class direction at edge / 2": (half, None),
+           "true: weakest class direction at edge / 4": (quarter, None),
+           "true, masked: within top at 2 × the strongest class direction": (half, 2 * max(a1, edge)),
+           "measured state (fit)": (fit.strengths(), None)}
+    for m in (C // 2, C - 3):
+        a = fit.strengths().copy()
+        a[m:] *= 0.25
+        out[f"false: {m} class directions, the rest hidden"] = (a, None)
+    out["false: no class directions"] = (np.zeros(C), None)
+    return out
+
+
+def c1_class_calibration(fits: dict[str, SpikedFit], sims: int = 200) -> pd.DataFrame:
+    """One row per (network, scenario of :func:`spiked_scenarios`): the amended C1 count rule's (k_cls) and the
+    earlier rule's (k above the within edge) verdict frequencies per network, and the mean counts."""
+    rows = []
+    for label, fit in fits.items():
+        for j, (scenario, (a, lead)) in enumerate(spiked_scenarios(fit).items()):
+            k_cls, k_edge = spiked_counts(fit, a, sims, seed=j, lead=lead)
+            new, old = rates(rules.about_c_codes(k_cls, fit.C)), rates(rules.about_c_codes(k_edge, fit.C))
+            rows.append({"network": label, "scenario": scenario, "mean k_cls": k_cls.mean(), "mean k_edge": k_edge.mean(),
+                         "P(R)": new["P(reproduced)"], "P(N)": new["P(not reproduced)"],
+                         "earlier P(R)": old["P(reproduced)"], "earlier P(N)": old["P(not reproduced)"]})
+    return pd.DataFrame(rows)
+
+
+def c3a_class_rates(fits: Sequence[SpikedFit], scenario: str, sims: int = 200, seed: int = 0) -> dict[str, float]:
+    """C3 (a)'s share rule (:func:`htr_utils.study.spectra_rules.share_codes` of the share of layers with
+    C − 2 ≤ k_cls ≤ C + 2) when every layer block follows its own fit in ``scenario``."""
+    ok = np.zeros((sims, len(fits)), dtype=bool)
+    for i, fit in enumerate(fits):
+        a, lead = spiked_scenarios(fit)[scenario]
+        k_cls, _ = spiked_counts(fit, a, sims, seed=seed + 1000 * i, lead=lead)
+        ok[:, i] = rules.about_c_codes(k_cls, fit.C) == R
+    return rates(rules.share_codes(ok.mean(1)))
+
+
 # ----------------------------------------------------------------------------- C4: depth regression
 
 C4_SIZES = {"lenet": (150, 2400, 48000, 10080, 840),
@@ -191,3 +323,23 @@ def c4_depth_calibration(ratios: Sequence[float] = (1.0, 2.0, 4.0, 6.0, 8.0),
     and VGG11_bn's real layer sizes (LeNet 3 epochs, VGG 2)."""
     return pd.DataFrame([{"sigma_layer": s, "true ratio": q, **c4_depth_power(q, sigma_layer=s)}
                          for s in sigmas for q in ratios])
+
+
+# fits of the full blocks to the committed readings (last epoch, 100 per class; figures/cpu/01_full_spectrum), from
+# :func:`committed_fits`; the layer blocks' fits take about 15 minutes on this CPU and are recomputed there
+C1_FITS = {"lenet_fashionmnist": SpikedFit(400, 10, 33.25, 2.200, 17.168, 0.4760),
+           "lenet_gelu_fashionmnist": SpikedFit(400, 10, 34.53, 2.722, 16.788, 0.4603),
+           "vgg11_bn_fashionmnist": SpikedFit(400, 10, 736.9, 17.31, 154.30, 0.4753)}
+
+
+def committed_fits(table: pd.DataFrame) -> dict[str, SpikedFit]:
+    """{"run/block": :func:`fit_spiked`} for every row of a class-structure table at its run's last epoch and most
+    examples per class (columns lambda_1, lambda_C, lambda_C+1, bulk_edge, overlap, dim)."""
+    out = {}
+    for run, g in table.groupby("run", sort=False):
+        g = g[(g["epoch"] == g["epoch"].max())]
+        g = g[g["per_class"] == g["per_class"].max()]
+        for _, r in g.iterrows():
+            out[f"{run}/{r['block']}"] = fit_spiked(r["lambda_1"], r["lambda_C"], r["lambda_C+1"], r["bulk_edge"],
+                                                    r["overlap"], int(r["dim"]))
+    return out

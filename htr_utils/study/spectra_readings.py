@@ -57,6 +57,10 @@ class ClassBlock:
     overlap: float                        # top-C Ritz vectors vs span of the class means
     overlap_chance: float                 # C / dim
     hess_top_restart: tuple[float, ...] = ()  # full block: a second Lanczos run from an independent start
+    # issue 30 (C1 / C3 (a) amendment): each of the top 2C Ritz vectors' squared projection on the class-mean span
+    # (descending eigenvalue), and the top 3C Ritz values of G_within; empty in readings taken before
+    overlaps: tuple[float, ...] = ()
+    within_top: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class ClassReading:
     @classmethod
     def from_json(cls, d: dict) -> "ClassReading":
         blocks = {k: ClassBlock(**{**v, "hess_top": tuple(v["hess_top"]),
-                                   "hess_top_restart": tuple(v.get("hess_top_restart", ()))})
+                                   "hess_top_restart": tuple(v.get("hess_top_restart", ())),
+                                   "overlaps": tuple(v.get("overlaps", ())), "within_top": tuple(v.get("within_top", ()))})
                   for k, v in d["blocks"].items()}
         return cls(int(d["epoch"]), int(d["examples_per_class"]), int(d["lanczos_iters"]), blocks,
                    float(d.get("seconds") or float("nan")))
@@ -209,14 +214,20 @@ def class_reading(run: Any, epoch: int, per_class: int, lanczos_iters: int = 128
     for b, (name, ix) in enumerate(blocks.items()):
         tri = h_tris[b]
         evals, evecs = tri.eigh()
-        edge = float(w_tris[b].eigh()[0].max())
+        within = w_tris[b].eigh()[0]
+        edge = float(within.max())
         k = min(C, len(evals))
         vectors = tri.basis.T.double() @ torch.as_tensor(evecs[:, -k:], dtype=torch.float64, device=tri.basis.device)
-        basis = means if ix is None else means[ix.to(means.device)]
+        basis = (means if ix is None else means[ix.to(means.device)]).double().cpu()
+        k2 = min(2 * C, len(evals))
+        top2 = tri.basis.T.double() @ torch.as_tensor(evecs[:, -k2:][:, ::-1].copy(), dtype=torch.float64,
+                                                      device=tri.basis.device)
         dim = hess.dim if ix is None else len(ix)
         out[name] = ClassBlock(dim, edge, tuple(float(v) for v in np.sort(evals)[::-1][:3 * C]),
-                               outliers_above(evals, edge), subspace_overlap(vectors.cpu(), basis.double().cpu()),
-                               C / dim, tuple(float(v) for v in _top(h_tris[-1], 3 * C)) if ix is None else ())
+                               outliers_above(evals, edge), subspace_overlap(vectors.cpu(), basis),
+                               C / dim, tuple(float(v) for v in _top(h_tris[-1], 3 * C)) if ix is None else (),
+                               tuple(subspace_overlap(top2[:, j:j + 1].cpu(), basis) for j in range(k2)),
+                               tuple(float(v) for v in np.sort(within)[::-1][:3 * C]))
     reading = ClassReading(epoch, per_class, lanczos_iters, out, time.perf_counter() - t0)
     write_json(reading.to_json(), path, strict=False)
     return reading

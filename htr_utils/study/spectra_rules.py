@@ -450,6 +450,36 @@ def c2_network_rule(readings: Mapping[str, tuple[Sequence[float], Sequence[float
     return combine([per[k] for k in deciding], "all_of"), per
 
 
+# ----------------------------------------------------------------------------- C1 / C3(a) (issue 30): class directions
+
+CLASS_MASS = 0.6          # a top eigenvector is a class direction if more than 60 % of its mass lies in the class-mean span
+                          # (at 0.5, class directions near the bulk split their mass over several eigenvectors and a
+                          # network with C − 3 class directions read "about C" 13 % of the time in LeNet-GELU's fit)
+
+
+def class_direction_count(overlaps: Sequence[float], mass: float = CLASS_MASS) -> int:
+    """k_cls: how many of the top Hessian Ritz vectors (their squared projections on the class-mean span,
+    ``overlaps``, the top 2C of a reading) have more than ``mass`` of their squared norm in the span."""
+    o = np.asarray(overlaps, dtype=float)
+    if len(o) == 0 or not np.all(np.isfinite(o)) or (o < -1e-9).any() or (o > 1 + 1e-9).any():
+        raise ValueError(f"class_direction_count: need per-vector overlaps in [0, 1], got {list(o)}; take the class "
+                         "reading again (its per-vector overlaps are new in issue 30)")
+    return int(np.sum(o > mass))
+
+
+def c1_class_rule(counts: Mapping[str, int], C: int) -> Verdict:
+    """C1 (issue-30 amendment): per network :func:`about_c_codes` on k_cls (:func:`class_direction_count`);
+    networks combined with "all_of"."""
+    return combine([verdict_of(about_c_codes(k, C)) for k in counts.values()], "all_of")
+
+
+def c3_class_rule(layer_counts: Sequence[int], C: int, gelu_disagreements: Sequence[float],
+                  threshold: float = TOP_THRESHOLD) -> Verdict:
+    """C3 (issue-30 amendment): :func:`c3_rule` with (a) counted as k_cls per layer block instead of the count above
+    the layer's λ_max(G_l,within)."""
+    return c3_rule(layer_counts, C, gelu_disagreements, threshold)
+
+
 # ----------------------------------------------------------------------------- C4 (issue 30): depth regression
 
 C4_STATED_RATIO = 6.0     # the depth effect C4's amended design is powered for (PROTOCOL.md): W1 at either end of the

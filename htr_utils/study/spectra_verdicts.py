@@ -453,6 +453,75 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
                                                      "deciding": deciding, "floors": dict(floors)})
 
 
+# ----------------------------------------------------------------------------- C1 / C3 (issue 30): class directions
+
+
+def class_direction_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.DataFrame:
+    """:func:`class_table` with, per row, k_cls (``class_directions``: how many of the top 2C Ritz vectors have more
+    than half their mass in the class-mean span; NaN where the reading predates the per-vector overlaps) and the
+    second eigenvalue of G_within (``within_2``; NaN likewise)."""
+    table = class_table(runs, readings)
+    extra = []
+    for label in runs:
+        for (epoch, n), reading in sorted(_get(readings[label], "classes").items()):
+            for name, b in _get(reading, "blocks").items():
+                ov, wt = tuple(getattr(b, "overlaps", ()) or ()), tuple(getattr(b, "within_top", ()) or ())
+                extra.append({"run": label, "block": name, "epoch": epoch, "per_class": n,
+                              "class_directions": rules.class_direction_count(ov) if ov else np.nan,
+                              "within_2": wt[1] if len(wt) > 1 else np.nan})
+    return table.merge(pd.DataFrame(extra), on=["run", "block", "epoch", "per_class"], how="left")
+
+
+def _class_counts(rows: pd.DataFrame, who: str) -> list[int]:
+    if rows["class_directions"].isna().any():
+        missing = rows[rows["class_directions"].isna()]
+        raise ValueError(f"{who}: the class readings of {sorted(set(missing['run']))} at epoch "
+                         f"{sorted(set(missing['epoch']))} have no per-vector overlaps (new in issue 30); delete their "
+                         "readings/class_e*.json files in the run folders and take the class readings again")
+    return [int(k) for k in rows["class_directions"]]
+
+
+def c1_class_verdict(table: pd.DataFrame, C: int) -> VerdictResult:
+    """C1 under the issue-30 amendment: per network k_cls (top-2C Hessian eigenvectors with most of their mass in the
+    class-mean span) about C, last epoch, most examples per class, "all_of". Reported apart, never deciding: "C
+    eigenvalues clear the strongest within-class direction" (the earlier count above λ_max(G_within))."""
+    full = primary_rows(table[table["block"] == FULL])
+    counts = dict(zip(full["run"], _class_counts(full, "C1")))
+    verdict = rules.c1_class_rule(counts, C)
+    strong = rules.c1_rule(dict(zip(full["run"], full["outliers"])), C)
+    parts = "; ".join(f"{r['run']}: k_cls = {counts[r['run']]} of the top {2 * C} eigenvectors are class directions "
+                      f"(top-C overlap {r['overlap']:.2f}, chance {r['overlap_chance']:.1e}); {r['outliers']} eigenvalues "
+                      f"clear the strongest within-class direction {r['bulk_edge']:.3g} (epoch {r['epoch']}, "
+                      f"{r['per_class']}/class, training loss {r['train_loss']:.3f})" for _, r in full.iterrows())
+    measured = (f"C = {C}; the top-C subspace is class directions: {verdict.value}; C eigenvalues clear the strongest "
+                f"within-class direction (reported apart, does not decide): {strong.value} [{parts}]")
+    return VerdictResult(verdict, measured, {"class_directions": counts, "clear_within": strong.value, "C": C,
+                                             "rows": full.to_dict("records")})
+
+
+def c3_class_verdict(table: pd.DataFrame, agreement: pd.DataFrame, C: int) -> VerdictResult:
+    """C3 under the issue-30 amendment: (a) share of layer blocks with k_cls about C (last epoch, most examples per
+    class), (b) as before; the share clearing the layer's strongest within-class direction is reported apart."""
+    layers = primary_rows(table[table["block"] != FULL])
+    counts = _class_counts(layers, "C3")
+    a = agreement["a_ggn"].tolist() if len(agreement) else []
+    verdict = rules.c3_class_rule(counts, C, a)
+    ok = rules.about_c_codes(np.asarray(counts), C) == rules.R if counts else np.array([])
+    ok_edge = rules.about_c_codes(layers["outliers"].to_numpy(), C) == rules.R if len(layers) else np.array([])
+    a = [v for v in a if np.isfinite(v)]
+    s_b = float(np.mean(np.asarray(a) <= rules.TOP_THRESHOLD)) if a else float("nan")
+    per_run = "; ".join(f"{run}: " + ", ".join(f"{r['block']} {int(r['class_directions'])}" for _, r in g.iterrows())
+                        for run, g in layers.groupby("run", sort=False))
+    measured = (f"(a) {int(np.sum(ok))}/{len(ok)} layer blocks have about C = {C} class directions among their top "
+                f"{2 * C} eigenvectors ({per_run}); reported apart: {int(np.sum(ok_edge))}/{len(ok_edge)} have about C "
+                f"eigenvalues above their strongest within-class direction; (b) G_l within 10 % of Hess_l (top C) in "
+                f"{int(round(s_b * len(a))) if a else 0}/{len(a)} readings of the smooth network")
+    return VerdictResult(verdict, measured, {"share_counts": float(np.mean(ok)) if len(ok) else float("nan"),
+                                             "share_agreement": s_b, "counts": counts,
+                                             "share_clear_within": float(np.mean(ok_edge)) if len(ok_edge) else float("nan"),
+                                             "rows": layers.to_dict("records")})
+
+
 # ----------------------------------------------------------------------------- C4 (issue 30): depth regression
 
 

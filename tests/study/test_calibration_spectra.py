@@ -183,6 +183,38 @@ def test_c2_amended_rates_claim_false_and_true():
     assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, control_median=0.05, sims=4000)["P(reproduced)"] == 0.0
 
 
+# ------------------------------------------------------------------------------- issue 30: C1 / C3 (a)
+
+
+def test_fit_spiked_recovers_a_known_model():
+    """Measure λ_1, λ_C, λ_C+1 and the top-C overlap in a model with known parameters, fit, and get them back."""
+    from htr_utils.study.calibration_spectra import SpikedFit, fit_spiked, spiked_top
+
+    truth = SpikedFit(dim=120, C=10, a1=40.0, aC=6.0, edge=15.0, beta=0.6)
+    draws = [spiked_top(120, truth.strengths(), truth.edge, truth.beta, np.random.default_rng(s), 11) for s in range(3)]
+    ev = np.mean([d[0] for d in draws], 0)
+    ov = float(np.mean([d[1][:10].mean() for d in draws]))
+    fit = fit_spiked(ev[0], ev[9], ev[10], truth.edge, ov, dim=120, max_dim=120)
+    assert fit.loss < 1e-3
+    assert fit.a1 == pytest.approx(truth.a1, rel=0.15) and fit.beta == pytest.approx(truth.beta, rel=0.25)
+    with pytest.raises(ValueError, match="fit_spiked"):
+        fit_spiked(1.0, 2.0, 0.5, 1.0, 0.5, 100)
+
+
+def test_c1_class_calibration_rates():
+    from htr_utils.study.calibration_spectra import SpikedFit, c1_class_calibration, c3a_class_rates
+
+    fit = SpikedFit(dim=400, C=10, a1=33.25, aC=2.2, edge=17.17, beta=0.476)   # LeNet's fit (PROTOCOL.md)
+    t = c1_class_calibration({"lenet": fit}, sims=40).set_index("scenario")
+    assert t.loc["true: weakest class direction at edge / 2", "P(R)"] >= 0.8
+    assert t.loc["true, masked: within top at 2 × the strongest class direction", "P(R)"] >= 0.8
+    assert t.loc["true, masked: within top at 2 × the strongest class direction", "earlier P(N)"] >= 0.8
+    for scenario in ("false: 5 class directions, the rest hidden", "false: 7 class directions, the rest hidden"):
+        assert t.loc[scenario, "P(R)"] <= 0.1
+    assert t.loc["false: no class directions", "P(N)"] == 1.0
+    assert c3a_class_rates([fit] * 3, "false: no class directions", sims=20)["P(not reproduced)"] == 1.0
+
+
 # ------------------------------------------------------------------------------- issue 30: C4 depth regression
 
 

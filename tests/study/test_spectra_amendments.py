@@ -121,6 +121,48 @@ def test_far_epoch():
         r.far_epoch([5], 5)
 
 
+# ------------------------------------------------------------------------------------------------------ C1 / C3 (a)
+
+
+def test_class_direction_count_known_answers():
+    assert r.class_direction_count([0.9, 0.8, 0.61, 0.6, 0.5, 0.1]) == 3     # more than 60 %, strictly
+    assert r.class_direction_count([0.0] * 20) == 0
+    for bad in ([], [0.5, float("nan")], [1.5]):
+        with pytest.raises(ValueError, match="take the class reading again"):
+            r.class_direction_count(bad)
+
+
+def test_c1_and_c3_class_rules():
+    assert r.c1_class_rule({"a": 10, "b": 9}, 10) is Verdict.REPRODUCED
+    assert r.c1_class_rule({"a": 10, "b": 4}, 10) is Verdict.NOT_REPRODUCED
+    assert r.c1_class_rule({"a": 10, "b": 7}, 10) is Verdict.INCONCLUSIVE
+    assert r.c3_class_rule([10] * 8, 10, [0.01] * 4) is Verdict.REPRODUCED
+    assert r.c3_class_rule([3] * 8, 10, [0.01] * 4) is Verdict.NOT_REPRODUCED
+
+
+def test_one_strong_within_direction_masks_the_earlier_count_but_not_k_cls():
+    """The issue's case: ten clear class directions and one within-class direction of twice their strength. The
+    earlier count above λ_max(G_within) says k ≤ 1 ("not reproduced"); the class-direction count finds the ten."""
+    from htr_utils.study.calibration_spectra import SpikedFit, spiked_counts
+
+    fit = SpikedFit(dim=200, C=10, a1=10.0, aC=10.0, edge=5.0, beta=1.0)    # within: 5, 2.5, 1.7, ... ; class: 10
+    k_cls, k_edge = spiked_counts(fit, fit.strengths(), sims=20, lead=20.0)  # one within direction at 20
+    assert (k_edge <= 1).all() and (r.about_c_codes(k_edge, 10) == r.N).all()
+    assert (np.abs(k_cls - 10) <= 2).all() and (r.about_c_codes(k_cls, 10) == r.R).all()
+
+
+def test_k_cls_claim_false_cases():
+    """Only four class directions above the bulk, or none: k_cls is far from C and the rule says not reproduced."""
+    from htr_utils.study.calibration_spectra import SpikedFit, spiked_counts
+
+    fit = SpikedFit(dim=200, C=10, a1=30.0, aC=12.0, edge=8.0, beta=0.5)
+    weak = fit.strengths().copy()
+    weak[4:] *= 0.05
+    for a in (weak, np.zeros(10)):
+        k_cls, _ = spiked_counts(fit, a, sims=20)
+        assert (r.about_c_codes(k_cls, 10) == r.N).all()
+
+
 # ------------------------------------------------------------------------------------------------------ C4
 
 LENET, VGG = (150, 2400, 48000, 10080, 840), (72, 1152, 4608, 9216, 18432, 36864, 36864, 36864, 640)

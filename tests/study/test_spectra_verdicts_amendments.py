@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from htr_utils.study import spectra_verdicts as sv
@@ -59,3 +60,32 @@ def test_c4_depth_verdict_on_a_constructed_table():
     noise = np.random.default_rng(0).normal(0, 0.3, len(rows))
     flat = pd.DataFrame(rows).assign(w1=np.exp(noise))                   # no depth effect, no size effect
     assert sv.c4_depth_verdict(flat).verdict == Verdict.NOT_REPRODUCED
+
+
+def test_c1_and_c3_class_direction_verdicts_from_readings():
+    """k_cls from the readings' per-vector overlaps decides; the count above the strongest within-class direction is
+    reported apart; readings without per-vector overlaps stop with the remedy."""
+    from htr_utils.study.spectra_readings import ClassBlock, ClassReading, RunReadings
+
+    def reading(epoch, n, class_dirs, above):
+        top = tuple(float(v) for v in np.linspace(100, 1, 30))
+        ov = tuple([0.9] * class_dirs + [0.05] * (20 - class_dirs))
+        b = ClassBlock(dim=1000, bulk_edge=top[above] + 0.5, hess_top=top, outliers=above, overlap=0.6,
+                       overlap_chance=0.01, overlaps=ov, within_top=(top[above] + 0.5, 3.0, 2.0))
+        return ClassReading(epoch, n, 16, {"full": b, "conv1": b, "fc": b}, 1.0)
+
+    run = _run("lenet", "relu", [1, 2], 1.0)
+    runs = {"a": run, "b": run}
+    readings = {"a": RunReadings(classes={(2, 10): reading(2, 10, 3, 1), (2, 100): reading(2, 100, 10, 1)}),
+                "b": RunReadings(classes={(2, 100): reading(2, 100, 9, 2)})}
+    table = sv.class_direction_table(runs, readings)
+    assert set(table["class_directions"]) == {3, 10, 9} and (table["within_2"] == 3.0).all()
+    c1 = sv.c1_class_verdict(table, 10)
+    assert c1.verdict == Verdict.REPRODUCED and c1.details["class_directions"] == {"a": 10, "b": 9}
+    assert c1.details["clear_within"] == "not reproduced" and "does not decide" in c1.measured
+    c3 = sv.c3_class_verdict(table, pd.DataFrame({"a_ggn": [0.01] * 4}), 10)
+    assert c3.verdict == Verdict.REPRODUCED and c3.details["share_clear_within"] == 0.0
+    old = {"a": RunReadings(classes={(2, 100): ClassReading(2, 100, 16, {"full": ClassBlock(
+        dim=1000, bulk_edge=1.0, hess_top=tuple(np.linspace(10, 1, 30)), outliers=9, overlap=0.6, overlap_chance=0.01)})})}
+    with pytest.raises(ValueError, match="take the class readings again"):
+        sv.c1_class_verdict(sv.class_direction_table({"a": run}, old), 10)
