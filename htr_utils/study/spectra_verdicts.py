@@ -590,3 +590,23 @@ def c4_depth_verdict(table: pd.DataFrame) -> VerdictResult:
                 + ext)
     return VerdictResult(verdict, measured, {"fit": fit, "normalised": norm, "deciding": deciding,
                                              "extensions": extensions})
+
+
+def lanczos_step_check(short: Any, long: Any, probes: int = 2) -> dict[str, Any]:
+    """C4's 32-vs-64-step check (PROTOCOL.md, amendment 5): per layer, log W1 to the full spectrum from the first
+    ``probes`` SLQ runs of a reading at fewer Lanczos steps (``short``) and of the same epoch's reading at more
+    (``long``). The readings seed every chain by (run, epoch, block, probe), so these runs share their start
+    vectors and the difference is the steps' alone. Returns the mean |Δ log W1| and the per-layer values."""
+    def log_w1(d: Any) -> dict[str, float]:
+        full = _measure(_get(d, "full_a")[:probes])
+        return {name: float(np.log(rules.w1_atoms(*_measure(runs_[:probes]), *full)))
+                for name, runs_ in _get(d, "layers").items()}
+
+    if min(len(_get(short, "full_a")), len(_get(long, "full_a"))) < probes:
+        raise ValueError(f"lanczos_step_check: both readings need at least {probes} probes")
+    a, b = log_w1(short), log_w1(long)
+    if set(a) != set(b):
+        raise ValueError("lanczos_step_check: the two readings must cover the same layers")
+    delta = {k: abs(a[k] - b[k]) for k in a}
+    return {"mean_abs_delta_log_w1": float(np.mean(list(delta.values()))), "per_layer": delta,
+            "steps": (int(_get(short, "lanczos_iters")), int(_get(long, "lanczos_iters")))}

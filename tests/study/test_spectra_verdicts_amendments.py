@@ -89,3 +89,19 @@ def test_c1_and_c3_class_direction_verdicts_from_readings():
         dim=1000, bulk_edge=1.0, hess_top=tuple(np.linspace(10, 1, 30)), outliers=9, overlap=0.6, overlap_chance=0.01)})})}
     with pytest.raises(ValueError, match="take the class readings again"):
         sv.c1_class_verdict(sv.class_direction_table({"a": run}, old), 10)
+
+
+def test_lanczos_step_check_isolates_the_steps():
+    from htr_utils.study.spectra_readings import DistanceReading
+
+    def reading(iters, shift, probes):
+        runs = lambda c, s: [([c + p, c + p + 1.0 + s], [0.5, 0.5]) for p in range(probes)]  # noqa: E731
+        return DistanceReading(30, probes, iters, runs(0.0, 0.0), runs(0.0, 0.0),
+                               {"l0": runs(2.0, shift), "l1": runs(5.0, shift)})   # more steps move the layers
+
+    same = sv.lanczos_step_check(reading(32, 0.0, 5), reading(64, 0.0, 2))
+    assert same["mean_abs_delta_log_w1"] == pytest.approx(0.0, abs=1e-12) and same["steps"] == (32, 64)
+    moved = sv.lanczos_step_check(reading(32, 0.0, 5), reading(64, 1.0, 2))
+    assert moved["mean_abs_delta_log_w1"] > 0.05
+    with pytest.raises(ValueError, match="at least 2 probes"):
+        sv.lanczos_step_check(reading(32, 0.0, 1), reading(64, 0.0, 2))
