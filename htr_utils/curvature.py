@@ -9,8 +9,9 @@ parameters (the others held fixed), the operator applies to a flat vector v one 
 
 Hessian products are forward-over-reverse (``jvp`` of ``grad``). When the data is one
 batch, the tangent map is traced once (as ``torch.func.linearize`` does, minus the work it
-spends on tangents known to be zero) and every later product reuses it: about 0.8–1.0
-gradients per product on LeNet with 1000 inputs, against 2–2.3 for double backward. Data
+spends on tangents known to be zero) and every later product reuses it: about 1.1 gradients
+of CPU time per product on LeNet with 1000 inputs (torch.func.linearize's own map: 1.19; double
+backward: 2.1). Data
 given as several batches is processed one batch at a time, so memory stays that of one batch.
 
 Which path runs, and why it is right:
@@ -821,7 +822,8 @@ def _quiet_linearize(fn: Callable, primals: tuple[Any, ...]) -> tuple[Any, Calla
     As torch.func.linearize (2.14): trace the jvp of ``fn`` at ``primals`` with make_fx, then fold
     everything that does not depend on the tangent into constants. In between, ``_drop_zero_terms``
     removes the work done on tangents known to be zero (convolving the data's zero tangent, adding
-    zeros), some 20 % of every product on LeNet with 1000 inputs; 0 + b is b, bit for bit.
+    zeros): 470 graph nodes become 258 on LeNet, and a product's CPU time drops by about 8 %;
+    0 + b is b, bit for bit.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
