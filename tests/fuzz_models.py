@@ -297,6 +297,8 @@ def _conv1d_model(rng: random.Random, tags: set[str], out: int) -> tuple[nn.Modu
     c, length = _randint(rng, 1, 2), _randint(rng, 6, 9)
     shape, layers, parts = (c, length), [], []
     for _ in range(_randint(rng, 1, 2)):
+        if length < 3:   # a kernel of 3 would not fit (checked before any draw: other cases keep their seeds)
+            break
         c2, k, pad = _randint(rng, 1, 3), rng.choice([2, 3]), rng.choice([0, 1])
         layers.append(nn.Conv1d(c, c2, k, padding=pad))
         parts.append(f"Conv1d({c},{c2},{k},p{pad})")
