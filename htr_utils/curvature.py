@@ -927,7 +927,8 @@ def hvp_operator(model: nn.Module, loss_fn: LossFn, data: Any, params: Iterable[
     """Curvature operator of the mean loss over ``data`` w.r.t. ``params`` (names; None = all trainable).
 
     ``data``: an ``(x, y)`` pair or an iterable of ``(x, y)`` batches (the loss is the mean over
-    all samples: batches weighted by size, or for nn.CrossEntropyLoss / nn.NLLLoss by Σ w_y over targets not ignored). ``kind``: "hessian", "ggn" or "residual".
+    all samples: batches weighted by size, or for nn.CrossEntropyLoss / nn.NLLLoss by Σ w_y over
+    the targets not ignored). ``kind``: "hessian", "ggn" or "residual".
     ``params``: parameter names (aliases of tied parameters are mapped to the canonical name).
     ``cache``: keep each batch's linearised tangent map between products (default: only
     for a single batch, whose memory is then that of one forward-and-backward pass).
