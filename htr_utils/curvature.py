@@ -357,7 +357,7 @@ class CurvatureOperator:
                 yield x.to(self.device), y.to(self.device)
 
     def weight_of(self, y: Tensor) -> float:
-        """A batch's weight in the mean over all the data: its loss's denominator (see ``loss_normaliser``), else its size."""
+        """A batch's weight in the mean over all the data: its loss's denominator (``loss_normaliser``), else its size."""
         return self._normaliser(y) if self._normaliser is not None else float(len(y))
 
     def _check_loss(self, single: bool) -> None:
@@ -402,7 +402,7 @@ class CurvatureOperator:
             warnings.warn(_NOT_A_MEAN.format(where="on the first batch"), stacklevel=3)
 
     def _check_means(self, index: int, x: Tensor, y: Tensor, previous: Batch | None) -> Batch | None:
-        """First product, several batches, a loss whose weighting is unknown: is it a mean on this batch and across batches?
+        """First product, several batches, a loss of unknown weighting: a mean on this batch and across batches?
 
         Evaluates the model on up to ``MEAN_CHECK_SAMPLES`` samples of the batch (no gradients) and
         compares the loss on two halves of them, and on them together with the previous batch's, against
@@ -778,13 +778,14 @@ def _asymmetry(maps: dict[str, Callable], primals: tuple[Tensor, ...]) -> str | 
         scale = norm(u) * norm(Av) + norm(v) * norm(Au)
         gap = abs(dot(u, Av) - dot(v, Au)) / max(scale, 1e-300)
         if not gap <= SYMMETRY_SQRT_EPS * math.sqrt(torch.finfo(primals[0].dtype).eps):
-            return f"{_PRODUCT_NAMES[name]} is not symmetric: |uᵀAv − vᵀAu| is {gap:.1e} of |u||Av| + |v||Au| on random probes"
+            return (f"{_PRODUCT_NAMES[name]} is not symmetric: |uᵀAv − vᵀAu| is {gap:.1e} of |u||Av| + |v||Au| "
+                    "on random probes")
     return None
 
 
 def _autograd_vjp(outputs: tuple[Tensor | None, ...], inputs: tuple[Tensor, ...],
                   cotangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Σ_k cotangent_k · ∂output_k/∂inputs by torch.autograd on a kept graph; zeros where nothing depends on inputs."""
+    """Σ_k cotangent_k · ∂output_k/∂inputs by torch.autograd on a kept graph; zeros where nothing depends on them."""
     live = [(o, c) for o, c in zip(outputs, cotangents) if o is not None and o.requires_grad]
     if not live:
         return tuple(torch.zeros_like(i) for i in inputs)
