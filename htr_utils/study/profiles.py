@@ -109,7 +109,10 @@ class SpectraReading:
     ``large_examples_per_class`` examples per class (the latter at ``large_epochs`` only: the last
     epoch when None). ``distance_epochs``: epochs at which C4's distances are read, with
     ``slq_probes`` independent SLQ runs per block and ``null_subsets`` random parameter subsets per
-    layer size. ``lanczos_iters``: Lanczos steps of every reading.
+    layer size. ``lanczos_iters``: Lanczos steps of the class readings; ``distance_lanczos_iters``: those of
+    the distance readings (None: ``lanczos_iters``). ``step_check_epoch``: C4's step check (PROTOCOL.md,
+    amendment 5) reads the last run's distances at this epoch again at twice the distance steps with
+    ``step_check_probes`` probes (None: no check).
     """
     class_epochs: tuple[int, ...]
     distance_epochs: tuple[int, ...]
@@ -119,6 +122,14 @@ class SpectraReading:
     slq_probes: int = 5
     null_subsets: int = 5
     lanczos_iters: int = 128
+    distance_lanczos_iters: int | None = None
+    step_check_epoch: int | None = None
+    step_check_probes: int = 2
+
+    @property
+    def distance_iters(self) -> int:
+        """Lanczos steps of the distance readings (C4)."""
+        return self.lanczos_iters if self.distance_lanczos_iters is None else self.distance_lanczos_iters
 
     def replace(self, **changes) -> "SpectraReading":
         return dataclasses.replace(self, **changes)
@@ -156,8 +167,10 @@ _SMOKE_SPECTRA = TrainConfig(dataset="digits", model="lenet", width=0.5, train_s
                              batch_size=16, lr=0.05, epochs=5, curvature_every=1, curvature_kinds=KINDS,
                              curvature_kinds_epochs=(0, 1, 5), examples_per_class=3, lanczos_iters=16, trace_probes=10,
                              keep_checkpoints=True)
-_SMOKE_READING = SpectraReading(class_epochs=(1, 5), distance_epochs=(3, 4, 5), examples_per_class=3,
-                                large_examples_per_class=6, slq_probes=3, null_subsets=3, lanczos_iters=16)
+# C4 (issue 30, amendment 5) in small: 2 epochs per network, no random subsets, the step check at twice the steps.
+_SMOKE_READING = SpectraReading(class_epochs=(1, 5), distance_epochs=(3, 5), examples_per_class=3,
+                                large_examples_per_class=6, slq_probes=3, null_subsets=0, lanczos_iters=16,
+                                distance_lanczos_iters=16)
 _SMOKE_REG = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=300, test_size=200, val_fraction=0.2,
                          batch_size=16, lr=0.05, epochs=3, milestones=(2,), htr_freq=5, htr_start_epoch=1,
                          htr_probes=2, curvature_every=3, curvature_init=False, examples_per_class=3,
@@ -169,7 +182,8 @@ SMOKE = Profile(
                   "vgg11_bn_digits": _SMOKE_SPECTRA.replace(model="vgg11_bn", width=0.125, batch_size=64, lr=0.02,
                                                             curvature_kinds_epochs=(0, 5))},
     spectra_reading={"lenet_digits": _SMOKE_READING, "lenet_gelu_digits": _SMOKE_READING,
-                     "vgg11_bn_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=(5,))},
+                     "vgg11_bn_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=(3, 5),
+                                                                        step_check_epoch=5)},
     sweep_runs=_sweep(_SMOKE_REG),
     regularisation={"lenet_digits": RegStudy(base=_SMOKE_REG, seeds=(1, 2, 3), l2=1e-4, gamma=1e-3, middle_gamma=1e-3,
                                              gamma_grid=(1e-3, 1e-2), middle_gamma_grid=(1e-3, 1e-2),
@@ -201,7 +215,10 @@ _CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, bat
 # LeNet's at 50; the earlier 10 epochs stopped at a high loss), Hessian every 3rd epoch.
 _CPU_VGG = _CPU_SPECTRA.replace(model="vgg11_bn", width=0.125, lr=1e-3, train_size=20000, test_size=5000, epochs=30,
                                 curvature_every=3, curvature_kinds_epochs=(0, 3, 15, 30))
-_CPU_READING = SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 20, 30, 40, 50))
+# C4 (issue 30, amendment 5): 5 probes, 32 Lanczos steps (class readings keep 128), no random subsets; LeNet at
+# epochs 10, 30, 50, VGG11_bn at 15, 30 (its 32-vs-64 check at 30), LeNet-GELU (extension) at 25, 50.
+_CPU_READING = SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 30, 50),
+                              slq_probes=5, null_subsets=0, distance_lanczos_iters=32)
 # Regularisation: 30k of the 54k left after a 10% validation split, 15 epochs, LR x0.25 at 8 and 12,
 # HTR from epoch 9 (after the first LR drop, as the paper's LeNet+MNIST sp = 10 with milestones
 # 10/20; FashionMNIST's sp = 20, the second drop, would leave 3 epochs here), every 50 steps (3 of
@@ -221,9 +238,10 @@ CPU = Profile(
     spectra_runs={"lenet_fashionmnist": _CPU_SPECTRA,
                   "lenet_gelu_fashionmnist": _CPU_SPECTRA.replace(model_kwargs={"activation": "gelu"}),
                   "vgg11_bn_fashionmnist": _CPU_VGG},
-    spectra_reading={"lenet_fashionmnist": _CPU_READING, "lenet_gelu_fashionmnist": _CPU_READING,
-                     "vgg11_bn_fashionmnist": _CPU_READING.replace(class_epochs=(3, 15, 30),
-                                                                   distance_epochs=(6, 12, 18, 24, 30))},
+    spectra_reading={"lenet_fashionmnist": _CPU_READING,
+                     "lenet_gelu_fashionmnist": _CPU_READING.replace(distance_epochs=(25, 50)),
+                     "vgg11_bn_fashionmnist": _CPU_READING.replace(class_epochs=(3, 15, 30), distance_epochs=(15, 30),
+                                                                   step_check_epoch=30)},
     # same base as the SGD arm, so the sweep's "base" run is the SGD arm's first seed (shared cache)
     sweep_runs=_sweep(_CPU_REG),
     # C6b / C7 (PROTOCOL.md): 10 evaluation seeds per arm, paired; γ chosen at seed 0 only. The
@@ -272,7 +290,10 @@ def _side_study(base: TrainConfig, gamma: float, l2: float, seeds: tuple[int, ..
 _P_REG = _P_REG
 PAPER = Profile(
     name="paper", description="the published settings (GPU): 50-epoch spectra, 30-epoch regularisation, 3 reruns",
-    spectra_reading={k: SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 20, 30, 40, 50))
+    # C4 as in the cpu profile (amendment 5): 3 epochs per network (50 epochs each here), the VGG step check at 50.
+    spectra_reading={k: SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 30, 50),
+                                       null_subsets=0, distance_lanczos_iters=32,
+                                       step_check_epoch=50 if k.startswith("vgg11_bn") else None)
                      for k in _P_SPECTRA_RUNS},
     spectra_runs=_P_SPECTRA_RUNS,
     sweep_runs=_sweep(_P_REG),

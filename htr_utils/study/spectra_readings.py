@@ -38,7 +38,9 @@ from ..lanczos import LanczosChain, breakdown_tolerance, rademacher
 from ..layers import layer_groups
 from .data import class_balanced_subset, num_classes
 from .files import read_json, write_json
-from .runs import exact_gpu_kernels
+from .paths import data_root as default_data_root
+from .profiles import get_profile
+from .runs import exact_gpu_kernels, train_run
 from .training import _progress_disabled, derived_seed, prepare_data
 
 FULL = "full"
@@ -114,6 +116,7 @@ class DistanceReading:
 class RunReadings:
     classes: dict[tuple[int, int], ClassReading] = field(default_factory=dict)
     distances: dict[int, DistanceReading] = field(default_factory=dict)
+    step_check: DistanceReading | None = None  # C4's step check: one epoch again at twice the distance steps
 
 
 # ----------------------------------------------------------------------------- lockstep Lanczos
@@ -148,10 +151,8 @@ def lockstep(matmat, dim: int, dtype: torch.dtype, device: torch.device, chains:
 def _examples(run: Any, per_class: int, data_root: str | Path | None,
               device: str | torch.device = "cpu") -> list[tuple[Tensor, Tensor]]:
     """The class-balanced curvature examples of ``run`` (``per_class`` per class), in batches of ≤ 10 per class."""
-    from .outputs import data_root as default_root
-
     cfg = run.config
-    train = prepare_data(cfg, root=str(data_root or default_root())).train
+    train = prepare_data(cfg, root=str(data_root or default_data_root())).train
     x, y = class_balanced_subset(train, per_class, seed=cfg.data_seed)
     order = {c: torch.nonzero(y == c).flatten() for c in torch.unique(y).tolist()}
     batches = []
@@ -279,30 +280,44 @@ def distance_reading(run: Any, epoch: int, probes: int, lanczos_iters: int = 128
 
 
 def planned_readings(run: Any, reading: Any) -> list[tuple[str, tuple]]:
-    """The readings the profile asks of ``run``: ("class", (epoch, n)) and ("distance", (epoch, null subsets))."""
+    """The readings the profile asks of ``run``: ("class", (epoch, n)), ("distance", (epoch, null subsets)) and,
+    where the reading names a step-check epoch, ("step_check", (epoch, probes)) at twice the distance steps."""
     large_epochs = reading.large_epochs if reading.large_epochs is not None else (run.config.epochs,)
     plan = [("class", (e, reading.examples_per_class)) for e in reading.class_epochs]
     plan += [("class", (e, reading.large_examples_per_class)) for e in large_epochs]
+    check = getattr(reading, "step_check_epoch", None)
+    if check is not None:  # made first: it decides the step count of the distance readings (amendment 5)
+        plan += [("step_check", (check, reading.step_check_probes))]
     plan += [("distance", (e, reading.null_subsets)) for e in reading.distance_epochs]
     return plan
 
 
+def _distance_iters(reading: Any) -> int:
+    """Lanczos steps of ``reading``'s distance readings (its own field where it has one, else the class readings')."""
+    own = getattr(reading, "distance_lanczos_iters", None)
+    return reading.lanczos_iters if own is None else int(own)
+
+
 def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Path | None = None,
              device: str | torch.device | None = None, what: Sequence[str] = ("class", "distance")) -> RunReadings:
-    """The readings of the kinds ``what`` ("class": C1-C3, "distance": C4) that ``reading`` (a
+    """The readings of the kinds ``what`` ("class": C1-C3, "distance": C4 with its step check) that ``reading`` (a
     :class:`htr_utils.study.profiles.SpectraReading`) asks of ``run``, computed on ``device`` (None: CPU) where
-    not cached."""
+    not cached. Class readings take ``reading.lanczos_iters`` steps, distance readings
+    ``reading.distance_lanczos_iters`` (its step check twice that)."""
     device = device or "cpu"
     exact_gpu_kernels(device)
     out = RunReadings()
-    plan = [(kind, args) for kind, args in planned_readings(run, reading) if kind in what]
+    steps = _distance_iters(reading)
+    plan = [(kind, args) for kind, args in planned_readings(run, reading)
+            if kind in what or (kind == "step_check" and "distance" in what)]
     bar = tqdm(plan, desc=f"readings {run.path.name}", disable=_progress_disabled(progress), leave=False)
     for what, (epoch, arg) in bar:
         if what == "class":
             out.classes[(epoch, arg)] = class_reading(run, epoch, arg, reading.lanczos_iters, data_root, device)
+        elif what == "step_check":
+            out.step_check = distance_reading(run, epoch, arg, 2 * steps, 0, data_root, device)
         else:
-            out.distances[epoch] = distance_reading(run, epoch, reading.slq_probes, reading.lanczos_iters, arg,
-                                                    data_root, device)
+            out.distances[epoch] = distance_reading(run, epoch, reading.slq_probes, steps, arg, data_root, device)
     return out
 
 
@@ -310,15 +325,11 @@ def spectra_readings(profile: str | None = None, progress: bool = True, labels: 
                      what: Sequence[str] = ("class", "distance")) -> dict[str, RunReadings]:
     """{label: RunReadings} of the profile's spectra runs (trained first if missing), readings of the kinds
     ``what`` only."""
-    from .outputs import data_root
-    from .profiles import get_profile
-    from .runs import train_run
-
     P = get_profile(profile)
     out = {}
     for label, cfg in P.spectra_runs.items():
         if labels is not None and label not in labels:
             continue
-        run = train_run(cfg, root=P.runs_dir(), progress=progress, data_root=data_root())
-        out[label] = read_run(run, P.spectra_reading[label], progress, data_root(), what=what)
+        run = train_run(cfg, root=P.runs_dir(), progress=progress, data_root=default_data_root())
+        out[label] = read_run(run, P.spectra_reading[label], progress, default_data_root(), what=what)
     return out

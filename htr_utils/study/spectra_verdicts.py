@@ -17,7 +17,8 @@ import pandas as pd
 
 from . import spectra_rules as rules
 from .data import num_classes
-from .depth_trends import is_middle
+from .depth_trends import curvature_series, is_middle, load_records
+from .spectra_analysis import outlier_verdict
 from .verdicts import VerdictResult
 
 FULL = "full"
@@ -70,8 +71,6 @@ def class_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.Data
     """One row per (run, block, epoch, examples per class): outliers above the bulk edge, the edge, λ_1, λ_C,
     λ_C+1, the overlap of the top-C eigenvectors with the class means (and its chance value), the earlier
     largest-gap count, and the training state of the epoch."""
-    from .spectra_analysis import outlier_verdict
-
     rows = []
     for label, run in runs.items():
         C = classes_of(run)
@@ -323,8 +322,6 @@ def c4_verdict(readings_table: pd.DataFrame, null: str = "size-matched") -> Verd
 
 def trend_series(runs: Mapping[str, Any]) -> pd.DataFrame:
     """Per run, block (full or layer) and curvature epoch >= 1: λ_max, Hutchinson trace, and the training state."""
-    from .depth_trends import curvature_series, load_records
-
     frames = []
     for label, run in runs.items():
         s = curvature_series(load_records(run))

@@ -6,7 +6,7 @@ import pytest
 from htr_utils.study.data import DATASETS
 from htr_utils.layers import layer_groups
 from htr_utils.study.models import MODELS, build_model
-from htr_utils.study.profiles import PROFILES, Profile, get_profile
+from htr_utils.study.profiles import PROFILES, Profile, SpectraReading, get_profile
 from htr_utils.study.training import TrainConfig
 
 
@@ -48,6 +48,10 @@ def test_profile_configs_are_valid(name):
     for label, reading in p.spectra_reading.items():
         cfg = p.spectra_runs[label]
         assert all(1 <= e <= cfg.epochs for e in (*reading.class_epochs, *reading.distance_epochs))
+        # C4 (issue 30, amendment 5): no random subsets, at least 2 epochs per network, the step check on a read epoch
+        assert reading.null_subsets == 0 and len(reading.distance_epochs) >= 2
+        assert reading.step_check_epoch is None or reading.step_check_epoch in reading.distance_epochs
+    assert any(r.step_check_epoch is not None for r in p.spectra_reading.values())
     for cfg in p.sweep_runs.values():
         assert cfg.epochs in cfg.curvature_epochs()
     assert len(p.sweep_runs) >= 6
@@ -115,3 +119,17 @@ def test_paper_profile_settings():
         (1e-6, 30, 5, 100, False)
     assert c100.base.curvature_every == c100.base.epochs and set(c100.arms()) == {"sgd", "sgd_l2", "htr"}
     assert p.regularisation["vgg11_cifar10"].gamma == 1e-8 and p.regularisation["resnet18_cifar10"].gamma == 1e-5
+
+
+def test_c4_readings_follow_amendment_5():
+    """cpu profile: LeNet 10, 30, 50; VGG11_bn 15, 30 (step check at 30); LeNet-GELU 25, 50; 5 probes, 32 steps
+    for the distances while the class readings keep 128; the reading settings leave the runs' hashes alone."""
+    p = get_profile("cpu")
+    r = p.spectra_reading
+    assert r["lenet_fashionmnist"].distance_epochs == (10, 30, 50)
+    assert r["vgg11_bn_fashionmnist"].distance_epochs == (15, 30) and r["vgg11_bn_fashionmnist"].step_check_epoch == 30
+    assert r["lenet_gelu_fashionmnist"].distance_epochs == (25, 50)
+    for reading in r.values():
+        assert (reading.slq_probes, reading.distance_iters, reading.lanczos_iters) == (5, 32, 128)
+    assert SpectraReading((1,), (1,)).distance_iters == 128   # no own field: the class readings' steps
+    assert not any("reading" in f or "distance" in f for f in TrainConfig.__dataclass_fields__)

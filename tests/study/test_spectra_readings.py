@@ -8,7 +8,7 @@ from htr_utils.dense import dense_curvature
 from htr_utils.study.profiles import SpectraReading
 from htr_utils.study.runs import train_run
 from htr_utils.study.spectra_readings import (ClassReading, DistanceReading, _blocks, _examples, class_reading,
-                                              distance_reading, read_run)
+                                              distance_reading, planned_readings, read_run)
 from htr_utils.study.training import TrainConfig
 
 CFG = TrainConfig(dataset="digits", model="lenet", width=0.1, train_size=200, test_size=80, batch_size=25, lr=0.05,
@@ -81,3 +81,19 @@ def test_read_run_follows_the_plan(run):
     assert all(len(out.distances[e].null[k]) == 1 for e in (1, 2) for k in out.distances[e].layers)  # every epoch
     only = read_run(run, reading, progress=False, what=("class",))   # C1-C3 need no distance readings
     assert set(only.classes) == set(out.classes) and not only.distances
+
+
+def test_distance_readings_take_their_own_steps_and_the_step_check_twice_them(run):
+    """C4 (issue 30, amendment 5): distances at ``distance_lanczos_iters``, classes at ``lanczos_iters``; the step
+    check reads its epoch again at twice the distance steps, with the same start vectors as the first probes."""
+    reading = SpectraReading(class_epochs=(2,), distance_epochs=(2,), examples_per_class=2, large_examples_per_class=2,
+                             slq_probes=2, null_subsets=0, lanczos_iters=6, distance_lanczos_iters=4,
+                             step_check_epoch=2, step_check_probes=1)
+    assert planned_readings(run, reading)[-2] == ("step_check", (2, 1))
+    out = read_run(run, reading, progress=False)
+    assert out.classes[(2, 2)].lanczos_iters == 6 and out.distances[2].lanczos_iters == 4
+    assert out.step_check is not None and out.step_check.lanczos_iters == 8 and out.step_check.probes == 1
+    assert not out.distances[2].null
+    # same seed per (block, probe): the first Ritz node of probe 0 differs only through the steps taken
+    assert out.step_check.full_a[0] != out.distances[2].full_a[0]
+    assert read_run(run, reading, progress=False, what=("class",)).step_check is None
