@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--plain-calls", type=int, default=4, help="plain steps per variant and repeat")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on the single model's plain step")
+    ap.add_argument("--kinds", nargs="+", default=["plain", "htr", "eval", "fetch"],
+                    help="which kinds to time (plain, htr, eval, fetch)")
+    ap.add_argument("--compile-only", action="store_true", help="time only torch.compile against eager (plain step)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "seed_batch.json"))
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     args = ap.parse_args()
@@ -99,6 +102,13 @@ def main() -> None:
     model = single.members[0]
     opt1 = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     xb, yb = single.x[0], single.y[0]
+    if args.compile_only:
+        result = {"threads": torch.get_num_threads(), "load_average": [os.getloadavg()[0]],
+                  "compile": compile_single(cfg, xb, yb, args.repeats, args.plain_calls)}
+        result["load_average"].append(os.getloadavg()[0])
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+        return
     gen1 = torch.Generator().manual_seed(1)
     loss_fn = nn.CrossEntropyLoss()
     stacked = {S: Setup(cfg, list(range(1, S + 1)), x, y) for S in args.sizes}
@@ -124,6 +134,7 @@ def main() -> None:
                                                                             list(range(1, S + 1)), 1), range(10))],
             1, 10 * S)
 
+    variants = {k: v for k, v in variants.items() if k[0] in args.kinds}
     # the two forwards compute the same logits (checked here on the benchmark's own batch)
     st = stacked[max(args.sizes)]
     with torch.no_grad():
