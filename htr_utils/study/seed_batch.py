@@ -14,6 +14,10 @@ stacked tensors is S optimisers. HTR: with probes z = (z_1..z_S), zᵀ∇²(Σ_s
 γ·∇(z_sᵀ H_s z_s). Results equal separate runs to float32 rounding, not bit for bit (the batched
 kernels sum in another order).
 
+Cost: on the study's 2-core CPU this is SLOWER than separate runs for LeNet at batch 256 (grouped
+convolutions and vmap's copies cost more than the overhead saved; benchmarks/seed_batch.py, numbers in
+its JSON files); it is kept, tested, for machines where per-step overhead dominates.
+
 Scope: models without buffers (LeNet, MLP, VGG without BatchNorm); BatchNorm's running statistics
 cannot be updated in place under vmap.
 """
