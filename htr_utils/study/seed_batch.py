@@ -146,7 +146,7 @@ def stacked_sgd_step(template: nn.Module, params: Params, optimizer: torch.optim
         objective = losses + gamma * pens
     bad = (~torch.isfinite(objective.detach())).nonzero().flatten().tolist()
     if bad:
-        raise MemberDiverged(bad, "loss" if not all(math.isfinite(float(losses[s])) for s in bad)
+        raise MemberDiverged(bad, "loss" if not all(math.isfinite(float(losses[s].detach())) for s in bad)
                              else "loss + htr_gamma * trace penalty")
     optimizer.zero_grad(set_to_none=True)
     objective.sum().backward()
