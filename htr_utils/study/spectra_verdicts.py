@@ -417,6 +417,10 @@ def gauss_newton_control_table(runs: Mapping[str, Any]) -> pd.DataFrame:
         C = classes_of(run)
         g_epochs = [e for e in run.curvature_epochs() if e >= 1 and "ggn" in run.curvature(e).kinds]
         for e in g_epochs:
+            if len(g_epochs) < 2:  # no far epoch: the control was not read, so the network is inconclusive
+                rows.append({"run": label, "epoch": e, "control_epoch": np.nan, "a_control": np.nan,
+                             "decides": not is_smooth(run)})
+                continue
             far = rules.far_epoch(g_epochs, e)
             h = run.curvature(e).kinds["hessian"].full.top
             g_far = run.curvature(far).kinds["ggn"].full.top
@@ -557,11 +561,11 @@ def _depth_fit(table: pd.DataFrame, column: str, runs: list[str]) -> dict[str, f
     return rules.c4_depth_test(log_w, sizes)
 
 
-def c4_depth_verdict(table: pd.DataFrame) -> VerdictResult:
+def c4_depth_verdict(table: pd.DataFrame, step: Mapping[str, Any] | None = None) -> VerdictResult:
     """C4 under the issue-30 amendment: the depth regression (:func:`htr_utils.study.spectra_rules.c4_depth_test`)
     of each layer's log raw W1, averaged over the epochs read, over the deciding networks' real layers; the same
     regression on the normalised W1, each network's closest layer (symmetric middle), and the extensions' fits
-    are shown beside and never decide."""
+    are shown beside and never decide. ``step``: the result of :func:`step_check`, stated in the measured text."""
     deciding = list(dict.fromkeys(table.loc[table["decides"], "run"]))
     if len(deciding) < 1 or table.groupby("run")["epoch"].nunique().min() < 2:
         raise ValueError("C4: the depth regression needs the paper's ReLU networks, each read at 2 or more epochs")
@@ -585,8 +589,43 @@ def c4_depth_verdict(table: pd.DataFrame) -> VerdictResult:
                 f"(calibration assumed 0.63{low_power}), p_R = {fit['p_R']:.2g}, p_N = {fit['p_N']:.2g}; normalised W1 (shown, does "
                 f"not decide): ratio {norm['ratio']:.2g}, p_R = {norm['p_R']:.2g}; closest layer [{'; '.join(closest)}]"
                 + ext)
+    if step is not None:
+        lo, hi = step["steps"]
+        measured += (f"; step check ({step['run']} epoch {step['epoch']}, {lo} vs {hi} Lanczos steps): mean |Δ log W1| "
+                     f"{step['mean_abs_delta_log_w1']:.3f} "
+                     + (f"≤ {STEP_CHECK_LIMIT}, {lo} steps stand" if step["stands"] else
+                        f"> {STEP_CHECK_LIMIT}: the protocol takes every reading at {hi} steps"))
     return VerdictResult(verdict, measured, {"fit": fit, "normalised": norm, "deciding": deciding,
-                                             "extensions": extensions})
+                                             "extensions": extensions,
+                                             "step_check": None if step is None else
+                                             {k: step[k] for k in ("run", "epoch", "steps", "mean_abs_delta_log_w1",
+                                                                   "stands")}})
+
+
+STEP_CHECK_LIMIT = 0.3  # C4: mean |Δ log W1| over the layers above the 5-probe error → every reading at twice the steps
+
+
+def role(run: Any) -> str:
+    """"decides" for the paper's ReLU networks, "extension (does not decide)" for a smooth one (LeNet-GELU)."""
+    return "extension (does not decide)" if is_smooth(run) else "decides"
+
+
+def step_check(readings: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """C4's step check (PROTOCOL.md, amendment 5) on the run whose reading settings name a ``step_check_epoch``:
+    :func:`lanczos_step_check` of that epoch's distance reading against its reading at twice the steps; ``stands``
+    says whether the distance readings' step count stands (mean |Δ log W1| ≤ 0.3). Raises if no run has one."""
+    for label, reading in settings.items():
+        epoch = getattr(reading, "step_check_epoch", None)
+        if epoch is None or label not in readings:
+            continue
+        long = _get(readings[label], "step_check")
+        if long is None:
+            raise ValueError(f"C4 step check: {label} has no reading at twice the steps; take the distance readings "
+                             "(spectra_readings(profile, what=('distance',)))")
+        out = lanczos_step_check(_get(readings[label], "distances")[epoch], long, reading.step_check_probes)
+        out.update(run=label, epoch=epoch, stands=out["mean_abs_delta_log_w1"] <= STEP_CHECK_LIMIT)
+        return out
+    raise ValueError("C4 step check: no run's reading settings name a step_check_epoch (profiles.SpectraReading)")
 
 
 def lanczos_step_check(short: Any, long: Any, probes: int = 2) -> dict[str, Any]:

@@ -60,6 +60,10 @@ def test_c4_depth_verdict_on_a_constructed_table():
     noise = np.random.default_rng(0).normal(0, 0.3, len(rows))
     flat = pd.DataFrame(rows).assign(w1=np.exp(noise))                   # no depth effect, no size effect
     assert sv.c4_depth_verdict(flat).verdict == Verdict.NOT_REPRODUCED
+    step = {"run": "vgg", "epoch": 20, "steps": (32, 64), "mean_abs_delta_log_w1": 0.42, "stands": False}
+    stated = sv.c4_depth_verdict(pd.DataFrame(rows), step)
+    assert stated.verdict == result.verdict and "takes every reading at 64 steps" in stated.measured
+    assert stated.details["step_check"]["stands"] is False
 
 
 def test_c1_and_c3_class_direction_verdicts_from_readings():
@@ -105,3 +109,34 @@ def test_lanczos_step_check_isolates_the_steps():
     assert moved["mean_abs_delta_log_w1"] > 0.05
     with pytest.raises(ValueError, match="at least 2 probes"):
         sv.lanczos_step_check(reading(32, 0.0, 1), reading(64, 0.0, 2))
+
+
+def test_c2_a_network_with_g_at_one_epoch_has_no_control_and_is_inconclusive():
+    """The protocol: a network whose control was not read is inconclusive (the smoke VGG records G at one epoch)."""
+    runs = {"lenet": _run("lenet", "relu", [1, 5, 10, 20], 0.98), "vgg": _run("vgg11_bn", "relu", [30], 0.97)}
+    table = sv.gauss_newton_control_table(runs)
+    assert table[table["run"] == "vgg"]["a_control"].isna().all()
+    result = sv.c2_network_verdict(table, {"lenet": 1e-3, "vgg": 1e-3})
+    assert result.details["per_network"] == {"lenet": "reproduced", "vgg": "inconclusive"}
+    assert result.verdict == Verdict.INCONCLUSIVE
+
+
+def test_step_check_finds_the_named_run_and_the_verdict_states_it():
+    from htr_utils.study.profiles import SpectraReading
+    from htr_utils.study.spectra_readings import DistanceReading, RunReadings
+
+    def reading(iters, shift, probes):
+        runs = lambda c, s: [([c + p, c + p + 1.0 + s], [0.5, 0.5]) for p in range(probes)]  # noqa: E731
+        return DistanceReading(30, probes, iters, runs(0.0, 0.0), runs(0.0, 0.0),
+                               {"l0": runs(2.0, shift), "l1": runs(5.0, shift)})
+
+    settings = {"a": SpectraReading((30,), (30,)), "b": SpectraReading((30,), (30,), step_check_epoch=30)}
+    far = {"a": RunReadings(), "b": RunReadings(distances={30: reading(32, 0.0, 5)}, step_check=reading(64, 3.0, 2))}
+    check = sv.step_check(far, settings)
+    assert check["run"] == "b" and check["steps"] == (32, 64) and not check["stands"]
+    near = {"b": RunReadings(distances={30: reading(32, 0.0, 5)}, step_check=reading(64, 0.0, 2))}
+    assert sv.step_check(near, settings)["stands"]
+    with pytest.raises(ValueError, match="twice the steps"):
+        sv.step_check({"b": RunReadings(distances={30: reading(32, 0.0, 5)})}, settings)
+    with pytest.raises(ValueError, match="step_check_epoch"):
+        sv.step_check(far, {"a": settings["a"]})
