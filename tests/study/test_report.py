@@ -111,6 +111,14 @@ def test_a_pending_notebook_shows_why_and_no_stale_verdict(tmp_path: Path) -> No
                                                                "error": "its readings need a GPU"}}).read_text()
     (line,) = [line for line in text.splitlines() if line.startswith("| 04")]
     assert "**not run yet**: its readings need a GPU" in line and "old rule" not in line and "not reproduced" not in line
+    # once notebook 04 runs (issue 30: its verdict from the new readings) its row is reported like any other
+    _verdict(tmp_path / "04_layer_vs_full", verdict="inconclusive", claim_id="C4", measured="depth regression",
+             profile="cpu")
+    text = report.write_report(tmp_path, {"04_layer_vs_full": 700.0}).read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("| 04")]
+    assert "**inconclusive**" in line and "depth regression" in line and "not run yet" not in line
+    assert json.loads((tmp_path / report.TIMINGS_FILE).read_text())["04_layer_vs_full"] == {"wall_s": 700.0,
+                                                                                           "status": "ok"}
 
 
 def test_report_keeps_earlier_timings_and_collects(tmp_path: Path) -> None:
