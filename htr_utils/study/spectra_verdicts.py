@@ -445,11 +445,13 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
     for label, g in table.groupby("run", sort=False):
         n = int(g["a_ggn"].notna().sum())
         role = "decides" if label in deciding else "extension, does not decide (smooth activation)"
+        n_ctrl = int(g["a_control"].notna().sum())
+        control = (f"control G of the far epoch in {int((g['a_control'] <= rules.TOP_THRESHOLD).sum())}/{n_ctrl} "
+                   f"(median {g['a_control'].median():.2f})" if n_ctrl else
+                   "control not read (G recorded at one epoch only)")
         parts.append(f"{label} ({role}): {per[label].value}; G within 10 % of Hess in "
                      f"{int((g['a_ggn'] <= rules.TOP_THRESHOLD).sum())}/{n} readings (median a(G) "
-                     f"{g['a_ggn'].median():.3f}); control G of the far epoch in "
-                     f"{int((g['a_control'] <= rules.TOP_THRESHOLD).sum())}/{int(g['a_control'].notna().sum())} "
-                     f"(median {g['a_control'].median():.2f}); restart floor {floors.get(label, float('nan')):.1e}")
+                     f"{g['a_ggn'].median():.3f}); {control}; restart floor {floors.get(label, float('nan')):.1e}")
     return VerdictResult(verdict, "; ".join(parts), {"per_network": {k: v.value for k, v in per.items()},
                                                      "deciding": deciding, "floors": dict(floors)})
 

@@ -119,6 +119,7 @@ def test_c2_a_network_with_g_at_one_epoch_has_no_control_and_is_inconclusive():
     result = sv.c2_network_verdict(table, {"lenet": 1e-3, "vgg": 1e-3})
     assert result.details["per_network"] == {"lenet": "reproduced", "vgg": "inconclusive"}
     assert result.verdict == Verdict.INCONCLUSIVE
+    assert "vgg (decides): inconclusive" in result.measured and "control not read" in result.measured
 
 
 def test_step_check_finds_the_named_run_and_the_verdict_states_it():
