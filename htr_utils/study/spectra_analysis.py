@@ -18,6 +18,7 @@ import pandas as pd
 from ..curvature import KINDS
 from ..lanczos import SpectralDensity
 from ..spectra import count_outliers, spectral_distance
+from . import calibration_spectra as cs
 from . import runs as run_cache  # train_run looked up at call time, as the grid's tests substitute it
 from .data import num_classes
 from .paths import data_root
@@ -340,3 +341,36 @@ def c3_verdict(table: pd.DataFrame, reproduced_at: float = 0.75, not_reproduced_
                 f"G_l = Hess_l: max ‖H_l‖/λ_max(Hess_l) = {table['res_norm_rel'].max():.1e}, "
                 f"max W1(Hess_l, G_l)/range = {table['w1_hess_ggn_rel'].max():.1e} (zero by construction)")
     return VerdictResult(verdict, measured, {"layers": table.to_dict("records"), "fraction": frac, "invalid": invalid})
+
+
+def layer_fits(layers: pd.DataFrame, C: int, per_run: int | None = None) -> tuple[list[Any], dict[str, str]]:
+    """C3 (a)'s calibration models: :func:`htr_utils.study.calibration_spectra.fit_spiked` of each layer block's
+    row (λ₁, λ_C, λ_C+1, edge, overlap, dim; at most ``per_run`` blocks per run, None: all), and {"run/block": why}
+    for the blocks the spiked model cannot describe (a non-positive λ_C+1, no overlap, too few parameters, or a
+    fit that does not converge), which are left out of the calibration and named."""
+    fits, skipped = [], {}
+    for run, g in layers.groupby("run", sort=False):
+        taken = 0
+        for _, r in g.iterrows():
+            name = f"{run}/{r['block']}"
+            if per_run is not None and taken >= per_run:
+                break
+            if not (r["lambda_1"] >= r["lambda_C"] >= r["lambda_C+1"] > 0 and r["bulk_edge"] > 0
+                    and 0 < r["overlap"] <= 1 and r["dim"] > 2 * C):
+                skipped[name] = "outside the spiked model (λ_C+1 ≤ 0, no overlap, or at most 2C parameters)"
+                continue
+            try:
+                fit = cs.fit_spiked(r["lambda_1"], r["lambda_C"], r["lambda_C+1"], r["bulk_edge"], r["overlap"],
+                                    int(r["dim"]), C)
+            except ValueError as err:  # the model's eigenvalues overflow along the search: no fit for this block
+                skipped[name] = f"the fit failed ({err})"
+                continue
+            if not np.isfinite([fit.a1, fit.aC, fit.beta, fit.loss]).all():
+                skipped[name] = "the fit did not converge"
+                continue
+            fits.append(fit)
+            taken += 1
+    if not fits:
+        raise ValueError(f"C3 calibration: no layer block could be fitted ({skipped}); read the class structure at "
+                         "more examples per class or Lanczos steps")
+    return fits, skipped

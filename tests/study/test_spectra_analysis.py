@@ -200,3 +200,19 @@ def test_describe_runs_names_the_gpu_that_trained_a_run():
     old = SimpleNamespace(config=cfg, config_info=lambda: {})   # runs written before the environment was recorded
     text = ss.describe_runs({"a": gpu, "b": cpu, "c": old})
     assert text.count("trained on NVIDIA H200 (torch 2.11.0+cu130)") == 1 and "50 epochs" in text
+
+
+def test_layer_fits_names_the_blocks_outside_the_spiked_model():
+    """C3 (a)'s calibration: a block with λ_C+1 ≤ 0 is left out and named; a valid block is fitted."""
+    import pandas as pd
+
+    from htr_utils.study.spectra_analysis import layer_fits
+
+    rows = pd.DataFrame([{"run": "a", "block": "fc1", "lambda_1": 33.25, "lambda_C": 2.2, "lambda_C+1": 1.5,
+                          "bulk_edge": 17.17, "overlap": 0.48, "dim": 60},
+                         {"run": "a", "block": "fc2", "lambda_1": 6.5, "lambda_C": 0.06, "lambda_C+1": -4e-4,
+                          "bulk_edge": 1.9, "overlap": 0.54, "dim": 600}])
+    fits, skipped = layer_fits(rows, 10)
+    assert len(fits) == 1 and fits[0].dim == 60 and list(skipped) == ["a/fc2"]
+    with pytest.raises(ValueError, match="no layer block could be fitted"):
+        layer_fits(rows.iloc[1:], 10)
