@@ -309,7 +309,7 @@ def read_run(run: Any, reading: Any, progress: bool = True, data_root: str | Pat
     out = RunReadings()
     steps = _distance_iters(reading)
     plan = [(kind, args) for kind, args in planned_readings(run, reading)
-            if kind in what or (kind == "step_check" and "distance" in what)]
+            if kind in what or (kind == "step_check" and "distance" in what)]  # ("step_check",): the check alone
     bar = tqdm(plan, desc=f"readings {run.path.name}", disable=_progress_disabled(progress), leave=False)
     for what, (epoch, arg) in bar:
         if what == "class":
@@ -326,10 +326,10 @@ def spectra_readings(profile: str | None = None, progress: bool = True, labels: 
     """{label: RunReadings} of the profile's spectra runs (trained first if missing), readings of the kinds
     ``what`` only."""
     P = get_profile(profile)
-    out = {}
-    for label, cfg in P.spectra_runs.items():
-        if labels is not None and label not in labels:
-            continue
-        run = train_run(cfg, root=P.runs_dir(), progress=progress, data_root=default_data_root())
-        out[label] = read_run(run, P.spectra_reading[label], progress, default_data_root(), what=what)
-    return out
+    runs = {label: train_run(cfg, root=P.runs_dir(), progress=progress, data_root=default_data_root())
+            for label, cfg in P.spectra_runs.items() if labels is None or label in labels}
+    if "distance" in what:  # C4's step check before any other distance reading: it fixes their step count
+        for label, run in runs.items():
+            read_run(run, P.spectra_reading[label], progress, default_data_root(), what=("step_check",))
+    return {label: read_run(run, P.spectra_reading[label], progress, default_data_root(), what=what)
+            for label, run in runs.items()}

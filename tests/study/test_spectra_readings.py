@@ -97,3 +97,5 @@ def test_distance_readings_take_their_own_steps_and_the_step_check_twice_them(ru
     # same seed per (block, probe): the first Ritz node of probe 0 differs only through the steps taken
     assert out.step_check.full_a[0] != out.distances[2].full_a[0]
     assert read_run(run, reading, progress=False, what=("class",)).step_check is None
+    alone = read_run(run, reading, progress=False, what=("step_check",))
+    assert alone.step_check == out.step_check and not alone.distances and not alone.classes
