@@ -7,7 +7,8 @@
   the top Ritz values of a second, independent Lanczos run.
 * :class:`DistanceReading` (C4): the quadrature atoms of independent SLQ runs of the full Hessian (two
   pools of K), of every layer block (K each) and of the Hessian restricted to S random coordinate
-  subsets of each layer's size (K each; the size-matched null of PROTOCOL.md's amendment 2).
+  subsets of each layer's size (K each; the size-matched null of PROTOCOL.md's amendment 2; amendment 5
+  takes S = 0). C4's step check reads one epoch again at twice the distance steps (``RunReadings.step_check``).
 
 The curvature examples are drawn as the runs draw theirs (:func:`htr_utils.study.data.class_balanced_subset`
 with the run's ``data_seed``; on 10 per class they are the run's own), in batches of at most 10 per
