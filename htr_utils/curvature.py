@@ -72,11 +72,14 @@ Semantics:
   ``nn.NLLLoss`` Σ_i w_{y_i} over targets that are not ``ignore_index`` (label smoothing keeps
   it; probability targets: the sample count), so ``weight=`` and ``ignore_index`` give the
   loss over all the data exactly (batches with every target ignored are skipped); for any
-  other loss, by size. A loss that sums (``reduction='sum'``) is detected on the first batch
-  and rejected. Any other loss over several batches is checked on the first product to be a
-  mean on every batch and across consecutive batches (class weights in a lambda show as soon
-  as two classes meet, even on data sorted by class); if not, it warns: pass one batch, or
-  an nn loss module whose weighting the operator reads.
+  other loss, by size. A loss that sums (``reduction='sum'``) is rejected on the first batch,
+  or on the first product where the first batch holds one sample. Any other loss over several
+  batches is checked on the first product (one forward pass over the data) to be a mean on
+  every batch and across consecutive batches; where it is not (class weights or ignored
+  targets inside a function, as soon as two batches' shares differ, even on data sorted by
+  class), the product raises a ValueError rather than answer wrongly: pass one batch, or an
+  nn loss module whose weighting the operator reads. A term that does not depend on the batch
+  (a weight penalty) passes: weighting by size is right for it.
 """
 from __future__ import annotations
 
@@ -99,7 +102,6 @@ KINDS = ("hessian", "ggn", "residual")
 VMAP_BUDGET = 1024  # vectors x samples per vmapped call; see _vmapped
 VERIFY_EPS = 1000   # a linearised map must agree with eager jvp to this many machine epsilons
 SYMMETRY_SQRT_EPS = 1  # |uᵀAv − vᵀAu| must stay below this many sqrt(eps) of |u||Av| + |v||Au|
-MEAN_CHECK_SAMPLES = 16  # samples per batch whose outputs the first product's mean-ness check evaluates
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -278,10 +280,28 @@ def _as_tuple(out: Any) -> tuple[Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-_NOT_A_MEAN = ("loss_fn is not the mean of per-sample losses {where} (class weights? a term independent of the "
-               "batch?); batches are weighted by their size, so the operator is NOT the curvature of the loss over all "
+_NOT_A_MEAN = ("loss_fn is not the mean of per-sample losses {where} (class weights or ignored targets inside a "
+               "function?), so weighting the batches by their size would not give the curvature of the loss over all "
                "the data. Pass the data as one batch, or use nn.CrossEntropyLoss / nn.NLLLoss (weight=..., "
                "ignore_index=...), whose weighting the operator reads.")
+_A_SUM = ("loss_fn sums over the batch {where} (its value on two parts together is the sum of its values on the parts, "
+          "not their mean): reduction='sum'? The operator needs the mean over the batch (reduction='mean'); divide by "
+          "the batch size if you must sum.")
+
+
+def _mean_or_raise(both: float, first: float, second: float, n_first: int, n_second: int, eps: float, where: str) -> None:
+    """Raise unless the loss on two parts together is the size-weighted mean of its values on the parts.
+
+    A term that does not depend on the batch passes (it is in every part's value and in their mean); a
+    sum, class weights or ignored targets inside a function do not, and the operator could only
+    answer wrongly for them over several batches, so it refuses.
+    """
+    tol = math.sqrt(eps) * max(abs(both), abs(first), abs(second), 1e-30)
+    if abs(both - (n_first * first + n_second * second) / (n_first + n_second)) <= tol:
+        return
+    if abs(both - (first + second)) <= tol:
+        raise ValueError(_A_SUM.format(where=where))
+    raise ValueError(_NOT_A_MEAN.format(where=where))
 
 
 class CurvatureOperator:
@@ -369,10 +389,11 @@ class CurvatureOperator:
             return  # every target of the batch is ignore_index: its loss is 0/0, and it gets weight 0
         with torch.no_grad(), eval_mode(self.model), exact_kernels():
             out = functional_call(self.model, {**self._buffers, **self._state}, (x,))
-            loss = self.loss_fn(out, y)
+            # before the loss sees them: a loss written for one tensor fails on a tuple with its own error
             if self.kind != "hessian" and not isinstance(out, Tensor):
                 raise ValueError(f"kind={self.kind!r} needs the model to return one tensor (the outputs f of "
                                  f"G = Jᵀ ∇²_f ℓ J), got {type(out).__name__}; wrap the model to return one tensor.")
+            loss = self.loss_fn(out, y)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
                 raise ValueError(f"loss_fn must return a scalar, the mean over the batch; got {shape} "
@@ -389,32 +410,29 @@ class CurvatureOperator:
                 first, second = float(self.loss_fn(out[:a], y[:a])), float(self.loss_fn(out[a:], y[a:]))
             except Exception:  # a loss that cannot be evaluated on part of a batch: nothing to compare
                 return
-        tol = math.sqrt(torch.finfo(self.dtype).eps) * max(abs(value), abs(first), abs(second), 1e-30)
-        mean, total = (a * first + (n - a) * second) / n, first + second
-        if abs(value - mean) <= tol:
-            return
-        if abs(value - total) <= tol:
-            raise ValueError(f"loss_fn sums over the batch (its value on the first batch, {value:.6g}, is the sum of its "
-                             f"values on the two halves, not their mean): reduction='sum'? The operator needs the mean "
-                             "over the batch (reduction='mean'); divide by the batch size if you must sum.")
-        if not single:
-            self._means_checked = True  # warned once already
-            warnings.warn(_NOT_A_MEAN.format(where="on the first batch"), stacklevel=3)
+        try:
+            _mean_or_raise(value, first, second, a, n - a, torch.finfo(self.dtype).eps, "on the first batch")
+        except ValueError as err:
+            if single and str(err).startswith("loss_fn is not the mean"):
+                return  # one batch: no batches to weight, so the operator is that loss's curvature exactly
+            raise
 
     def _check_means(self, index: int, x: Tensor, y: Tensor, previous: Batch | None) -> Batch | None:
-        """First product, several batches, a loss of unknown weighting: a mean on this batch and across batches?
+        """First product, several batches, a loss of unknown weighting: is it a mean on this batch and across batches?
 
-        Evaluates the model on up to ``MEAN_CHECK_SAMPLES`` samples of the batch (no gradients) and
-        compares the loss on two halves of them, and on them together with the previous batch's, against
-        the size-weighted mean of the parts. Class weights show up as soon as two classes meet, also on
-        data sorted by class. Returns this batch's sample for the next comparison (None: cannot check).
+        Evaluates the model on the whole batch (no gradients; about a third of a gradient over the data,
+        once) and compares the loss on its two halves, and on it together with the previous batch, against
+        the size-weighted mean of the parts; raises where it is not (``_mean_or_raise``). Whole batches,
+        because if every pair of consecutive batches passes, their losses' denominators are proportional
+        to their sizes (barring two parts with equal losses), which is what weighting by size assumes:
+        class weights and ignored targets inside a function show as soon as two batches' shares differ,
+        also on data sorted by class. Returns this batch's outputs for the next comparison (None: cannot check).
         """
-        m = min(len(x), MEAN_CHECK_SAMPLES)
         with torch.no_grad():
-            out = functional_call(self.model, {**self._buffers, **self._state}, (x[:m],))
+            out = functional_call(self.model, {**self._buffers, **self._state}, (x,))
         if not isinstance(out, Tensor):
             return None
-        here = (out, y[:m])
+        here, m = (out, y), len(y)
         pairs = [((out[:m // 2], y[:m // 2]), (out[m // 2:], y[m // 2:]))] if m >= 2 else []
         if previous is not None:
             pairs.append((previous, here))
@@ -425,12 +443,10 @@ class CurvatureOperator:
                     both = float(self.loss_fn(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])))
             except Exception:  # a loss that cannot be evaluated on these parts: nothing to compare
                 return None
-            na, nb = len(a[1]), len(b[1])
-            expected = (na * la + nb * lb) / (na + nb)
-            if abs(both - expected) > math.sqrt(torch.finfo(self.dtype).eps) * max(abs(both), abs(la), abs(lb), 1e-30):
-                where = f"across batches {index - 1} and {index}" if b is here else f"on batch {index}"
-                self._warn("mean", _NOT_A_MEAN.format(where=where))
-                return None
+            if not all(map(math.isfinite, (la, lb, both))):
+                continue  # a part whose targets are all ignored (0/0): nothing to compare there
+            where = f"across batches {index - 1} and {index}" if b is here else f"on batch {index}"
+            _mean_or_raise(both, la, lb, len(a[1]), len(b[1]), torch.finfo(self.dtype).eps, where)
         return here
 
     # -- parameters -------------------------------------------------------------------------
@@ -506,7 +522,7 @@ class CurvatureOperator:
             # torch's first forward-mode call loads decompositions through the deprecated torch.jit.script
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
             for index, (x, y) in enumerate(self.batches()):
-                if check_means and "mean" not in self._warned:
+                if check_means:
                     previous = self._check_means(index, x, y, previous)
                 weight = self.weight_of(y)
                 if weight == 0:

@@ -38,21 +38,19 @@ FIXED_DEFECTS = {
     0: ("embedding_padding_idx", "Embedding(padding_idx): operator was asymmetric (forward mode moved the padding row)"),
     39: ("old_function", "old-style autograd.Function (no setup_context): products crashed instead of falling back"),
     206: ("class_weights", "nn.CrossEntropyLoss(weight) over several class-sorted batches: batches were weighted by size"),
+    308: ("class_weights", "class-weighted F.cross_entropy inside a function over several batches: a wrong operator "
+                           "with a warning (now refused with a ValueError naming the remedies)"),
+    380: ("negative_sum", "mse_loss(reduction='sum') was not rejected when the first batch held one sample"),
+    71: ("negative_two_outputs", "kind='ggn' on a model returning a tuple: the loss's own TypeError instead of the "
+                                 "promised ValueError"),
     47: ("onehot_linear", "top_eigenvalues missed a copy of a repeated eigenvalue on an axis-aligned eigenspace (GGN)"),
     486: ("onehot_linear", "top_eigenvalues missed a copy of a repeated eigenvalue on an axis-aligned eigenspace "
                            "(Hessian)"),
 }
 
 # Cases on which the library is still wrong (found by `make fuzz`): strict xfails, so that each one
-# fails the suite (XPASS) once fixed; then move it to FIXED_DEFECTS.
-KNOWN_DEFECTS: dict[int, tuple[str, str]] = {
-    308: ("class_weights", "class-weighted F.cross_entropy inside a function over several batches: batches "
-                           "weighted by size give a wrong operator (with a warning; nn.CrossEntropyLoss's weighting "
-                           "is read, a wrapped functional loss's is not)"),
-    380: ("negative_sum", "mse_loss(reduction='sum') is not rejected when the first batch holds one sample"),
-    71: ("negative_two_outputs", "kind='ggn' on a model returning a tuple: the loss's own TypeError instead of the "
-                                 "promised ValueError"),
-}
+# fails the suite (XPASS) once fixed; then move it to FIXED_DEFECTS. None at present.
+KNOWN_DEFECTS: dict[int, tuple[str, str]] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +68,8 @@ def test_fuzz_case_passes(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=r))
-                                  for s, (_, r) in sorted(KNOWN_DEFECTS.items())])
+                                  for s, (_, r) in sorted(KNOWN_DEFECTS.items())] or
+                         [pytest.param(None, marks=pytest.mark.skip(reason="no known defect left"))])
 def test_fuzz_known_defect(seed: int) -> None:
     outcome = run_seed(seed)
     assert outcome.status == "PASS", outcome.line()

@@ -328,8 +328,13 @@ def test_probability_targets_are_weighted_by_size():
     assert rel_err(op.to_dense(), want) < TOL
 
 
-def test_weighted_lambda_on_sorted_batches_warns_on_first_product():
-    """A class-weighted lambda on data sorted by class: every batch is a plain mean, only their union shows it."""
+def test_weighted_lambda_on_sorted_batches_is_refused_on_first_product():
+    """A class-weighted lambda on data sorted by class: every batch is a plain mean, only their union shows it.
+
+    The operator cannot read a function's weights, so over several batches it refuses (a ValueError naming
+    the remedies) instead of weighting the batches by size, and loses nothing: the same lambda as one batch
+    is exact.
+    """
     model, x, y = _sorted_by_class()
     w = torch.tensor([1.0, 4.0, 0.25], dtype=torch.double)
 
@@ -340,16 +345,70 @@ def test_weighted_lambda_on_sorted_batches_warns_on_first_product():
         warnings.simplefilter("error", UserWarning)
         op = hvp_operator(model, loss, batches)   # the first batch holds one class: nothing to see yet
     v = torch.randn(op.dim, dtype=torch.double)
-    with pytest.warns(UserWarning, match=r"across batches 0 and 1.*one batch.*nn.CrossEntropyLoss"):
-        op.matvec(v)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        op.matvec(v)   # checked once
-    # the same lambda with the data as one batch is exact and quiet
+    for _ in range(2):   # refused on every product, not only the first
+        with pytest.raises(ValueError, match=r"across batches 0 and 1.*one batch.*nn.CrossEntropyLoss"):
+            op.matvec(v)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         whole = hvp_operator(model, loss, (x, y))
         assert rel_err(whole.to_dense(), reference(model, loss, x, y)["hessian"]) < TOL
+
+
+def test_ignore_index_in_a_function_over_batches_is_refused():
+    """ignore_index through a function: the batches' denominators are their kept targets, not their sizes."""
+    model, x, y = _sorted_by_class()
+    y = y.clone()
+    y[:5] = -100   # five of the first batch's eight targets ignored, none of the others
+
+    def loss(f, t):
+        return F.cross_entropy(f, t, ignore_index=-100)
+    with pytest.raises(ValueError, match="not the mean of per-sample losses on the first batch"):
+        hvp_operator(model, loss, [(x[:8], y[:8]), (x[8:], y[8:])])   # its halves keep 0 of 4 and 3 of 4
+    y[:5] = y[8:13]   # now no target is ignored in the first batch: seen only across batches, on the first product
+    y[8:10] = -100
+    op = hvp_operator(model, loss, [(x[:8], y[:8]), (x[8:], y[8:])])
+    with pytest.raises(ValueError, match="not the mean of per-sample losses (on batch 1|across batches 0 and 1)"):
+        op.matvec(torch.randn(op.dim, dtype=torch.double))
+
+
+def test_summed_loss_is_refused_when_the_first_batch_holds_one_sample():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    x, t = torch.randn(5, 3, dtype=torch.double), torch.randn(5, 2, dtype=torch.double)
+
+    def summed(f, target):
+        return F.mse_loss(f, target, reduction="sum")
+    op = hvp_operator(model, summed, [(x[:1], t[:1]), (x[1:3], t[1:3]), (x[3:], t[3:])])  # one sample: sum = mean
+    with pytest.raises(ValueError, match="sums over the batch.*reduction='sum'"):
+        op.matvec(torch.randn(op.dim, dtype=torch.double))
+
+
+def test_batch_independent_term_passes_the_mean_check_and_is_exact():
+    """loss = mean + a constant: weighting batches by size is right for it, so no error, and the answer is exact."""
+    model, x, y = _sorted_by_class()
+
+    def loss(f, t):
+        return F.cross_entropy(f, t) + 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        op = hvp_operator(model, loss, [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])])
+        got = op.to_dense()
+    assert rel_err(got, reference(model, loss, x, y)["hessian"]) < TOL
+
+
+@pytest.mark.parametrize("kind", ["ggn", "residual"])
+def test_ggn_of_a_tuple_output_names_the_cause_before_the_loss_sees_it(kind):
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.lin(x), x
+
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match=f"kind='{kind}' needs the model to return one tensor"):
+        hvp_operator(TwoOutputs(), lambda out, t: F.cross_entropy(out, t), (x, y), kind=kind)
 
 
 def test_mean_loss_over_batches_stays_quiet():

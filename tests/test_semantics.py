@@ -123,16 +123,17 @@ def test_unreduced_loss_is_rejected(problem):
         hvp_operator(problem.model, nn.CrossEntropyLoss(reduction="none"), (problem.x, problem.y))
 
 
-def test_weighted_loss_over_several_batches_warns(problem):
-    # A lambda: the operator cannot read its weights (nn.CrossEntropyLoss(weight=w) it weights exactly).
+def test_weighted_loss_over_several_batches_is_refused(problem):
+    # A lambda: the operator cannot read its weights (nn.CrossEntropyLoss(weight=w) it weights exactly),
+    # so over several batches it refuses rather than weight them by size.
     w = torch.tensor([1.0, 3.0, 0.5], dtype=torch.double)
 
     def loss(f, t):
         return F.cross_entropy(f, t, weight=w)
     x, y = problem.x, problem.y
-    with pytest.warns(UserWarning, match="not the mean of per-sample losses"):
+    with pytest.raises(ValueError, match="not the mean of per-sample losses.*one batch"):
         hvp_operator(problem.model, loss, [(x[:4], y[:4]), (x[4:], y[4:])])
-    hvp_operator(problem.model, loss, (x, y))  # one batch: its Hessian is well defined, no warning needed
+    hvp_operator(problem.model, loss, (x, y))  # one batch: its Hessian is well defined, no error
 
 
 # --------------------------------------------------------------------------- the data
