@@ -118,12 +118,13 @@ def run_seconds(cfg: TrainConfig, cost: RunCost, train_size: int) -> float:
 
 def sample_readings(cfg: TrainConfig, reading: SpectraReading, data_root: str | Path,
                     steps: tuple[int, int] = (4, 8), columns: int = 20) -> dict[str, float]:
-    """Seconds of one class reading on 10 examples per class and one distance reading at ``reading``'s Lanczos
-    steps, on a one-epoch run of ``cfg`` trained in a temporary cache.
+    """Seconds of one class reading on 10 examples per class at ``reading``'s Lanczos steps, the seconds of one
+    product column of the Hessian the distance readings use, and the number of layers, on a one-epoch run of
+    ``cfg`` trained in a temporary cache.
 
-    Class reading: timed at two short step counts and extrapolated linearly in the steps. Distance reading:
-    its products counted (2K full chains + K per layer + K per null subset, each ``lanczos_iters`` steps) times
-    the sampled seconds per product column of the operator it uses (one ``matmat`` of ``columns`` columns).
+    Class reading: timed at two short step counts and extrapolated linearly in the steps. Distance readings are
+    costed by :func:`reading_seconds` from their product count and the sampled seconds per product column
+    (one ``matmat`` of ``columns`` columns).
     """
     one = cfg.replace(epochs=1, curvature_every=0, keep_checkpoints=True, train_size=2000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +133,6 @@ def sample_readings(cfg: TrainConfig, reading: SpectraReading, data_root: str | 
         slope = (t[1] - t[0]) / (steps[1] - steps[0])
         per_class = max(t[1], t[1] + slope * (reading.lanczos_iters - steps[1]))
         model = run.load_model(1)
-        sizes = layer_sizes(model)
         names = [p for ps in layer_groups(model).values() for p in ps]
         data = class_balanced_subset(prepare_data(one, str(data_root)).train, cfg.examples_per_class,
                                      seed=cfg.data_seed)
@@ -140,9 +140,25 @@ def sample_readings(cfg: TrainConfig, reading: SpectraReading, data_root: str | 
         V = torch.randn(op.dim, columns, generator=torch.Generator().manual_seed(0))
         op.matmat(V)  # warm-up (the operator's first product traces and verifies its map)
         per_column = _median_time(lambda: op.matmat(V), 3) / columns
-    K, L = reading.slq_probes, len(sizes)
-    chains = 2 * K + K * L + K * L * reading.null_subsets
-    return {"class": per_class, "distance": chains * reading.lanczos_iters * per_column}
+    return {"class": per_class, "column": per_column, "layers": float(len(layer_sizes(model)))}
+
+
+def reading_seconds(kind: str, arg: int, reading: SpectraReading, sample: dict[str, float]) -> float:
+    """Seconds of one planned reading (``planned_readings``' kind and argument) from :func:`sample_readings`.
+
+    A class reading on n examples per class: the 10-per-class time × n / 10. A distance reading with S null
+    subsets: (2K full chains + K per layer + K per layer and subset) × its Lanczos steps × seconds per product
+    column; the step check: (2K + K per layer) at twice the distance steps, with its own K.
+    """
+    if kind == "class":
+        return sample["class"] * arg / 10
+    L = sample["layers"]
+    if kind == "distance":
+        K = reading.slq_probes
+        return (2 * K + K * L + K * L * arg) * reading.distance_iters * sample["column"]
+    if kind == "step_check":
+        return (2 * arg + arg * L) * 2 * reading.distance_iters * sample["column"]
+    raise ValueError(f"unknown reading kind {kind!r}")
 
 
 def _train_size(cfg: TrainConfig, data_root: str | Path, cache: dict) -> int:
@@ -184,12 +200,12 @@ def estimate(P: Profile, stages: Sequence[tuple[str, Sequence[TrainConfig]]], da
         if reading is None:
             continue
         progress(f"sampling readings of {label}")
-        per = sample_readings(cfg, reading, data_root)
+        sample = sample_readings(cfg, reading, data_root)
         for kind, (epoch, arg) in planned_readings(SimpleNamespace(config=cfg), reading):
             readings += 1
-            seconds += per["class"] * arg / 10 if kind == "class" else per["distance"]
+            seconds += reading_seconds(kind, arg, reading, sample)
     rows.append(StageRow("spectra readings (C1-C4)", 0, readings, seconds / 60,
-                         "class reading (10/class) and distance reading at 2 step counts, linear in steps and examples"))
+                         "class reading timed at 2 step counts; distance readings: products × sampled product time"))
     rows.append(StageRow("notebooks on the cache", 0, 0, notebook_minutes(P.name), "last measured (timings.json)"))
     return rows
 

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from htr_utils.study import grid
-from htr_utils.study.profiles import get_profile
-from htr_utils.study.time_estimate import RunCost, StageRow, run_seconds, table
+from htr_utils.study.profiles import SpectraReading, get_profile
+from htr_utils.study.time_estimate import RunCost, StageRow, reading_seconds, run_seconds, table
 from htr_utils.study.training import TrainConfig
 
 
@@ -45,3 +45,17 @@ def test_table_totals_the_minutes_and_skips_unknown_ones():
     rows = [StageRow("a", 2, 0, 10.0, "x"), StageRow("b", 0, 3, 5.5, "y"), StageRow("c", 0, 0, math.nan, "z")]
     text = table(rows)
     assert "| **total** | 2 | 3 | **15.5** | |" in text
+
+
+def test_reading_seconds_count_the_products_of_each_planned_reading():
+    reading = SpectraReading(class_epochs=(1,), distance_epochs=(2,), slq_probes=5, lanczos_iters=128,
+                             distance_lanczos_iters=32)
+    sample = {"class": 30.0, "column": 0.01, "layers": 5.0}
+    assert reading_seconds("class", 100, reading, sample) == pytest.approx(300.0)
+    # 2K + K·L + K·L·S chains of 32 steps: S = 0 gives 10 + 25 = 35 chains
+    assert reading_seconds("distance", 0, reading, sample) == pytest.approx(35 * 32 * 0.01)
+    assert reading_seconds("distance", 5, reading, sample) == pytest.approx((35 + 125) * 32 * 0.01)
+    # the step check: its own K = 3 probes, at twice the distance steps
+    assert reading_seconds("step_check", 3, reading, sample) == pytest.approx((6 + 15) * 64 * 0.01)
+    with pytest.raises(ValueError, match="unknown reading kind"):
+        reading_seconds("spectra", 1, reading, sample)
