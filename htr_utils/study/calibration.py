@@ -15,6 +15,8 @@ from scipy.stats import t as t_dist
 
 from .depth_trends import is_middle
 from .regularisation_rules import (EQUIVALENCE_MARGIN, I, N, R, c6a_codes, c6b_codes, c7_accuracy_codes)
+from .spectra_rules import (ALPHA, about_c_codes, by_network, c4_amendment1_codes, c4_classify, c4_codes, c4_null_upper,
+                            c5_codes, majorities, network_bound, w1_atoms)
 from .statistics import partial_spearman
 
 
@@ -126,7 +128,6 @@ def _c4_outcomes(design: Sequence[Network], truth: Sequence[tuple[float, float]]
 
 
 def _c4_bounds(design: Sequence[Network]) -> tuple[float, float]:
-    from .spectra_rules import network_bound
     return network_bound([[pm] * e for pm, _, e in design]), network_bound([[po] * e for _, po, e in design])
 
 
@@ -137,7 +138,6 @@ def c4_rates(design: Sequence[Network], truth: Sequence[tuple[float, float]] | N
     probabilities that a reading is "middle" / "outer" (None: the null itself, i.e. size explains everything).
     ``dependent``: all readings of a network share one outcome.
     """
-    from .spectra_rules import c4_codes
 
     rng = np.random.default_rng(seed)
     all_mid, all_out = np.ones(sims, dtype=bool), np.ones(sims, dtype=bool)
@@ -156,7 +156,6 @@ def c4_exact_rates(design: Sequence[Network], truth: Sequence[tuple[float, float
     network is mostly "middle" and the null bound allows it, so P(R) = ∏_k P(network k mostly middle) or 0."""
     from scipy.stats import binom
 
-    from .spectra_rules import ALPHA
 
     bound_mid, bound_out = _c4_bounds(design)
     p_all_mid, p_all_out = 1.0, 1.0
@@ -206,7 +205,6 @@ def c4_model_reading(sizes: Sequence[int], rng: np.random.Generator, scale_sd: f
     exchangeable: no depth effect), or, with ``middle_scale``, the middle-half layers at that scale (a depth
     effect). Returns the exact W1 of every layer to the full measure and, per layer, the W1 of ``subsets``
     random coordinate subsets of its size."""
-    from .spectra_rules import w1_atoms
 
     sizes = np.asarray(sizes)
     L, N = len(sizes), int(sizes.sum())
@@ -230,7 +228,6 @@ def c4_model_readings(sizes: Sequence[int], reps: int, seed: int = 0, floor_rati
     real readings are (upper 95 % limits of the null rates, :func:`htr_utils.study.spectra_rules.c4_null_upper`).
     The spectra are exact, so the noise floor is set to ``floor_ratio`` × the median W1 of the reading's random
     subsets (the real readings' "floor / null"; 0: no floor)."""
-    from .spectra_rules import c4_classify, c4_null_upper
 
     rng = np.random.default_rng(seed)
     out = []
@@ -247,7 +244,6 @@ def c4_model_rates(pools: Sequence[Sequence[tuple[str, float, float]]], epochs: 
     """C4's rule on studies assembled from simulated readings: network k's ``epochs[k]`` readings drawn from
     ``pools[k]`` (independent) or one reading repeated (``dependent``). ``amendment1_shares``: judge them instead
     by amendment 1's superseded tally, with these middle shares of the networks' layers."""
-    from .spectra_rules import by_network, c4_amendment1_codes, c4_codes, majorities, network_bound
 
     rng = np.random.default_rng(seed)
     codes = []
@@ -346,7 +342,6 @@ def c5_rates(lengths: list[int], tau_effect: float | None = None, sims: int = 20
     p-values are exact (:func:`kendall_exact`). Columns: the scenario, each length's expected τ, the share
     of series decreasing significantly, P(reproduced), P(not reproduced), P(inconclusive).
     """
-    from .spectra_rules import c5_codes
 
     rng = np.random.default_rng(seed)
     scenarios: list[tuple[str, list[float]]] = [("no trend", [0.0] * len(lengths))]
@@ -413,7 +408,6 @@ def c1_rates(dim: int = 300, n_examples: int = 200, C: int = 10,
     rule says not reproduced; the class means separate from the bulk once (roughly, the BBP threshold)
     strength² / C > √(dim / n) / dim — 0.20 at the defaults — and then k = C.
     """
-    from .spectra_rules import about_c_codes
 
     rng = np.random.default_rng(seed)
     rows = []

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from . import spectra_rules as rules
-from .calibration import expected_tau, slope_for_tau
+from .calibration import expected_tau, kendall_exact, slope_for_tau
 from .regularisation_rules import I, N, R
 
 
@@ -44,7 +44,6 @@ def ar1_pvalues(series: np.ndarray, phi0: float = rules.PHI_MEASURED, adjusted: 
     """(τ, p_decrease, p_increase) of every row of ``series`` (sims × n): the amended rule's AR(1)-adjusted
     p-values (:func:`htr_utils.study.spectra_rules.kendall_trend_ar1`, vectorised), or with ``adjusted=False``
     the earlier rule's exact iid ones."""
-    from .calibration import kendall_exact
 
     if not adjusted:
         return kendall_exact(series)
