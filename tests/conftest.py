@@ -87,3 +87,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             note = f"  [{'; '.join(sorted(r.warnings))}]" if r.warnings else ""
             terminalreporter.write_line(f"{model:28s} {loss:16s} {len(cells):2d} cells  worst {worst[1]:.1e} "
                                         f"({worst[0]})  reference vs FD {fd:.1e}  {status}{note}")
+
+
+@pytest.fixture(autouse=True)
+def default_dtype_is_left_alone():
+    """torch's default dtype is process-wide: a test file that sets it (at import, say) changes every test that
+    runs after it in the same worker. Each test must find float32 and leave it."""
+    assert torch.get_default_dtype() == torch.float32, (
+        f"torch's default dtype is {torch.get_default_dtype()} before this test: a test file imported or run "
+        "earlier in this process set it (torch.set_default_dtype) and did not restore it")
+    yield
+    assert torch.get_default_dtype() == torch.float32, "this test changed torch's default dtype and did not restore it"

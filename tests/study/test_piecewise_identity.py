@@ -7,8 +7,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-torch.set_default_dtype(torch.float64)
-
 
 def _net(act: nn.Module) -> nn.Module:
     torch.manual_seed(0)
@@ -29,7 +27,7 @@ def _dense(act: nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[slice], tor
     sizes = [v.numel() for v in params.values()]
     theta = torch.cat([v.flatten() for v in params.values()])
     torch.manual_seed(1)
-    x, y = torch.randn(6, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
+    x, y = torch.randn(6, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
 
     def logits(t: torch.Tensor) -> torch.Tensor:
         chunks, out = torch.split(t, sizes), {}
