@@ -21,19 +21,9 @@ import torch.nn.functional as F
 from htr_utils import hutchpp_trace, hvp_operator
 from htr_utils.study.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
 from htr_utils.study.models import build_model
+from htr_utils.dense import MatrixOperator
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DenseOp:
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A, self.dim, self.dtype, self.device = A, A.shape[0], A.dtype, A.device
-
-    def matvec(self, v):
-        return self.A @ v
-
-    def matmat(self, V):
-        return self.A @ V
 
 
 def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -66,7 +56,7 @@ def dense_lenet_hessian(n: int = 100, width: float = 0.25, train_steps: int = 0)
 def compare(H: torch.Tensor, products: tuple[int, ...], seeds: int) -> list[tuple]:
     """Per product count: Hutchinson's exact relative RMS error √(2 Σ_{i≠j} H_ij² / m) / |tr H| (Rademacher
     probes; no sampling needed), Hutch++'s sampled over ``seeds`` seeds, their ratio, Hutch++'s mean error."""
-    op, exact = DenseOp(H), float(torch.trace(H))
+    op, exact = MatrixOperator(H), float(torch.trace(H))
     off = float((H ** 2).sum() - (torch.diagonal(H) ** 2).sum())
     rows = []
     for m in products:

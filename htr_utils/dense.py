@@ -24,6 +24,25 @@ from torch.func import functional_call, grad, jacrev, vjp
 from .curvature import eval_mode, exact_kernels, select_parameters
 
 
+class MatrixOperator:
+    """A dense symmetric matrix behind the operator protocol (``dim``, ``dtype``, ``device``, ``matvec``,
+    ``matmat``), for routines tested on known spectra; ``products`` counts the vectors it was applied to."""
+
+    def __init__(self, A: Tensor) -> None:
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"MatrixOperator needs a square matrix, got shape {tuple(A.shape)}.")
+        self.A, self.dim, self.dtype, self.device = A, A.shape[0], A.dtype, A.device
+        self.products = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.products += 1
+        return self.A @ v
+
+    def matmat(self, V: Tensor) -> Tensor:
+        self.products += V.shape[1]
+        return self.A @ V
+
+
 def flat_functions(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
                    params: Iterable[str] | None = None) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
                                                                  Tensor, list[str]]:

@@ -9,20 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from htr_utils import hutchinson_trace, hutchpp_trace, hvp_operator
-from htr_utils.dense import dense_hessian
+from htr_utils.dense import MatrixOperator, dense_hessian
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class TensorOp:
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A, self.dim, self.dtype, self.device = A, A.shape[0], A.dtype, A.device
-
-    def matvec(self, v):
-        return self.A @ v
-
-    def matmat(self, V):
-        return self.A @ V
 
 
 def with_spectrum(ev: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -36,7 +25,7 @@ def test_exact_on_a_matrix_of_rank_below_a_third_of_the_products():
     ev = np.zeros(200)
     ev[:5] = [9.0, 4.0, -3.0, 2.0, 1.0]
     A = with_spectrum(ev)
-    est = hutchpp_trace(TensorOp(torch.as_tensor(A)), 18, seed=3)  # r = 6 ≥ rank 5
+    est = hutchpp_trace(MatrixOperator(torch.as_tensor(A)), 18, seed=3)  # r = 6 ≥ rank 5
     assert est.mean == pytest.approx(np.trace(A), abs=1e-10)
     assert est.stderr < 1e-10 and est.num_probes == 6
 
@@ -47,7 +36,7 @@ def test_unbiased_and_more_accurate_than_hutchinson_on_decaying_spectra(decay):
     trace for the sketch to pay for its 20 products, and Hutch++ is less accurate (measured); it is only unbiased."""
     ev = np.arange(1, 151, dtype=float) ** -decay
     A = with_spectrum(ev, seed=1)
-    op, exact = TensorOp(torch.as_tensor(A)), float(np.trace(A))
+    op, exact = MatrixOperator(torch.as_tensor(A)), float(np.trace(A))
     pp = np.array([hutchpp_trace(op, 30, seed=s).mean for s in range(300)])
     hu = np.array([hutchinson_trace(op, 30, seed=s).mean for s in range(300)])
     # unbiased: the mean of 300 independent estimates within 4 of its standard errors
@@ -58,7 +47,7 @@ def test_unbiased_and_more_accurate_than_hutchinson_on_decaying_spectra(decay):
 
 def test_reported_stderr_matches_the_spread_of_estimates():
     A = with_spectrum(np.arange(1, 101, dtype=float) ** -1.0, seed=2)
-    op, exact = TensorOp(torch.as_tensor(A)), float(np.trace(A))
+    op, exact = MatrixOperator(torch.as_tensor(A)), float(np.trace(A))
     ests = [hutchpp_trace(op, 60, seed=s) for s in range(300)]
     z = np.array([(e.mean - exact) / e.stderr for e in ests])
     assert 0.7 < z.std() < 1.4  # the stderr given Q describes the actual error
@@ -78,6 +67,6 @@ def test_on_a_small_network_hessian():
 
 
 def test_bad_num_products():
-    op = TensorOp(torch.eye(5, dtype=torch.float64))
+    op = MatrixOperator(torch.eye(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="num_products"):
         hutchpp_trace(op, 2)

@@ -6,17 +6,8 @@ import torch.nn.functional as F
 
 from htr_utils import (atoms_wasserstein, exact_spectrum_density, hvp_operator, lanczos, lanczos_tridiagonal,
                        slq_density, top_eigenvalues)
+from htr_utils.dense import MatrixOperator
 from conftest import make_problem
-
-
-class DenseOp:
-    """A dense symmetric matrix behind the operator protocol (for tests with known spectra)."""
-
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A, self.dim, self.dtype, self.device = A, A.shape[0], A.dtype, A.device
-
-    def matvec(self, v): return self.A @ v
-    def matmat(self, V): return self.A @ V
 
 
 def test_lanczos_to_exhaustion_gives_exact_eigenvalues(problem):
@@ -34,9 +25,9 @@ def test_lanczos_breakdown_on_low_rank_operator():
     torch.manual_seed(0)
     U = torch.linalg.qr(torch.randn(50, 4, dtype=torch.double))[0]
     A = U @ torch.diag(torch.tensor([5.0, 2.0, -1.0, 0.5], dtype=torch.double)) @ U.T
-    tri = lanczos_tridiagonal(DenseOp(A), 50)
+    tri = lanczos_tridiagonal(MatrixOperator(A), 50)
     assert tri.breakdown and len(tri.alpha) <= 5  # 4 nonzero eigenvalues + the null space
-    ritz, _ = lanczos(DenseOp(A), 50)
+    ritz, _ = lanczos(MatrixOperator(A), 50)
     assert np.allclose(sorted(ritz[np.abs(ritz) > 1e-8]), [-1.0, 0.5, 2.0, 5.0], atol=1e-10)
 
 
@@ -44,7 +35,7 @@ def test_lanczos_keeps_basis_orthonormal_in_float32():
     torch.manual_seed(0)
     M = torch.randn(300, 300)
     A = (M + M.T) / 2
-    tri = lanczos_tridiagonal(DenseOp(A), 120, keep_basis=True)
+    tri = lanczos_tridiagonal(MatrixOperator(A), 120, keep_basis=True)
     Q = tri.basis.double()
     assert (Q @ Q.T - torch.eye(len(Q), dtype=torch.double)).abs().max() < 1e-5
 
@@ -63,7 +54,7 @@ def test_top_eigenvalues_converge_without_full_space():
     U = torch.linalg.qr(torch.randn(400, 400, dtype=torch.double))[0]
     ev = torch.cat([torch.tensor([50.0, 40.0, 30.0], dtype=torch.double), torch.rand(397, dtype=torch.double)])
     A = U @ torch.diag(ev) @ U.T
-    top, res = top_eigenvalues(DenseOp(A), 3, return_residuals=True)
+    top, res = top_eigenvalues(MatrixOperator(A), 3, return_residuals=True)
     assert np.allclose(top, [50, 40, 30], rtol=1e-9) and np.all(res < 1e-4)
 
 

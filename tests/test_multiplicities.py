@@ -8,26 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from htr_utils import hvp_operator, lanczos, top_eigenvalues
-from htr_utils.dense import dense_hessian, finite_difference_hessian
+from htr_utils.dense import MatrixOperator, dense_hessian, finite_difference_hessian
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class DenseOp:
-    """A dense symmetric matrix behind the operator protocol; counts the products it is asked for."""
-
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A, self.dim, self.dtype, self.device = A, A.shape[0], A.dtype, A.device
-        self.products = 0
-
-    def matvec(self, v):
-        self.products += 1
-        return self.A @ v
-
-    def matmat(self, V):
-        self.products += V.shape[1]
-        return self.A @ V
 
 
 def with_spectrum(eigenvalues, seed=0, dtype=torch.float64):
@@ -54,7 +38,7 @@ def assert_eigenpairs(A, values, Y, atol):
 def test_threefold_and_twofold_eigenvalues_are_found():
     ev = spectrum([5.0, 5.0, 5.0, 4.0, 4.0, 3.0], 194)
     A, U, _ = with_spectrum(ev)
-    values, res, Y = top_eigenvalues(DenseOp(A), 6, return_residuals=True, return_vectors=True)
+    values, res, Y = top_eigenvalues(MatrixOperator(A), 6, return_residuals=True, return_vectors=True)
     np.testing.assert_allclose(values, [5, 5, 5, 4, 4, 3], rtol=1e-9)
     assert np.all(res <= 1e-6 * 5 * 1.0001)
     assert_eigenpairs(A, values, Y, 1e-6)
@@ -68,23 +52,23 @@ def test_multiplicity_larger_than_k_and_negative_spectrum():
     # λ = 2 four times; ask for 2: both copies are 2. Most of the spectrum negative.
     ev = np.concatenate([[2.0] * 4, [1.0], -np.linspace(0.1, 3.0, 95)])
     A, _, _ = with_spectrum(ev, seed=3)
-    np.testing.assert_allclose(top_eigenvalues(DenseOp(A), 2), [2, 2], rtol=1e-9)
-    np.testing.assert_allclose(top_eigenvalues(DenseOp(A), 5), [2, 2, 2, 2, 1], rtol=1e-9)
+    np.testing.assert_allclose(top_eigenvalues(MatrixOperator(A), 2), [2, 2], rtol=1e-9)
+    np.testing.assert_allclose(top_eigenvalues(MatrixOperator(A), 5), [2, 2, 2, 2, 1], rtol=1e-9)
 
 
 def test_block_size_one_is_single_vector_and_misses_copies():
     """Multiplicities are guaranteed up to block_size (documented); block_size=1 cannot see a second copy."""
     ev = spectrum([3.0, 3.0, 1.0], 47)
     A, _, _ = with_spectrum(ev, seed=4)
-    values = top_eigenvalues(DenseOp(A), 2, block_size=1)
+    values = top_eigenvalues(MatrixOperator(A), 2, block_size=1)
     assert values[0] == pytest.approx(3.0, rel=1e-9) and values[1] < 2.5
-    np.testing.assert_allclose(top_eigenvalues(DenseOp(A), 2, block_size=2), [3, 3], rtol=1e-9)
+    np.testing.assert_allclose(top_eigenvalues(MatrixOperator(A), 2, block_size=2), [3, 3], rtol=1e-9)
 
 
 def test_converges_without_the_whole_space_and_uses_matmat():
     ev = spectrum([50.0, 40.0, 40.0, 30.0], 396, seed=2)
     A, _, _ = with_spectrum(ev, seed=5)
-    op = DenseOp(A)
+    op = MatrixOperator(A)
     values, res = top_eigenvalues(op, 4, return_residuals=True)
     np.testing.assert_allclose(values, [50, 40, 40, 30], rtol=1e-9)
     assert np.all(res < 1e-4) and op.products < 200  # far fewer products than the dimension (400)
@@ -94,7 +78,7 @@ def test_restarts_keep_accuracy():
     """A small max_basis forces thick restarts; the answer is the same."""
     ev = np.concatenate([[10.0, 9.0, 9.0, 8.5], np.linspace(0, 8, 296)])
     A, _, _ = with_spectrum(ev, seed=6)
-    op = DenseOp(A)
+    op = MatrixOperator(A)
     values, Y = top_eigenvalues(op, 4, max_basis=12, return_vectors=True)
     np.testing.assert_allclose(values, [10, 9, 9, 8.5], rtol=1e-8)
     assert_eigenpairs(A, values, Y, 1e-5)
@@ -103,7 +87,7 @@ def test_restarts_keep_accuracy():
 def test_float32_operator():
     ev = spectrum([4.0, 4.0, 2.0], 147)
     A, _, _ = with_spectrum(ev, dtype=torch.float32, seed=7)
-    values, Y = top_eigenvalues(DenseOp(A), 3, return_vectors=True)
+    values, Y = top_eigenvalues(MatrixOperator(A), 3, return_vectors=True)
     np.testing.assert_allclose(values, [4, 4, 2], rtol=1e-5)
     assert Y.dtype == torch.float32
     assert_eigenpairs(A, values, Y, 1e-3)
@@ -112,14 +96,14 @@ def test_float32_operator():
 def test_k_equal_to_dim_is_the_whole_spectrum():
     ev = np.array([3.0, 3.0, 1.0, -1.0, -1.0])
     A, _, _ = with_spectrum(ev, seed=8)
-    np.testing.assert_allclose(top_eigenvalues(DenseOp(A), 5), [3, 3, 1, -1, -1], atol=1e-12)
+    np.testing.assert_allclose(top_eigenvalues(MatrixOperator(A), 5), [3, 3, 1, -1, -1], atol=1e-12)
 
 
 def test_max_products_warns_and_returns_what_it_has():
     ev = np.linspace(0, 1, 300)  # no gap: slow convergence
     A, _, _ = with_spectrum(ev, seed=9)
     with pytest.warns(UserWarning, match="max_products"):
-        values, res = top_eigenvalues(DenseOp(A), 3, max_products=9, tol=1e-12, return_residuals=True)
+        values, res = top_eigenvalues(MatrixOperator(A), 3, max_products=9, tol=1e-12, return_residuals=True)
     assert len(values) == 3 and np.all(values <= 1 + 1e-12)
 
 
@@ -155,13 +139,13 @@ def test_lanczos_method_with_num_iters_is_the_slq_run(problem):
 @pytest.mark.parametrize("k,match", [(0, "at least 1"), (2.0, "must be an integer"), (True, "must be an integer"),
                                      (10**6, "between 1 and op.dim")])
 def test_bad_k(k, match):
-    op = DenseOp(torch.eye(4, dtype=torch.float64))
+    op = MatrixOperator(torch.eye(4, dtype=torch.float64))
     with pytest.raises(ValueError, match=match):
         top_eigenvalues(op, k)
 
 
 def test_bad_options():
-    op = DenseOp(torch.eye(40, dtype=torch.float64))
+    op = MatrixOperator(torch.eye(40, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown method"):
         top_eigenvalues(op, 2, method="arnoldi")
     with pytest.raises(ValueError, match="max_products"):

@@ -15,24 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from htr_utils import hvp_operator, top_eigenvalues
-from htr_utils.dense import dense_hessian, finite_difference_hessian
+from htr_utils.dense import MatrixOperator, dense_hessian, finite_difference_hessian
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAMBDA = np.array([3, 3, 3, 3, 2, 2, 1, 1, .5, .5, .2, .2])
-
-
-class TensorOp:
-    """A dense symmetric tensor behind the operator protocol."""
-
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A, self.dim, self.dtype, self.device = A, A.shape[0], A.dtype, A.device
-
-    def matvec(self, v):
-        return self.A @ v
-
-    def matmat(self, V):
-        return self.A @ V
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +62,7 @@ def test_random_eigenvectors_with_repeated_eigenvalues(seed):
     A = (U * ev) @ U.T
     A = (A + A.T) / 2
     exact = np.linalg.eigh(A)[0][::-1]
-    op = TensorOp(torch.as_tensor(A))
+    op = MatrixOperator(torch.as_tensor(A))
     for k in (1, 3, 4, 5, 7, 9, 10):
         values, Y = top_eigenvalues(op, k, seed=seed, return_vectors=True)
         np.testing.assert_allclose(values, exact[:k], atol=1e-9, err_msg=f"k={k}")
@@ -86,7 +73,7 @@ def test_random_eigenvectors_with_repeated_eigenvalues(seed):
 def test_axis_aligned_identity_block_in_a_larger_operator():
     """diag with a 6-fold top eigenvalue on the first axes and 200 other ones; k = 6 and 8."""
     d = np.concatenate([[2.0] * 6, [1.5], np.linspace(-1, 1, 200)])
-    op = TensorOp(torch.diag(torch.as_tensor(d)))
+    op = MatrixOperator(torch.diag(torch.as_tensor(d)))
     exact = np.sort(d)[::-1]
     for seed in range(5):
         for k in (6, 8):
@@ -99,7 +86,7 @@ def test_converging_single_vector_lanczos_is_not_blind_to_e1_minus_e2():
     u = np.zeros(n)
     u[0], u[1] = 1 / np.sqrt(2), -1 / np.sqrt(2)
     A = np.diag(np.concatenate([[0.0, 0.0], np.linspace(0.1, 1, n - 2)])) + 5 * np.outer(u, u)
-    op = TensorOp(torch.as_tensor(A))
+    op = MatrixOperator(torch.as_tensor(A))
     for seed in range(8):
         values = top_eigenvalues(op, 1, method="lanczos", seed=seed)
         assert values[0] == pytest.approx(5.0, rel=1e-9)
@@ -114,6 +101,6 @@ def test_small_block_is_right_or_warns_where_copies_may_be_missing(copies):
     for seed in range(6):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            got = top_eigenvalues(TensorOp(torch.diag(torch.as_tensor(values))), copies + 1, block_size=1, seed=seed)
+            got = top_eigenvalues(MatrixOperator(torch.diag(torch.as_tensor(values))), copies + 1, block_size=1, seed=seed)
         right = np.allclose(got, want, rtol=1e-8)
         assert right or any("block_size >= k" in str(w.message) for w in caught), (seed, got)
