@@ -461,7 +461,7 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
 
 def class_direction_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.DataFrame:
     """:func:`class_table` with, per row, k_cls (``class_directions``: how many of the top 2C Ritz vectors have more
-    than half their mass in the class-mean span; NaN where the reading predates the per-vector overlaps) and the
+    than ``CLASS_MASS`` (60 %) of their mass in the class-mean span; NaN where the reading predates the per-vector overlaps) and the
     second eigenvalue of G_within (``within_2``; NaN likewise)."""
     table = class_table(runs, readings)
     extra = []
