@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from htr_utils.class_structure import class_structure
 from htr_utils.dense import dense_curvature
 from htr_utils.study.profiles import SpectraReading
 from htr_utils.study.runs import train_run
@@ -99,3 +100,26 @@ def test_distance_readings_take_their_own_steps_and_the_step_check_twice_them(ru
     assert read_run(run, reading, progress=False, what=("class",)).step_check is None
     alone = read_run(run, reading, progress=False, what=("step_check",))
     assert alone.step_check == out.step_check and not alone.distances and not alone.classes
+
+
+# Issue 30: the class readings' per-vector overlaps and G_within Ritz values (C1 / C3 (a) amendment), checked
+# against the reading's own mean overlap and bulk edge and against a dense float64 Hessian's top eigenvector.
+def test_per_vector_overlaps_and_within_top(run):
+    r = class_reading(run, 2, 2, lanczos_iters=120)
+    C = 10
+    for name, b in r.blocks.items():
+        assert len(b.overlaps) == min(2 * C, len(b.hess_top)) and all(-1e-9 <= o <= 1 + 1e-9 for o in b.overlaps), name
+        assert np.mean(b.overlaps[:C]) == pytest.approx(b.overlap, abs=1e-9), name   # the same vectors' mean
+        assert b.within_top[0] == pytest.approx(b.bulk_edge) and list(b.within_top) == sorted(b.within_top)[::-1]
+    # the top Ritz vector's overlap equals the dense float64 Hessian's top eigenvector's
+    model = run.load_model(2).double()
+    names, _ = _blocks(model)
+    batches = _examples(run, 2, None)
+    x = torch.cat([b[0] for b in batches]).double()
+    y = torch.cat([b[1] for b in batches])
+    H = dense_curvature(model, nn.CrossEntropyLoss(), x, y, params=names, kind="hessian").numpy()
+    evals, evecs = np.linalg.eigh(H)
+    assert evals[-1] - evals[-2] > 1e-3 * evals[-1]                              # a separated top eigenvalue
+    means = class_structure(model, (x, y), params=names, num_classes=C).class_means().numpy()
+    Q = np.linalg.qr(means)[0]
+    assert r.blocks["full"].overlaps[0] == pytest.approx(float(np.sum((Q.T @ evecs[:, -1]) ** 2)), abs=1e-3)
