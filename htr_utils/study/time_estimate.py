@@ -94,7 +94,7 @@ def sample_run(cfg: TrainConfig, data_root: str | Path, sample_steps: int = 12, 
     evaluation = _median_time(lambda: (trainer.evaluate(trainer.data.test),
                                        trainer.evaluate(trainer.data.val) if trainer.data.val is not None else None), 1)
     curvature: dict[tuple[str, ...], float] = {}
-    if cfg.curvature_every > 0:
+    if cfg.curvature_epochs():
         small = cfg.replace(lanczos_iters=max(2, cfg.lanczos_iters // CURVATURE_SCALE),
                             trace_probes=max(1, cfg.trace_probes // CURVATURE_SCALE))
         trainer.config = small
@@ -126,7 +126,7 @@ def sample_readings(cfg: TrainConfig, reading: SpectraReading, data_root: str | 
     costed by :func:`reading_seconds` from their product count and the sampled seconds per product column
     (one ``matmat`` of ``columns`` columns).
     """
-    one = cfg.replace(epochs=1, curvature_every=0, keep_checkpoints=True, train_size=2000)
+    one = cfg.replace(epochs=1, curvature_every=0, curvature_at=None, keep_checkpoints=True, train_size=2000)
     with tempfile.TemporaryDirectory() as tmp:
         run = train_run(one, root=tmp, progress=False, data_root=data_root)
         t = [_median_time(lambda it=it: class_reading(run, 1, 10, it, data_root), 1) for it in steps]
@@ -164,7 +164,7 @@ def reading_seconds(kind: str, arg: int, reading: SpectraReading, sample: dict[s
 def _train_size(cfg: TrainConfig, data_root: str | Path, cache: dict) -> int:
     key = (cfg.dataset, cfg.train_size, cfg.val_fraction, cfg.data_seed)
     if key not in cache:
-        cache[key] = len(Trainer(cfg.replace(curvature_every=0), str(data_root), device="cpu").data.train)
+        cache[key] = len(Trainer(cfg.replace(curvature_every=0, curvature_at=None), str(data_root), device="cpu").data.train)
     return cache[key]
 
 
@@ -172,7 +172,7 @@ def _cost_key(cfg: TrainConfig) -> tuple:
     """Runs that cost the same per step: model, size, batch, data size and whether they take penalty steps."""
     return (cfg.model, cfg.width, tuple(sorted(cfg.model_kwargs.items())), cfg.batch_size, cfg.dataset,
             cfg.train_size, cfg.val_fraction, cfg.htr_gamma > 0, cfg.htr_params, cfg.htr_probes,
-            cfg.curvature_every, cfg.curvature_kinds, cfg.curvature_kinds_epochs, cfg.lanczos_iters,
+            tuple(cfg.curvature_epochs()), cfg.curvature_kinds, cfg.curvature_kinds_epochs, cfg.lanczos_iters,
             cfg.trace_probes, cfg.examples_per_class)
 
 
@@ -190,7 +190,7 @@ def estimate(P: Profile, stages: Sequence[tuple[str, Sequence[TrainConfig]]], da
             if key not in costs:
                 progress(f"sampling {stage}: {cfg.model} batch {cfg.batch_size}"
                          + (f", HTR on {cfg.htr_params}" if cfg.htr_gamma > 0 else "")
-                         + (", curvature" if cfg.curvature_every else ""))
+                         + (", curvature" if cfg.curvature_epochs() else ""))
                 costs[key] = sample_run(cfg, data_root)
             seconds += run_seconds(cfg, costs[key], _train_size(cfg, data_root, sizes))
         rows.append(StageRow(stage, len(configs), 0, seconds / 60, "sampled steps × steps of the runs"))

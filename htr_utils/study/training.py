@@ -80,7 +80,8 @@ class TrainConfig:
     ``htr_freq``, in epochs e > ``htr_start_epoch`` (epochs 1-based: the first
     ``htr_start_epoch`` epochs are plain SGD, i.e. the authors' 0-based ``epoch >= sp``).
 
-    Curvature (``curvature_every`` > 0): at epoch 0 (if ``curvature_init``), every ``curvature_every``-th epoch and the
+    Curvature (``curvature_at`` given, or ``curvature_every`` > 0): at the epochs ``curvature_at`` names, else at
+    epoch 0 (if ``curvature_init``), every ``curvature_every``-th epoch and the
     last one, on ``examples_per_class`` training examples per class, model in eval mode, over the
     weights of all Conv/Linear layers (the union of ``layer_groups``; biases and BatchNorm
     excluded, as the paper's layer blocks). The first kind of ``curvature_kinds`` is computed at
@@ -111,6 +112,7 @@ class TrainConfig:
     curvature_init: bool = True
     curvature_kinds: tuple[str, ...] = ("hessian",)
     curvature_kinds_epochs: tuple[int, ...] | None = None
+    curvature_at: tuple[int, ...] | None = None
     examples_per_class: int = 10
     lanczos_iters: int = 128
     slq_probes: int = 1
@@ -128,6 +130,11 @@ class TrainConfig:
         set_("model_kwargs", dict(self.model_kwargs))
         if self.curvature_kinds_epochs is not None:
             set_("curvature_kinds_epochs", tuple(int(e) for e in self.curvature_kinds_epochs))
+        if self.curvature_at is not None:
+            set_("curvature_at", tuple(sorted({int(e) for e in self.curvature_at})))
+            if not self.curvature_at or not all(0 <= e <= self.epochs for e in self.curvature_at):
+                raise ValueError(f"TrainConfig.curvature_at: epochs between 0 and epochs={self.epochs} expected, got "
+                                 f"{self.curvature_at}; or leave it None to use curvature_every")
         if not isinstance(self.htr_params, str):
             set_("htr_params", tuple(self.htr_params))
         if self.dataset not in DATASETS:
@@ -148,8 +155,12 @@ class TrainConfig:
         _check_reals(self, ("val_fraction",), "a finite number in [0, 1)", lambda v: 0 <= v < 1)
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        return asdict(self)
+        """Plain JSON-able dict (tuples become lists). ``curvature_at`` is left out while None, so configs that
+        do not use it keep the run-cache key they had before the field existed."""
+        d = asdict(self)
+        if d["curvature_at"] is None:
+            del d["curvature_at"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -164,7 +175,10 @@ class TrainConfig:
         return replace(self, **changes)
 
     def curvature_epochs(self) -> list[int]:
-        """Epochs with a curvature record: 0 (init), every ``curvature_every``-th, and the last."""
+        """Epochs with a curvature record: ``curvature_at`` where given; else 0 (init), every
+        ``curvature_every``-th, and the last."""
+        if self.curvature_at is not None:
+            return list(self.curvature_at)
         if self.curvature_every <= 0:
             return []
         epochs = {self.epochs, *range(self.curvature_every, self.epochs + 1, self.curvature_every)}

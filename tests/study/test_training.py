@@ -190,3 +190,14 @@ def test_progress_bars_show_in_a_terminal_or_a_notebook_only(monkeypatch):
     assert tr._progress_disabled(True) is True         # a log file: no carriage-return junk
     monkeypatch.setattr(tr, "_in_jupyter_kernel", lambda: True)
     assert tr._progress_disabled(True) is None         # a notebook run alone: widget bars
+
+
+def test_curvature_at_names_the_epochs_and_keeps_old_cache_keys():
+    cfg = TrainConfig(epochs=10, curvature_every=1, curvature_at=(10, 0, 3, 3), curvature_kinds=("hessian", "ggn"),
+                      curvature_kinds_epochs=(3,))
+    assert cfg.curvature_epochs() == [0, 3, 10]
+    assert cfg.kinds_at(3) == ("hessian", "ggn") and cfg.kinds_at(10) == ("hessian",) and cfg.kinds_at(1) == ()
+    assert "curvature_at" not in TrainConfig(epochs=10).to_dict()  # configs without it keep their cache key
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="curvature_at"):
+        TrainConfig(epochs=5, curvature_at=(0, 6))
