@@ -8,6 +8,7 @@ applies the same functions to simulated numbers to get the rules' error rates.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -568,3 +569,46 @@ def c4_depth_rule(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[in
     """C4's verdict under the issue-30 amendment: :func:`c4_depth_codes` of :func:`c4_depth_test`."""
     t = c4_depth_test(log_w1, sizes, ratio)
     return verdict_of(c4_depth_codes(t["p_R"], t["p_N"]))
+
+
+# ----------------------------------------------------------------------------- C4 amendment 6: normalised, own noise
+
+C4_NORMALISED_RATIO = 3.0  # amendment 6's stated effect: normalised W1 at either end is 3 × that at the centre
+C4_MIN_POWER = 0.5         # below this power at the stated effect (at the readings' own noise) the design cannot decide
+
+
+def c4_decision_region(se: float, df: int, ratio: float = C4_NORMALISED_RATIO, alpha: float = ALPHA) -> dict[str, float]:
+    """The end-to-centre ratios exp(ĉ / 2) that decide, given ĉ's standard error ``se`` on ``df`` degrees of freedom:
+    reproduced needs exp(ĉ/2) ≥ exp(t_{1−α} se / 2), not reproduced needs exp(ĉ/2) ≤ exp((2 ln ratio − t_{1−α} se) / 2);
+    in between (when the first exceeds the second) the verdict is inconclusive."""
+    t = float(stats.t.ppf(1 - alpha, df))
+    return {"R_if_ratio_at_least": float(np.exp(t * se / 2)),
+            "N_if_ratio_at_most": float(np.exp((2 * np.log(ratio) - t * se) / 2))}
+
+
+def c4_power_at(se: float, df: int, ratio: float = C4_NORMALISED_RATIO, alpha: float = ALPHA) -> float:
+    """P(p_R < α) when the true c is 2 ln ``ratio`` and ĉ / se follows a noncentral t_df (the design's power at that
+    effect at the noise ``se`` implies)."""
+    if not se > 0:
+        return 1.0
+    return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, 2 * np.log(ratio) / se))
+
+
+def c4_normalised_test(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[int]],
+                       ratio: float = C4_NORMALISED_RATIO, min_power: float = C4_MIN_POWER) -> dict[str, Any]:
+    """C4 under amendment 6: :func:`c4_depth_test` on each layer's log *normalised* W1 (noise σ̂ = the regression's own
+    residual sd, df = layers − networks − 2), its power at the stated ``ratio`` at that σ̂ (:func:`c4_power_at`) and its
+    decision region (:func:`c4_decision_region`). ``code``: I (with ``underpowered``) if the power is below
+    ``min_power``; else R if p_R < α, N if p_N < α, I otherwise."""
+    t = c4_depth_test(log_w1, sizes, ratio)
+    power = c4_power_at(t["se"], t["df"], ratio)
+    underpowered = power < min_power
+    code = I if underpowered else int(c4_depth_codes(t["p_R"], t["p_N"]))
+    return {**t, "power": power, "underpowered": bool(underpowered), "code": int(code),
+            **c4_decision_region(t["se"], t["df"], ratio)}
+
+
+def c4_normalised_rule(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[int]],
+                       ratio: float = C4_NORMALISED_RATIO) -> Verdict:
+    """C4's verdict under amendment 6 (inconclusive when underpowered): see :func:`c4_normalised_test`."""
+    return verdict_of(c4_normalised_test(log_w1, sizes, ratio)["code"])
