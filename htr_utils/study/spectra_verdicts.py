@@ -327,7 +327,7 @@ def trend_series(runs: Mapping[str, Any]) -> pd.DataFrame:
         s = curvature_series(load_records(run))
         s = s[s["epoch"] >= 1].copy()
         state = pd.DataFrame([{"epoch": e, **epoch_state(run, e)} for e in sorted(s["epoch"].unique())])
-        frames.append(s.merge(state, on="epoch").assign(run=label))
+        frames.append(s.merge(state, on="epoch").assign(run=label, decides=not is_smooth(run)))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -372,23 +372,33 @@ def trend_table_ar1(series: pd.DataFrame, phi0: float = rules.PHI_MEASURED) -> p
     rows = []
     for label, g in series[series["scope"] == FULL].groupby("run", sort=False):
         g = g.sort_values("epoch")
+        decides = bool(g["decides"].iloc[0]) if "decides" in g else True
         for q in ("lambda_max", "trace"):
             v = g[q].to_numpy()
-            tau, p_dec, p_inc, phi = rules.kendall_trend_ar1(v, phi0)
+            # amendment of 2026-12-07: an extension's series may be too short to test; it is shown, not tested
+            tested = len(v) >= rules.MIN_TREND_POINTS or decides
+            tau, p_dec, p_inc, phi = rules.kendall_trend_ar1(v, phi0) if tested else (np.nan,) * 4
             _, p_dec_iid, p_inc_iid = rules.kendall_trend(v)
+            r1 = rules.lag1_autocorrelation(v) if len(v) >= 3 else np.nan
             rows.append({"run": label, "quantity": q, "n": len(v), "first_epoch": int(g["epoch"].iloc[0]),
                          "last_epoch": int(g["epoch"].iloc[-1]), "first": float(v[0]), "last": float(v[-1]),
-                         "tau": tau, "r1": rules.lag1_autocorrelation(v), "phi": phi, "p_decrease": p_dec,
-                         "p_increase": p_inc, "p_decrease_iid": p_dec_iid, "p_increase_iid": p_inc_iid})
+                         "tau": tau, "r1": r1, "phi": phi, "p_decrease": p_dec,
+                         "p_increase": p_inc, "p_decrease_iid": p_dec_iid, "p_increase_iid": p_inc_iid,
+                         "decides": decides})
     return pd.DataFrame(rows)
 
 
 def c5_ar1_verdict(trends: pd.DataFrame) -> VerdictResult:
     """C5 under the issue-30 amendment: :func:`htr_utils.study.spectra_rules.c5_codes` on the AR(1)-adjusted
-    p-values of :func:`trend_table_ar1`; the measured text gives p↓ and p↑ of every series."""
+    p-values of :func:`trend_table_ar1`; the measured text gives p↓ and p↑ of every series. Amendment of
+    2026-12-07: only the paper's ReLU networks' series decide (``decides``); an extension's (LeNet-GELU) are
+    shown beside, tested where they have MIN_TREND_POINTS points."""
+    every = trends
+    if "decides" in trends:
+        trends = trends[trends["decides"].astype(bool)]
     short = trends[trends["n"] < rules.MIN_TREND_POINTS]
     if len(short) or not len(trends):
-        raise ValueError("C5: every full-network series needs at least "
+        raise ValueError("C5: every deciding full-network series needs at least "
                          f"{rules.MIN_TREND_POINTS} points; record the curvature at more epochs")
     verdict = rules.verdict_of(rules.c5_codes(trends["p_decrease"].to_numpy(), trends["p_increase"].to_numpy()))
     m = len(trends)
@@ -399,8 +409,18 @@ def c5_ar1_verdict(trends: pd.DataFrame) -> VerdictResult:
     up = int((trends["p_increase"] < rules.ALPHA / m).sum())
     measured = (f"AR(1)-adjusted Kendall: {down}/{m} series decrease (p↓ < {rules.ALPHA}), {up}/{m} increase "
                 f"(p↑ < {rules.ALPHA}/{m}) [{parts}]")
+    ext = every[~every.index.isin(trends.index)]
+    if len(ext):
+        measured += "; extensions, never deciding: " + "; ".join(
+            f"{r['run']} {r['quantity']}: {r['first']:.4g} → {r['last']:.4g} (n = {r['n']}, " +
+            (f"p↓ = {r['p_decrease']:.2g}, p↑ = {r['p_increase']:.2g})" if np.isfinite(r["p_decrease"]) else
+             f"too few points to test; iid Kendall p↓ = {r['p_decrease_iid']:.2g})") for _, r in ext.iterrows())
+        if (every["n"] >= rules.MIN_TREND_POINTS).all():
+            before = rules.verdict_of(rules.c5_codes(every["p_decrease"].to_numpy(), every["p_increase"].to_numpy()))
+            measured += f"; issue-30 rule (every network's series decide), superseded: {before.value}"
     return VerdictResult(verdict, measured, {"decreasing": down, "increasing": up, "total": m,
-                                             "rows": trends.to_dict("records")})
+                                             "rows": trends.to_dict("records"),
+                                             "extension_rows": ext.to_dict("records")})
 
 
 # ----------------------------------------------------------------------------- C2 (issue 30): per network, far-epoch control
@@ -442,18 +462,22 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
     if not deciding:
         raise ValueError("C2: no ReLU network (the paper's) among the runs; C2 is decided by LeNet and VGG11_bn")
     verdict, per = rules.c2_network_rule(readings, deciding)
+    # amendment of 2026-12-07: the far-epoch control no longer gates; the issue-30 rule with it is shown beside
+    before, _ = rules.c2_network_rule(readings, deciding, control=True)
     for label, g in table.groupby("run", sort=False):
         n = int(g["a_ggn"].notna().sum())
         role = "decides" if label in deciding else "extension, does not decide (smooth activation)"
         n_ctrl = int(g["a_control"].notna().sum())
-        control = (f"control G of the far epoch in {int((g['a_control'] <= rules.TOP_THRESHOLD).sum())}/{n_ctrl} "
+        control = (f"far-epoch G (shown, no longer a control: it cannot pass) within 10 % in {int((g['a_control'] <= rules.TOP_THRESHOLD).sum())}/{n_ctrl} "
                    f"(median {g['a_control'].median():.2f})" if n_ctrl else
                    "control not read (G recorded at one epoch only)")
         parts.append(f"{label} ({role}): {per[label].value}; G within 10 % of Hess in "
                      f"{int((g['a_ggn'] <= rules.TOP_THRESHOLD).sum())}/{n} readings (median a(G) "
                      f"{g['a_ggn'].median():.3f}); {control}; restart floor {floors.get(label, float('nan')):.1e}")
+    parts.append(f"issue-30 rule (far-epoch control gates), superseded: {before.value}")
     return VerdictResult(verdict, "; ".join(parts), {"per_network": {k: v.value for k, v in per.items()},
-                                                     "deciding": deciding, "floors": dict(floors)})
+                                                     "deciding": deciding, "floors": dict(floors),
+                                                     "issue30_with_control": before.value})
 
 
 # ----------------------------------------------------------------------------- C1 / C3 (issue 30): class directions
@@ -461,16 +485,25 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
 
 def class_direction_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.DataFrame:
     """:func:`class_table` with, per row, k_cls (``class_directions``: how many of the top 2C Ritz vectors have more
-    than ``CLASS_MASS`` (60 %) of their mass in the class-mean span; NaN where the reading predates the per-vector overlaps) and the
-    second eigenvalue of G_within (``within_2``; NaN likewise)."""
+    than ``CLASS_MASS`` (60 %) of their mass in the class-mean span and a Ritz value above G_within's continuous
+    edge λ_C+1(G_within) (``within_continuous_edge``, amendment of 2026-12-07); NaN where the reading predates the
+    per-vector overlaps or has fewer than C + 1 Ritz values of G_within), the issue-30 count without the edge
+    (``class_directions_any_eigenvalue``, shown beside) and the second eigenvalue of G_within (``within_2``)."""
     table = class_table(runs, readings)
     extra = []
     for label in runs:
         for (epoch, n), reading in sorted(_get(readings[label], "classes").items()):
             for name, b in _get(reading, "blocks").items():
                 ov, wt = tuple(getattr(b, "overlaps", ()) or ()), tuple(getattr(b, "within_top", ()) or ())
+                C = classes_of(runs[label])
+                # amendment of 2026-12-07: a class direction must also clear G_within's continuous edge λ_C+1
+                edge = rules.within_continuous_edge(wt, C) if len(wt) > C else np.nan
+                counted = bool(ov) and np.isfinite(edge) and len(_get(b, "hess_top")) >= len(ov)
                 extra.append({"run": label, "block": name, "epoch": epoch, "per_class": n,
-                              "class_directions": rules.class_direction_count(ov) if ov else np.nan,
+                              "class_directions": rules.class_direction_count(ov, eigenvalues=_get(b, "hess_top"),
+                                                                              edge=edge) if counted else np.nan,
+                              "class_directions_any_eigenvalue": rules.class_direction_count(ov) if ov else np.nan,
+                              "within_continuous_edge": edge,
                               "within_2": wt[1] if len(wt) > 1 else np.nan})
     return table.merge(pd.DataFrame(extra), on=["run", "block", "epoch", "per_class"], how="left")
 
@@ -479,8 +512,9 @@ def _class_counts(rows: pd.DataFrame, who: str) -> list[int]:
     if rows["class_directions"].isna().any():
         missing = rows[rows["class_directions"].isna()]
         raise ValueError(f"{who}: the class readings of {sorted(set(missing['run']))} at epoch "
-                         f"{sorted(set(missing['epoch']))} have no per-vector overlaps (new in issue 30); delete their "
-                         "readings/class_e*.json files in the run folders and take the class readings again")
+                         f"{sorted(set(missing['epoch']))} have no per-vector overlaps (new in issue 30) or fewer than "
+                         "C + 1 Ritz values of G_within; delete their readings/class_e*.json files in the run folders "
+                         "and take the class readings again")
     return [int(k) for k in rows["class_directions"]]
 
 
@@ -492,12 +526,18 @@ def c1_class_verdict(table: pd.DataFrame, C: int) -> VerdictResult:
     counts = dict(zip(full["run"], _class_counts(full, "C1")))
     verdict = rules.c1_class_rule(counts, C)
     strong = rules.c1_rule(dict(zip(full["run"], full["outliers"])), C)
+    before = {r["run"]: int(r["class_directions_any_eigenvalue"]) for _, r in full.iterrows()
+              if np.isfinite(r.get("class_directions_any_eigenvalue", np.nan))}
     parts = "; ".join(f"{r['run']}: k_cls = {counts[r['run']]} of the top {2 * C} eigenvectors are class directions "
+                      f"above G_within's continuous edge {r.get('within_continuous_edge', np.nan):.3g} "
+                      f"({before.get(r['run'], 'n/a')} at any eigenvalue, the issue-30 count) "
                       f"(top-C overlap {r['overlap']:.2f}, chance {r['overlap_chance']:.1e}); {r['outliers']} eigenvalues "
                       f"clear the strongest within-class direction {r['bulk_edge']:.3g} (epoch {r['epoch']}, "
                       f"{r['per_class']}/class, training loss {r['train_loss']:.3f})" for _, r in full.iterrows())
     measured = (f"C = {C}; the top-C subspace is class directions: {verdict.value}; C eigenvalues clear the strongest "
                 f"within-class direction (reported apart, does not decide): {strong.value} [{parts}]")
+    if len(before) == len(counts):
+        measured += f"; issue-30 rule (no edge, k > 2C branch), superseded: {rules.c1_rule(before, C).value}"
     return VerdictResult(verdict, measured, {"class_directions": counts, "clear_within": strong.value, "C": C,
                                              "rows": full.to_dict("records")})
 
@@ -509,7 +549,7 @@ def c3_class_verdict(table: pd.DataFrame, agreement: pd.DataFrame, C: int) -> Ve
     counts = _class_counts(layers, "C3")
     a = agreement["a_ggn"].tolist() if len(agreement) else []
     verdict = rules.c3_class_rule(counts, C, a)
-    ok = rules.about_c_codes(np.asarray(counts), C) == rules.R if counts else np.array([])
+    ok = rules.about_c_class_codes(np.asarray(counts), C) == rules.R if counts else np.array([])
     ok_edge = rules.about_c_codes(layers["outliers"].to_numpy(), C) == rules.R if len(layers) else np.array([])
     a = [v for v in a if np.isfinite(v)]
     s_b = float(np.mean(np.asarray(a) <= rules.TOP_THRESHOLD)) if a else float("nan")
@@ -534,7 +574,7 @@ def depth_distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any],
     full Hessian's (pool A), the normalised W1 (each measure divided by its largest |eigenvalue|), the layer's size
     (``sizes[run][layer]``, :func:`htr_utils.study.spectra_readings.layer_sizes`), size share, normalised depth
     d = (i + 0.5) / L, symmetric-middle flag (0.25 ≤ d ≤ 0.75), whether the run decides (a ReLU network), and the
-    training state."""
+    training state; ``probe_se`` (amendment 6) is the probes' own standard error of the log normalised W1."""
     rows = []
     for label, run in runs.items():
         for epoch, d in sorted(_get(readings[label], "distances").items()):
@@ -550,9 +590,17 @@ def depth_distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any],
                 rows.append({"run": label, "epoch": epoch, "layer": name, "index": i, "num_layers": len(layers),
                              "depth": depth[i], "middle": bool(middle[i]), "size": sizes[label][name],
                              "share": sizes[label][name] / total, "w1": rules.w1_atoms(*m, *a),
-                             "w1_normalised": rules.normalised_w1(*m, *a), "decides": not is_smooth(run),
+                             "w1_normalised": rules.normalised_w1(*m, *a),
+                             "probe_se": _probe_se(_get(d, "layers")[name], a), "decides": not is_smooth(run),
                              **epoch_state(run, epoch)})
     return pd.DataFrame(rows)
+
+
+def _probe_se(runs_atoms: Any, full: tuple[np.ndarray, np.ndarray]) -> float:
+    """C4 amendment 6: the probes' own standard error of a layer's log normalised W1, sd over its K independent SLQ
+    probes (each probe's measure against the full pool A) / √K; NaN for a single probe."""
+    logs = [np.log(rules.normalised_w1(*_measure([r]), *full)) for r in runs_atoms]
+    return float(np.std(logs, ddof=1) / np.sqrt(len(logs))) if len(logs) > 1 else float("nan")
 
 
 def _depth_fit(table: pd.DataFrame, column: str, runs: list[str]) -> dict[str, float]:
@@ -648,3 +696,48 @@ def lanczos_step_check(short: Any, long: Any, probes: int = 2) -> dict[str, Any]
     delta = {k: abs(a[k] - b[k]) for k in a}
     return {"mean_abs_delta_log_w1": float(np.mean(list(delta.values()))), "per_layer": delta,
             "steps": (int(_get(short, "lanczos_iters")), int(_get(long, "lanczos_iters")))}
+
+
+# ----------------------------------------------------------------------------- C4 amendment 6: normalised W1, own noise
+
+
+UNDERPOWERED = "inconclusive (underpowered)"
+
+
+def c4_normalised_verdict(table: pd.DataFrame, step: Mapping[str, Any] | None = None) -> VerdictResult:
+    """C4 under amendment 6 (PROTOCOL.md): :func:`htr_utils.study.spectra_rules.c4_normalised_test` of each deciding
+    layer's log normalised W1, averaged over the epochs read; noise from the regression's own residuals, the probes'
+    share of it (``probe_se``) beside; *inconclusive (underpowered)* when the power at the stated ratio at that noise
+    is under 50 %. The measured text prints the decision region for exp(ĉ/2) beside the estimate, and amendment 5's
+    raw-W1 fit and verdict (shown, does not decide)."""
+    raw = c4_depth_verdict(table, step)                    # also checks: ReLU networks, 2 or more epochs each
+    deciding = raw.details["deciding"]
+    per_layer = (table.assign(log_w=np.log(table["w1_normalised"])).groupby(["run", "index"], sort=False)
+                 .agg(log_w=("log_w", "mean"), size=("size", "first"), epochs=("epoch", "nunique"),
+                      probe_var=("probe_se", lambda v: float(np.mean(np.square(v)))) if "probe_se" in table else
+                      ("log_w", lambda v: float("nan")))
+                 .reset_index())
+    rows = [per_layer[per_layer["run"] == r].sort_values("index") for r in deciding]
+    fit = rules.c4_normalised_test([g["log_w"].to_numpy() for g in rows], [g["size"].to_numpy() for g in rows])
+    dec = pd.concat(rows)
+    probe_sd = float(np.nanmedian(np.sqrt(dec["probe_var"] / dec["epochs"]))) if dec["probe_var"].notna().any() \
+        else float("nan")
+    if fit["underpowered"]:
+        verdict = Verdict.INCONCLUSIVE
+    else:
+        verdict = rules.verdict_of(fit["code"])
+    label = UNDERPOWERED if fit["underpowered"] else verdict.value
+    region = (f"decision region for the end-to-centre ratio exp(ĉ/2) = {fit['ratio']:.2f}: reproduced if ≥ "
+              f"{fit['R_if_ratio_at_least']:.2f}, not reproduced if ≤ {fit['N_if_ratio_at_most']:.2f}")
+    a5 = raw.details["fit"]
+    measured = (f"{label}: log normalised W1 = α_net + b log size share + c |d − 1/2| over {len(dec)} layers of "
+                f"{', '.join(deciding)}: ĉ = {fit['c']:.2f} ± {fit['se']:.2f} ({region}); residual sd "
+                f"{fit['residual_sd']:.2f} (probes' part {probe_sd:.2f}), df {fit['df']}; power at the stated ratio "
+                f"{rules.C4_NORMALISED_RATIO:g} at this noise {100 * fit['power']:.0f} % (decides at ≥ "
+                f"{100 * rules.C4_MIN_POWER:.0f} %); p_R = {fit['p_R']:.2g}, p_N = {fit['p_N']:.2g}. Beside (does not "
+                f"decide): raw W1 (amendment 5) ratio {a5['ratio']:.2g}, residual sd {a5['residual_sd']:.2f}, "
+                f"p_R = {a5['p_R']:.2g}, p_N = {a5['p_N']:.2g} -> {raw.verdict.value}; {raw.measured.split('; closest layer ', 1)[-1]}")
+    return VerdictResult(verdict, measured, {"fit": fit, "label": label, "probe_sd": probe_sd, "raw_fit": a5,
+                                             "raw_verdict": raw.verdict.value, "deciding": deciding,
+                                             "extensions": raw.details["extensions"],
+                                             "step_check": raw.details["step_check"]})
