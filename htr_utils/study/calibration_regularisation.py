@@ -20,6 +20,9 @@ from .regularisation_rules import (ACCURACY_RESOLUTION, C7_EQUIVALENCE_MARGIN, G
 from .statistics import partial_spearman
 
 
+EVALUATION_SEEDS = 6  # the cpu profile's evaluation seeds of C6b and C7 (amendment 5, issue 33's budget; was 10)
+
+
 def _rates(codes: np.ndarray, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}P(reproduced)": float((codes == R).mean()),
             f"{prefix}P(not reproduced)": float((codes == N).mean()),
@@ -50,7 +53,7 @@ def paired_intervals_rounded(effects: Sequence[float], sds: Sequence[float], n: 
     return mean - half, mean + half
 
 
-def c6b_amended_rates(effect: float, sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = 10,
+def c6b_amended_rates(effect: float, sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = EVALUATION_SEEDS,
                       corr: float = MEASURED_PAIRED_CORR, reps: int = 20000, seed: int = 0,
                       threshold: float = GAIN_THRESHOLD, resolution: float = ACCURACY_RESOLUTION) -> dict[str, float]:
     """Verdict frequencies of amended C6b (:func:`paper_gain_codes`) and of its "any gain" statement
@@ -63,7 +66,7 @@ def c6b_amended_rates(effect: float, sds: Sequence[float] = MEASURED_PAIRED_SD, 
             "P(loss shown)": float((anyg == N).mean())}
 
 
-def c6b_min_detectable(sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = 10, corr: float = MEASURED_PAIRED_CORR,
+def c6b_min_detectable(sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = EVALUATION_SEEDS, corr: float = MEASURED_PAIRED_CORR,
                        power: float = 0.8, reps: int = 20000, seed: int = 0, threshold: float = GAIN_THRESHOLD,
                        resolution: float = ACCURACY_RESOLUTION) -> float:
     """Smallest true gain the amended rule calls reproduced with probability ≥ ``power`` (bisection on
@@ -86,7 +89,7 @@ C6B_SCENARIOS = ((0.0, "no gain"), (GAIN_THRESHOLD / 2, "a quarter of the paper'
 DECORRELATED_PAIRED_SD = 0.00097  # sd of paired SGD + L2 + HTR − SGD (an arm that differs from the first step)
 
 
-def c6b_amended_calibration(sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = 10, corr: float = MEASURED_PAIRED_CORR,
+def c6b_amended_calibration(sds: Sequence[float] = MEASURED_PAIRED_SD, n: int = EVALUATION_SEEDS, corr: float = MEASURED_PAIRED_CORR,
                             reps: int = 20000, dose_sds: Sequence[float] = (MEASURED_PAIRED_SD[0], DECORRELATED_PAIRED_SD)
                             ) -> pd.DataFrame:
     """One row per (arm, spread, true gain): amended C6b's verdict frequencies at the measured paired spread.
@@ -248,7 +251,7 @@ MEASURED_MIDDLE_FULL_SD = 0.000375   # sd of paired middle − full HTR test acc
 MEASURED_REDUCTION_SD_PCT = 0.82     # sd over seeds of the per-seed relative trace reduction, full and middle arms (%)
 
 
-def c7_acts_rates(middle_pct: float, full_pct: float, sd_pct: float = MEASURED_REDUCTION_SD_PCT, n: int = 10,
+def c7_acts_rates(middle_pct: float, full_pct: float, sd_pct: float = MEASURED_REDUCTION_SD_PCT, n: int = EVALUATION_SEEDS,
                   reps: int = 20000, seed: int = 0) -> float:
     """P(the amended gate says "acts") when the middle and full arms' true mean reductions are ``middle_pct`` and
     ``full_pct`` (%), per-seed reductions N(·, sd_pct²) independent between arms (:func:`c7_acts`)."""
@@ -261,7 +264,7 @@ def c7_acts_rates(middle_pct: float, full_pct: float, sd_pct: float = MEASURED_R
     return float(np.mean(hits))
 
 
-def c7_amended_calibration(sds: Sequence[float] = (MEASURED_MIDDLE_FULL_SD, DECORRELATED_PAIRED_SD), n: int = 10,
+def c7_amended_calibration(sds: Sequence[float] = (MEASURED_MIDDLE_FULL_SD, DECORRELATED_PAIRED_SD), n: int = EVALUATION_SEEDS,
                            gain: float = PAPER_GAIN, reps: int = 20000) -> pd.DataFrame:
     """Amended C7's rates: the gate (P(acts)) at the measured reductions, at the two floors and when both arms act;
     the accuracy half (margin gain / 2, as before) and the secondary ±0.1-pt equivalence at the measured paired sd
@@ -271,7 +274,7 @@ def c7_amended_calibration(sds: Sequence[float] = (MEASURED_MIDDLE_FULL_SD, DECO
     for m, f, label in ((1.1, 1.0, "as measured (1 %)"), (5.0, 5.0, "on the 5 % floor"), (10.0, 20.0, "on the half-share floor"),
                         (20.0, 20.0, "both act (20 %)"), (8.0, 20.0, "middle acts weakly (8 % vs 20 %)")):
         rows.append({"part": "acts", "scenario": label, "middle / full reduction (%)": f"{m:g} / {f:g}",
-                     "P(acts)": c7_acts_rates(m, f, reps=min(reps, 4000))})
+                     "P(acts)": c7_acts_rates(m, f, n=n, reps=min(reps, 4000))})
     rng = np.random.default_rng(1)
     for sd, e, label in ((sd, e, label) for sd in sds for e, label in (
             (0.0, "middle = full"), (-gain / 2, "middle − full = −0.05 pt"), (-gain, "middle − full = −0.1 pt"),

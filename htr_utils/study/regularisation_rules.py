@@ -1,7 +1,8 @@
 """The primary verdict rules of C6a, C6b and C7 (PROTOCOL.md), on numbers only, vectorised.
 
 Each rule has one implementation, ``*_codes``, that works on arrays of intervals and returns
-verdict codes (``R`` reproduced, ``N`` not reproduced, ``I`` inconclusive). The notebooks apply it
+verdict codes (``R`` reproduced, ``N`` not reproduced, ``I`` inconclusive; "not tested", a gate known
+before the result, is decided outside the codes: :func:`c6a_amended`, :func:`c7_amended`). The notebooks apply it
 to the measured intervals through the scalar wrappers, and :mod:`htr_utils.study.calibration` /
 :mod:`htr_utils.study.calibration_regularisation` apply the very same function to simulated
 intervals to get the rule's error rates.
@@ -196,6 +197,16 @@ def dose_text(reduction: Mapping[str, float], penalty_steps: float, total_steps:
             f"below SGD's, penalty on {penalty_steps:.0f} of {total_steps:.0f} steps per run ({share:.1f} %)")
 
 
+DOSE_ARM_POWER = 0.8  # the power at the paper's +0.1 pt below which the acting-dose arm is labelled underpowered
+
+
+def dose_arm_power_text(power: float, mde_pts: float, power_needed: float = DOSE_ARM_POWER) -> str:
+    """The acting-dose arm's power line (amendment 5): its calibrated P(reproduced) at the paper's +0.1 pt and its
+    minimum detectable effect (pts) at its own paired sd; "underpowered for +0.1 pt" first when power < 80 %."""
+    line = f"power {100 * power:.0f} % at +0.1 pt, minimum detectable effect {mde_pts:.3f} pts"
+    return ("underpowered for +0.1 pt: " + line) if not power >= power_needed else line
+
+
 def select_acting_dose(sgd_trace0: float, candidates: Sequence[tuple[str, float]],
                        threshold: float = ACTING_DOSE) -> dict[str, Any]:
     """The dose arm of amended C6b, chosen at the selection seed before any evaluation seed runs.
@@ -297,11 +308,13 @@ def c6a_design_check(power: float, runs: int, minutes_per_run: float, budget_min
 
 def c6a_amended(acc: Mapping[str, float], gap: Mapping[str, float], design: Mapping[str, Any]) -> dict[str, Any]:
     """Amended C6a: the partial-ρ rule (:func:`c6a_rule`) decides only on a design that passed
-    :func:`c6a_design_check`; otherwise the verdict is inconclusive, "not testable at this budget", and the
-    rule's reading is shown beside (never deciding)."""
+    :func:`c6a_design_check`; otherwise the verdict is "not tested" at this budget (amendment 5: the budget
+    was set knowing the runs' speed, so this is not the rule's inconclusive), and the rule's reading is
+    shown beside (never deciding)."""
     reading = c6a_rule(acc, gap)
-    verdict = reading if design["testable"] else Verdict.INCONCLUSIVE
-    return {"C6a": verdict, "reading": reading, "design": design["text"]}
+    verdict = reading if design["testable"] else Verdict.NOT_TESTED
+    return {"C6a": verdict, "reading": reading, "design": design["text"],
+            "outcome": str(verdict) if design["testable"] else "not tested at this budget"}
 
 
 # ================================================================ issue 31, amendment 4: C7 that acts, equivalence, cost
@@ -366,8 +379,10 @@ def c7_amended(acts: Mapping[str, Any], accuracy: Mapping[str, float], cost_rati
     out = dict(c7_rule(stand_in, accuracy, cost_ratio, gain))
     out["acts"] = "yes" if acts["acts"] else "no"
     out["acts_note"] = acts["text"]
-    if gain is not None and not acts["acts"]:
-        out["accuracy_note"] = "the middle arm does not act (amended gate): accuracy half cannot be judged"
+    if not acts["acts"]:  # amendment 5: a treatment that does not act is not tested, whatever C6b found
+        out["accuracy"] = Verdict.NOT_TESTED
+        out["accuracy_note"] = "not tested (dose): the middle arm does not act (amended gate)"
+        out["C7"] = combine((out["accuracy"], out["cost"]), "all_of")
     bounds = [accuracy["lo"], accuracy["hi"]]
     out["equivalence"] = ({R: "equivalent within ±0.1 pt", N: "not equivalent (outside ±0.1 pt)",
                            I: "undetermined"}[int(c7_equivalence_codes(*bounds))] if np.isfinite(bounds).all()

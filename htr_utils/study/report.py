@@ -2,7 +2,8 @@
 
 Every claim notebook ends with :func:`write_verdict`, which writes ``verdict.json`` into the
 notebook's output directory: the claim, what the paper reports, what was measured, the
-verdict (``reproduced`` / ``not reproduced`` / ``inconclusive``), the rule that decided it
+verdict (``reproduced`` / ``not reproduced`` / ``inconclusive`` / ``not tested``: the rule could not be
+applied as designed, known before the result), the rule that decided it
 (stated in the notebook before the result) and the data set. The runner
 (:mod:`htr_utils.study.reproduce`) then gathers them with :func:`write_report` into
 ``<DIR>/REPORT.md``: one row per notebook, with each notebook's wall time.

@@ -11,6 +11,9 @@ class Verdict(str, Enum):
     REPRODUCED = "reproduced"
     NOT_REPRODUCED = "not reproduced"
     INCONCLUSIVE = "inconclusive"
+    # the rule could not be applied as designed: the treatment does not act, or the design does not fit the
+    # budget; known before the result, so it is not the rule's "inconclusive" (PROTOCOL, amendment 5)
+    NOT_TESTED = "not tested"
 
     def __str__(self) -> str:
         return self.value
@@ -38,19 +41,25 @@ def combine(parts: Iterable[Verdict | str], how: str = "every") -> Verdict:
     - ``"any_of"`` (disjunction): reproduced if any part is, not reproduced if every part is, else
       inconclusive — e.g. several operationalisations of which one suffices.
 
-    No parts gives inconclusive.
+    "Not tested" parts: every part not tested gives not tested; under ``"all_of"`` a not-tested part makes
+    the whole not tested unless another part is not reproduced; otherwise a not-tested part counts as
+    inconclusive. No parts gives inconclusive.
     """
     if how not in COMBINATIONS:
         raise ValueError(f"unknown combination {how!r}; choose one of {COMBINATIONS}")
     parts = [Verdict(p) for p in parts]
     if not parts:
         return Verdict.INCONCLUSIVE
+    if all(p is Verdict.NOT_TESTED for p in parts):
+        return Verdict.NOT_TESTED
     yes = [p is Verdict.REPRODUCED for p in parts]
     no = [p is Verdict.NOT_REPRODUCED for p in parts]
     if all(yes) or (how == "any_of" and any(yes)):
         return Verdict.REPRODUCED
     if all(no) or (how == "all_of" and any(no)):
         return Verdict.NOT_REPRODUCED
+    if how == "all_of" and any(p is Verdict.NOT_TESTED for p in parts):
+        return Verdict.NOT_TESTED
     return Verdict.INCONCLUSIVE
 
 

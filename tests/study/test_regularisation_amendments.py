@@ -66,16 +66,16 @@ def test_rounding_to_one_test_image():
 
 
 def test_amended_c6b_rates_at_the_measured_spread():
-    false = cr.c6b_amended_rates(0.0, reps=8000)
-    boundary = cr.c6b_amended_rates(rr.GAIN_THRESHOLD, reps=8000)
-    holds = cr.c6b_amended_rates(rr.PAPER_GAIN, reps=8000)
+    false = cr.c6b_amended_rates(0.0, n=10, reps=8000)
+    boundary = cr.c6b_amended_rates(rr.GAIN_THRESHOLD, n=10, reps=8000)
+    holds = cr.c6b_amended_rates(rr.PAPER_GAIN, n=10, reps=8000)
     assert false["P(reproduced)"] < 0.005 and false["P(not reproduced)"] > 0.95
     assert holds["P(reproduced)"] > 0.95 and holds["P(not reproduced)"] < 0.005
     # half the paper's gain: the earlier rule's "reproduced" (any gain) nearly always, the amended rule's rarely
     assert boundary["P(gain shown)"] > 0.95 and boundary["P(reproduced)"] < 0.03
-    mde = cr.c6b_min_detectable(reps=4000)
+    mde = cr.c6b_min_detectable(n=10, reps=4000)
     assert rr.GAIN_THRESHOLD < mde <= rr.PAPER_GAIN
-    assert cr.c6b_amended_rates(mde, reps=4000)["P(reproduced)"] >= 0.8 - 1e-9
+    assert cr.c6b_amended_rates(mde, n=10, reps=4000)["P(reproduced)"] >= 0.8 - 1e-9
     # at the spread assumed before the run (0.09 pts) 10 seeds could not reach a 0.1-point MDE
     assert cr.c6b_min_detectable((0.0009, 0.0009), reps=2000) > rr.PAPER_GAIN
 
@@ -234,7 +234,8 @@ def test_c6a_design_check_and_amended_verdict():
     acc, gap = {"lo": -0.9, "hi": -0.2}, {"lo": 0.1, "hi": 0.8}
     assert rr.c6a_amended(acc, gap, ok)["C6a"] == "reproduced"
     out = rr.c6a_amended(acc, gap, slow)
-    assert out["C6a"] == "inconclusive" and out["reading"] == "reproduced" and "not testable" in out["design"]
+    assert out["C6a"] == "not tested" and out["reading"] == "reproduced" and "not testable" in out["design"]
+    assert out["outcome"] == "not tested at this budget"
 
 
 # ---------------------------------------------------------------------------- C7 (amendment 4)
@@ -261,7 +262,10 @@ def test_c7_equivalence_and_amended_result():
     assert out["C7"] == "reproduced" and out["equivalence"] == "equivalent within ±0.1 pt"
     idle = rr.c7_acts({"mean_pct": 1.1}, {"mean_pct": 1.0}, {"lo": -7.9, "hi": -1.9})
     out = rr.c7_amended(idle, ok, 0.09, gain=0.001, earlier_acts={"lo": -7.9, "hi": -1.9})
-    assert out["acts"] == "no" and out["accuracy"] == "inconclusive" and "amended gate" in out["accuracy_note"]
+    assert out["acts"] == "no" and out["accuracy"] == "not tested" and "amended gate" in out["accuracy_note"]
+    assert out["C7"] == "not tested" and out["accuracy_note"].startswith("not tested (dose)")
+    # a cost half that fails still fails the claim: a not-tested half does not hide a measured failure
+    assert rr.c7_amended(idle, ok, 1.2, gain=None, earlier_acts={"lo": -7.9, "hi": -1.9})["C7"] == "not reproduced"
     assert out["earlier rule"] == "reproduced"  # the earlier gate let a 1 % reduction through
 
 
@@ -314,8 +318,33 @@ def test_c7_amended_rates():
     assert cr.c7_acts_rates(1.1, 1.0, reps=2000) == 0.0 and cr.c7_acts_rates(20.0, 20.0, reps=2000) == 1.0
     assert 0.4 < cr.c7_acts_rates(5.0, 5.0, reps=2000) < 0.6       # on the 5 % floor
     assert 0.4 < cr.c7_acts_rates(10.0, 20.0, reps=2000) < 0.6     # on the half-share floor
-    table = cr.c7_amended_calibration(sds=(cr.MEASURED_MIDDLE_FULL_SD,), reps=4000).set_index("scenario")
+    table = cr.c7_amended_calibration(sds=(cr.MEASURED_MIDDLE_FULL_SD,), n=10, reps=4000).set_index("scenario")
     assert table.loc["middle = full", "P(reproduced)"] > 0.9 and table.loc["middle = full", "P(equivalent)"] > 0.95
     assert table.loc["middle − full = −0.1 pt", "P(not reproduced)"] > 0.9
     for edge in ("middle − full = −0.1 pt", "middle − full = +0.1 pt"):  # false equivalence on the margin ≈ 2.5 %
         assert table.loc[edge, "P(equivalent)"] < 0.04
+
+
+# ---------------------------------------------------------------------------- amendment 5 (6 evaluation seeds)
+
+def test_six_seeds_keep_c6b_mde_within_the_paper_gain_but_not_the_decorrelated_arm():
+    """Issue 33 requires C6b's MDE ≤ 0.1 pt at the measured spread with the cpu profile's 6 seeds; the acting-dose
+    arm at a decorrelated pair's sd (0.097 pts) cannot reach it (power at +0.1 pt far below 80 %)."""
+    assert cr.EVALUATION_SEEDS == 6
+    mde = cr.c6b_min_detectable(reps=4000)
+    assert rr.GAIN_THRESHOLD < mde <= rr.PAPER_GAIN
+    assert cr.c6b_min_detectable(n=3, reps=2000) > rr.PAPER_GAIN  # fewer seeds would break the requirement
+    weak = cr.c6b_amended_rates(rr.PAPER_GAIN, (cr.DECORRELATED_PAIRED_SD,), reps=4000)
+    assert weak["P(reproduced)"] < 0.3
+    assert rr.dose_arm_power_text(weak["P(reproduced)"], 0.19).startswith("underpowered for +0.1 pt")
+    assert not rr.dose_arm_power_text(0.94, 0.089).startswith("underpowered")
+
+
+def test_not_tested_outcome_combines():
+    from htr_utils.study.verdicts import Verdict, combine
+    T, R_, N_, I_ = Verdict.NOT_TESTED, Verdict.REPRODUCED, Verdict.NOT_REPRODUCED, Verdict.INCONCLUSIVE
+    assert str(T) == "not tested" and Verdict("not tested") is T
+    for how in ("every", "all_of", "any_of"):
+        assert combine([T, T], how) is T
+    assert combine([T, R_], "all_of") is T and combine([T, N_], "all_of") is N_
+    assert combine([T, R_], "every") is I_ and combine([T, R_], "any_of") is R_ and combine([T, I_], "any_of") is I_
