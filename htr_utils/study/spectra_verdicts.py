@@ -722,21 +722,18 @@ def c4_normalised_verdict(table: pd.DataFrame, step: Mapping[str, Any] | None = 
     dec = pd.concat(rows)
     probe_sd = float(np.nanmedian(np.sqrt(dec["probe_var"] / dec["epochs"]))) if dec["probe_var"].notna().any() \
         else float("nan")
-    if fit["underpowered"]:
-        verdict = Verdict.INCONCLUSIVE
-    else:
-        verdict = rules.verdict_of(fit["code"])
+    verdict = rules.verdict_of(fit["code"])             # inconclusive when underpowered
     label = UNDERPOWERED if fit["underpowered"] else verdict.value
     region = (f"decision region for the end-to-centre ratio exp(ĉ/2) = {fit['ratio']:.2f}: reproduced if ≥ "
               f"{fit['R_if_ratio_at_least']:.2f}, not reproduced if ≤ {fit['N_if_ratio_at_most']:.2f}")
     a5 = raw.details["fit"]
-    measured = (f"{label}: log normalised W1 = α_net + b log size share + c |d − 1/2| over {len(dec)} layers of "
+    measured = ((f"{UNDERPOWERED}: " if fit["underpowered"] else "") + f"log normalised W1 = α_net + b log size share + c |d − 1/2| over {len(dec)} layers of "
                 f"{', '.join(deciding)}: ĉ = {fit['c']:.2f} ± {fit['se']:.2f} ({region}); residual sd "
                 f"{fit['residual_sd']:.2f} (probes' part {probe_sd:.2f}), df {fit['df']}; power at the stated ratio "
                 f"{rules.C4_NORMALISED_RATIO:g} at this noise {100 * fit['power']:.0f} % (decides at ≥ "
                 f"{100 * rules.C4_MIN_POWER:.0f} %); p_R = {fit['p_R']:.2g}, p_N = {fit['p_N']:.2g}. Beside (does not "
-                f"decide): raw W1 (amendment 5) ratio {a5['ratio']:.2g}, residual sd {a5['residual_sd']:.2f}, "
-                f"p_R = {a5['p_R']:.2g}, p_N = {a5['p_N']:.2g} -> {raw.verdict.value}; {raw.measured.split('; closest layer ', 1)[-1]}")
+                f"decide): raw W1 (amendment 5, stated ratio {rules.C4_STATED_RATIO:g}) ratio {a5['ratio']:.2g}, residual sd {a5['residual_sd']:.2f}, "
+                f"p_R = {a5['p_R']:.2g}, p_N = {a5['p_N']:.2g} -> {raw.verdict.value}; closest layer (raw W1) {raw.measured.split('; closest layer ', 1)[-1]}"))
     return VerdictResult(verdict, measured, {"fit": fit, "label": label, "probe_sd": probe_sd, "raw_fit": a5,
                                              "raw_verdict": raw.verdict.value, "deciding": deciding,
                                              "extensions": raw.details["extensions"],
