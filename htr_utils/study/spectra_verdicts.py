@@ -733,7 +733,7 @@ def c4_normalised_verdict(table: pd.DataFrame, step: Mapping[str, Any] | None = 
                 f"{rules.C4_NORMALISED_RATIO:g} at this noise {100 * fit['power']:.0f} % (decides at ≥ "
                 f"{100 * rules.C4_MIN_POWER:.0f} %); p_R = {fit['p_R']:.2g}, p_N = {fit['p_N']:.2g}. Beside (does not "
                 f"decide): raw W1 (amendment 5, stated ratio {rules.C4_STATED_RATIO:g}) ratio {a5['ratio']:.2g}, residual sd {a5['residual_sd']:.2f}, "
-                f"p_R = {a5['p_R']:.2g}, p_N = {a5['p_N']:.2g} -> {raw.verdict.value}; closest layer (raw W1) {raw.measured.split('; closest layer ', 1)[-1]}"))
+                f"p_R = {a5['p_R']:.2g}, p_N = {a5['p_N']:.2g} -> {raw.verdict.value}; closest layer (raw W1) {raw.measured.split('; closest layer ', 1)[-1]}")
     return VerdictResult(verdict, measured, {"fit": fit, "label": label, "probe_sd": probe_sd, "raw_fit": a5,
                                              "raw_verdict": raw.verdict.value, "deciding": deciding,
                                              "extensions": raw.details["extensions"],
