@@ -577,7 +577,8 @@ def depth_distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any],
     training state; ``probe_se`` (amendment 6) is the probes' own standard error of the log normalised W1."""
     rows = []
     for label, run in runs.items():
-        for epoch, d in sorted(_get(readings[label], "distances").items()):
+        taken = _get(readings[label], "distances") if label in readings else None
+        for epoch, d in sorted((taken or {}).items()):   # a run read for no distance (cpu: LeNet-GELU) has no rows
             a = _measure(_get(d, "full_a"))
             layers = list(_get(d, "layers"))
             if set(layers) != set(sizes.get(label, {})):
