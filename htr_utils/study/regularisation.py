@@ -38,8 +38,9 @@ from .hashing import config_hash
 from .profiles import RegStudy
 from .runs import Run, train_run
 from ..layers import layer_groups
-from .calibration_regularisation import c6a_design_table, fit_sweep_model
-from .regularisation_rules import (c6a_amended, c6a_design_check, c6a_rule, c6b_amended, c6b_rule, c7_acts,
+from .calibration_regularisation import c6a_design_table, c6b_amended_rates, c6b_min_detectable, fit_sweep_model
+from .regularisation_rules import (PAPER_GAIN, c6a_amended, c6a_design_check, c6a_rule, c6b_amended, c6b_rule, c7_acts,
+                                   dose_arm_power_text,
                                    c7_amended, c7_cost_line, double_backward_path, dose_text, established_gain,
                                    relative_trace_reduction)
 from .verdicts import Verdict, VerdictResult, combine
@@ -468,8 +469,8 @@ def c6a_verdict(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]], di
     ``table`` / ``corr`` / ``diverged``: the fixed-epoch sweep (:func:`sweep_table`, :func:`sweep_correlations`);
     ``design``: the budget rule's result (:func:`c6a_budget`); ``threshold``: the loss-threshold sweep's
     ``table``, ``corr`` and ``diverged``, or None when it is not in the profile. The verdict is
-    :func:`c6a_amended` on the loss-threshold sweep when the design is testable and was run; inconclusive,
-    "not testable at this budget", when the budget rule says so (the fixed-epoch sweep's reading then stands
+    :func:`c6a_amended` on the loss-threshold sweep when the design is testable and was run; "not tested at
+    this budget" (amendment 5) when the budget rule says so (the fixed-epoch sweep's reading then stands
     beside, never deciding); inconclusive, "not in the profile yet", when testable but not run. Beside: the
     earlier rule (:func:`c6a_rule` on the fixed-epoch sweep) and the earliest (:func:`sweep_verdict`, plain ρ).
     """
@@ -480,7 +481,7 @@ def c6a_verdict(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]], di
         verdict, amended = Verdict.INCONCLUSIVE, "no budget check (no design table): nothing to judge"
     elif not design["testable"]:
         verdict = c6a_amended(corr["partial_test_acc"], corr["partial_acc_gap"], design)["C6a"]
-        amended = f"inconclusive — {design['text']}; the 35 loss-threshold runs are not trained"
+        amended = f"not tested at this budget — {design['text']}; the 35 loss-threshold runs are not trained"
     elif threshold is None:
         verdict = Verdict.INCONCLUSIVE
         amended = (f"inconclusive — {design['text']}, but the loss-threshold design is not in the profile yet: "
@@ -507,6 +508,30 @@ def c6a_verdict(table: pd.DataFrame, corr: Mapping[str, Mapping[str, float]], di
                                              "threshold": None if threshold is None else
                                              {"correlations": {k: dict(v) for k, v in threshold["corr"].items()},
                                               "table": threshold["table"].to_dict("records")}})
+
+
+MOVED = "moved to the paper profile (budget)"  # issue 33: rows the cpu profile no longer trains
+
+
+def c6a_not_in_profile(why: str = MOVED) -> VerdictResult:
+    """C6a when the profile trains no sweep (issue 33: the cpu profile's sweep and the 35-setting loss-threshold
+    design are in the paper profile): "not tested at this budget" (amendment 5), saying why."""
+    return VerdictResult(Verdict.NOT_TESTED,
+                         f"amended rule (issue 31, amendment 5): not tested at this budget — the fixed-epoch sweep and "
+                         f"the 35 × 1 loss-threshold design are {why}; no run of this profile bears on C6a",
+                         {"design": {"testable": False, "text": why}})
+
+
+def dose_arm_power(comparison: Mapping[str, float], n: int, reps: int = 5000) -> dict[str, Any]:
+    """Amendment 5: the acting-dose arm's calibrated power at the paper's +0.1 pt and its minimum detectable effect
+    at the arm's own measured paired sd (HTR(dose) − SGD) and ``n`` seeds, with :func:`dose_arm_power_text`."""
+    sd = float(comparison["sd"])
+    if not (np.isfinite(sd) and sd > 0 and n >= 2):
+        return {"power": math.nan, "mde": math.nan, "text": "power not computable (no spread measured)"}
+    power = c6b_amended_rates(PAPER_GAIN, (sd,), n, reps=reps)["P(reproduced)"]
+    mde = c6b_min_detectable((sd,), n, reps=reps)
+    return {"power": power, "mde": mde, "sd": sd, "n": n,
+            "text": dose_arm_power_text(power, 100 * mde) + f" (its paired sd {100 * sd:.3f} pts, {n} seeds)"}
 
 
 def arm_dose(results: pd.DataFrame, arm: str, reference: str = "sgd") -> dict[str, Any]:
@@ -558,19 +583,22 @@ def c6b_verdict(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, p
         earlier[name], earliest[name] = result["earlier rule"], improvement_verdict(rule_rows)
         d = dose.get(name)
         if d is None:
-            dose_part = ("acting-dose arm: not in the profile yet (not trained); whether a real trace reduction buys "
+            dose_part = ("acting-dose arm: not in this profile (not trained); whether a real trace reduction buys "
                          "accuracy here is not tested")
         elif d.get("comparison") is None:
             dose_part = f"acting-dose arm: {d['text']}"
         else:
+            d["power"] = dose_arm_power(d["comparison"], len(study.seeds))
             dose_part = (f"acting-dose arm ({d['text']}): HTR(dose) − SGD = {_interval(d['comparison'])} pts; "
-                         f"{result['dose']['text']} (shown, not deciding)")
+                         f"{result['dose']['text']}; {d['power']['text']} (shown, not deciding)")
         texts.append(f"{head}; {pairs}; {doses}; {result['chosen']['text']} → {per_study[name]} | {dose_part} | "
                      f"earlier rule (PROTOCOL.md before issue 31; {CHANGED}): {earlier[name]}; earliest rule "
                      f"(Welch): {earliest[name]}")
     if not authors:
-        texts.append("the authors' schedule (SGD 30 epochs against SGD + HTR 40, amendment 2): not in the profile yet, "
-                     "not shown")
+        texts.append(f"the authors' schedule (SGD 30 epochs against SGD + HTR 40, amendment 2): not in this profile, "
+                     f"{MOVED}")
+    if all(s.decides for s in studies.values()):
+        texts.append(f"the paper's own LeNet + FashionMNIST setting (shown, never deciding): not in this profile, {MOVED}")
     return VerdictResult(combine(per_study.values()), " | ".join(texts),
                          {"per_study": per_study, "earlier_rule": earlier, "earliest_rule": earliest,
                           "statements": {n: {"any gain": s["chosen"]["any_gain"], "text": s["chosen"]["text"],
@@ -640,7 +668,8 @@ def c7_result(comparisons: Mapping[str, pd.DataFrame], results: Mapping[str, pd.
                      + (f"gain established, margin {100 * gain / 2:.3f} pts" if gain is not None else "no gain established")
                      + f"); full HTR {full_dose['text']}; full penalty step {c.loc['all', 'median_s']:.3g} s, plain "
                      f"{c.loc['plain', 'median_s']:.3g} s (median of {rounds}); " + "; ".join(parts)
-                     + f"; the middle arm at an acting dose (amendment 4, optional) is not in the profile | earlier rule "
+                     + f"; the middle arm at an acting dose (amendment 4, optional) is not in the profile, so a middle arm that "
+                     f"does not act leaves C7 not tested (dose) (amendment 5) | earlier rule "
                      f"(PROTOCOL.md before issue 31; {CHANGED}): {earlier[name]}; earliest rule (Welch, 0.3-pt margin): "
                      f"{earliest[name]}")
     return VerdictResult(combine(v["C7"] for v in per_study.values()), " | ".join(texts),

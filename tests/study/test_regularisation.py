@@ -213,8 +213,10 @@ def test_c6b_verdict_decides_by_the_amended_rule_and_shows_the_earlier_one():
         out = rs.c6b_verdict({"s": comp}, {"s": res}, {"s": 1e-3}, {"s": study})
         assert out.verdict == amended and out.details["earlier_rule"]["s"] == earlier
         assert "any gain: shown" in out.measured and "below SGD's, penalty on 3 of 30 steps" in out.measured
-        assert "acting-dose arm: not in the profile yet" in out.measured and "both shown" in out.measured
-        assert "the authors' schedule (SGD 30 epochs against SGD + HTR 40, amendment 2): not in the profile yet" in out.measured
+        assert "acting-dose arm: not in this profile" in out.measured and "both shown" in out.measured
+        assert ("the authors' schedule (SGD 30 epochs against SGD + HTR 40, amendment 2): not in this profile, "
+                "moved to the paper profile (budget)") in out.measured
+        assert "the paper's own LeNet + FashionMNIST setting (shown, never deciding): not in this profile" in out.measured
 
 
 def test_c7_result_gate_needs_a_real_trace_reduction():
@@ -233,7 +235,8 @@ def test_c7_result_gate_needs_a_real_trace_reduction():
         out = rs.c7_result({"s": comp}, {"s": res}, {"s": costs}, {"s": {"all": 1e-3, "middle": 1e-2}}, {"s": study}, 3)
         r = out.details["per_study"]["s"]["middle"]
         assert r["acts"] == acts and r["earlier rule"] == "reproduced"  # the earlier gate: trace interval below 0
-        assert out.verdict == ("reproduced" if acts == "yes" else "inconclusive")
+        assert out.verdict == ("reproduced" if acts == "yes" else "not tested")  # amendment 5: a gate, not the rule
+        assert acts == "yes" or "not tested (dose)" in out.measured
         assert "skips conv1, conv2" in out.measured and "equivalent within ±0.1 pt" in out.measured
 
 
@@ -247,7 +250,8 @@ def test_c6a_verdict_follows_the_budget_rule():
     slow = rs.c6a_budget(designs, table)  # t15 = 65 s: 35 × 1.08 min = 38 min > 20
     assert slow["t15_minutes"] == pytest.approx(65 / 60) and not slow["testable"]
     out = rs.c6a_verdict(table, corr, {}, slow, None)
-    assert out.verdict == "inconclusive" and "not testable at this budget" in out.measured
+    assert out.verdict == "not tested" and "not testable at this budget" in out.measured
+    assert "not tested at this budget —" in out.measured
     assert out.details["earlier_rule"] == "reproduced"  # the fixed-epoch sweep's reading, shown, never deciding
     fast = rs.c6a_budget(designs, table.assign(wall_seconds=20.0))
     assert fast["testable"]
@@ -255,6 +259,21 @@ def test_c6a_verdict_follows_the_budget_rule():
     assert rs.c6a_verdict(table, corr, {}, fast, {"table": table, "corr": corr, "diverged": {}}).verdict == "reproduced"
     weak = rs.c6a_budget(designs.assign(**{"P(R | ρ = −0.5)": 0.3}), table.assign(wall_seconds=20.0))
     assert not weak["testable"]
+
+
+def test_c6a_without_a_sweep_is_not_tested():
+    out = rs.c6a_not_in_profile()
+    assert out.verdict == "not tested" and "moved to the paper profile (budget)" in out.measured
+
+
+def test_dose_arm_power_labels_an_underpowered_arm():
+    """Amendment 5: at a decorrelated pair's sd (0.097 pts) and 6 seeds the arm cannot see +0.1 pt; at the near-inert
+    pair's 0.027 pts it can."""
+    weak = rs.dose_arm_power({"sd": 0.00097}, 6, reps=3000)
+    assert weak["text"].startswith("underpowered for +0.1 pt") and weak["power"] < 0.3 and weak["mde"] > 0.0015
+    strong = rs.dose_arm_power({"sd": 0.00027}, 6, reps=3000)
+    assert not strong["text"].startswith("underpowered") and strong["mde"] <= 0.001
+    assert "not computable" in rs.dose_arm_power({"sd": float("nan")}, 6)["text"]
 
 
 def test_penalised_layers_of_lenet():
