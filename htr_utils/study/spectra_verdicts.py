@@ -215,7 +215,8 @@ def distance_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) -> pd.D
     and the training state."""
     rows = []
     for label, run in runs.items():
-        for epoch, d in sorted(_get(readings[label], "distances").items()):
+        taken = _get(readings[label], "distances") if label in readings else None
+        for epoch, d in sorted((taken or {}).items()):
             a, b = _measure(_get(d, "full_a")), _measure(_get(d, "full_b"))
             floor = rules.w1_atoms(*a, *b)
             sigma = run.curvature(epoch).kinds["hessian"].full.density.sigma if epoch in run.curvature_epochs() \
