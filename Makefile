@@ -45,12 +45,12 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 # The run grid first (htr_utils.study.grid: every run the notebooks need, with the spectra readings):
-# here, one run after another with torch's threads (TRAIN_PROCS=1, the default: its runs match the
-# committed 2-thread results bit for bit; 2 one-thread Dask workers are 1.13x faster on this 2-core CPU
-# but round differently, benchmarks/RESULTS.md), or on a Dask LocalCluster of
-# TRAIN_PROCS one-thread workers sharing the run cache through its locks (more cores); the notebooks
-# then read the cache (and train whatever a notebook alone still lacks).
-TRAIN_PROCS ?= 1
+# on a Dask LocalCluster of TRAIN_PROCS one-thread workers sharing the run cache through its locks (default 2:
+# on this project's 2-core CPU two one-thread workers train the grid 1.13x faster than one 2-thread process,
+# benchmarks/RESULTS.md), or with TRAIN_PROCS=1 one run after another with torch's threads (its runs round
+# differently from the committed ones, which come from one-thread workers); the notebooks then read the cache
+# (and train whatever a notebook alone still lacks, e.g. notebook 07's acting-dose arm).
+TRAIN_PROCS ?= 2
 reproduce: setup
 	@if [ "$(TRAIN_PROCS)" = 1 ]; then \
 		$(PY) -m htr_utils.study.grid train --profile $(PROFILE); \
