@@ -103,18 +103,19 @@ C2_CONTROL_SIGMA = 0.3
 
 def c2_rates(medians: Sequence[float], shapes: Sequence[Sequence[float]], sigma: float,
              control_median: float = C2_CONTROL_MEDIAN, control_sigma: float = C2_CONTROL_SIGMA, floor: float = 1e-3,
-             sims: int = 20000, seed: int = 0) -> dict[str, float]:
+             sims: int = 20000, seed: int = 0, control: bool = False) -> dict[str, float]:
     """C2's amended verdict (:func:`htr_utils.study.spectra_rules.c2_network_codes` per network, "all_of" over the
     deciding networks) when network k's reading j has log a(G) = ln medians[k] + shapes[k][j] + sigma·z
     (z iid N(0, 1); shapes of zeros: iid lognormal readings) and its controls
-    log a ~ N(ln control_median, control_sigma²)."""
+    log a ~ N(ln control_median, control_sigma²), which gate the verdict only with ``control`` (the superseded
+    issue-30 rule; the amendment of 2026-12-07 drops the control)."""
     rng = np.random.default_rng(seed)
     codes = []
     for m, shape in zip(medians, shapes):
         shape = np.asarray(shape, dtype=float)
         a = np.exp(np.log(m) + shape + sigma * rng.standard_normal((sims, len(shape))))
         c = np.exp(np.log(control_median) + control_sigma * rng.standard_normal((sims, len(shape))))
-        codes.append(rules.c2_network_codes(a, c, floor))
+        codes.append(rules.c2_network_codes(a, c if control else None, floor))
     return rates(rules.all_of_codes(codes))
 
 
@@ -123,7 +124,7 @@ def c2_calibration(sims: int = 20000) -> pd.DataFrame:
     the committed a(G): "iid" (lognormal about the network's median, sd 1.3) and "trend" (the fitted line in log
     epoch plus residual sd 0.72). Scenarios set the networks' medians: claim false (one at 0.20, twice the
     threshold, or on the threshold 0.10; the other at 0.05), claim true (both at 0.05, half the threshold; the
-    measured medians), and the control passing (median 0.07)."""
+    measured medians). The rule without the far-epoch control (amendment of 2026-12-07)."""
     lenet, vgg = C2_SHAPES["lenet"], C2_SHAPES["vgg11_bn"]
     measured = (C2_MEASURED_MEDIANS["lenet"], C2_MEASURED_MEDIANS["vgg11_bn"])
     scenarios = [("false: LeNet at 0.20, VGG at 0.05", (0.20, 0.05), C2_CONTROL_MEDIAN),
@@ -132,8 +133,7 @@ def c2_calibration(sims: int = 20000) -> pd.DataFrame:
                  ("boundary: VGG at 0.10, LeNet at 0.05", (0.05, 0.10), C2_CONTROL_MEDIAN),
                  ("true: both at 0.05", (0.05, 0.05), C2_CONTROL_MEDIAN),
                  ("true: both at 0.02", (0.02, 0.02), C2_CONTROL_MEDIAN),
-                 ("true: the measured medians", measured, C2_CONTROL_MEDIAN),
-                 ("true, but the control passes (median 0.07)", (0.05, 0.05), 0.07)]
+                 ("true: the measured medians", measured, C2_CONTROL_MEDIAN)]   # no control row: it no longer gates
     rows = []
     for model, shapes, sigma in (("iid", ((0.0,) * 7, (0.0,) * 3), C2_SIGMA_IID), ("trend", (lenet, vgg), C2_SIGMA_TREND)):
         for label, med, ctrl in scenarios:
@@ -158,21 +158,32 @@ class SpikedFit:
     edge: float
     beta: float
     loss: float = float("nan")
+    mix: float = 0.0          # share of each class direction's mass outside the read class-mean span (2026-12-07)
 
     def strengths(self) -> np.ndarray:
         return self.a1 * (self.aC / self.a1) ** (np.arange(self.C) / max(self.C - 1, 1))
 
 
 def spiked_top(dim: int, strengths: np.ndarray, edge: float, beta: float, rng: np.random.Generator,
-               k: int, lead: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top k eigenvalues (descending) of U diag(strengths) Uᵀ + diag(w), w_j = edge · j^(−beta) (``lead``, if given,
-    replaces w_1: one strong within-class direction), U a random orthonormal dim × C, and each eigenvector's
-    squared projection on span(U) (the readings' per-vector overlaps)."""
+               k: int, lead: float | None = None, mix: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Top k eigenvalues (descending) of D diag(strengths) Dᵀ + diag(w), w_j = edge · j^(−beta) (``lead``, if given,
+    replaces w_1: one strong within-class direction), and each eigenvector's squared projection on span(U) (the
+    readings' per-vector overlaps), U a random orthonormal dim × C, the read class-mean span. The class directions
+    are D = √(1 − mix) U + √mix V, V orthonormal and orthogonal to U (``mix`` = 0: D = U, the issue-30 model): each
+    holds only 1 − ``mix`` of its mass in the read span, as a class-mean span estimated from finite examples or
+    class structure not spanned by the class means would give (amendment of 2026-12-07)."""
     from scipy.linalg import eigh
 
     C = len(strengths)
-    U = np.linalg.qr(rng.standard_normal((dim, C)))[0]
-    M = (U * strengths) @ U.T
+    if not 0 <= mix < 1:
+        raise ValueError(f"spiked_top: mix must lie in [0, 1), got {mix}")
+    if mix > 0:
+        Q = np.linalg.qr(rng.standard_normal((dim, 2 * C)))[0]
+        U = Q[:, :C]
+        D = np.sqrt(1 - mix) * U + np.sqrt(mix) * Q[:, C:]
+    else:   # the issue-30 draws, unchanged
+        U = D = np.linalg.qr(rng.standard_normal((dim, C)))[0]
+    M = (D * strengths) @ D.T
     w = edge * np.arange(1, dim + 1, dtype=float) ** (-beta)
     if lead is not None:
         w[0] = lead
@@ -183,7 +194,7 @@ def spiked_top(dim: int, strengths: np.ndarray, edge: float, beta: float, rng: n
 
 
 def fit_spiked(lambda_1: float, lambda_C: float, lambda_C1: float, edge: float, overlap: float, dim: int,
-               C: int = 10, draws: int = 3, max_dim: int = SPIKED_MAX_DIM) -> SpikedFit:
+               C: int = 10, draws: int = 3, max_dim: int = SPIKED_MAX_DIM, mix: float = 0.0) -> SpikedFit:
     """The :class:`SpikedFit` whose λ_1, λ_C, λ_C+1 and mean top-C overlap match the measured ones (least squares
     on log eigenvalues and on the overlap, Nelder–Mead from three starts, ``draws`` fixed random subspaces),
     with the within-class top fixed at the measured bulk edge."""
@@ -199,7 +210,7 @@ def fit_spiked(lambda_1: float, lambda_C: float, lambda_C1: float, edge: float, 
         a = a1 * (aC / a1) ** (np.arange(C) / (C - 1))
         err = []
         for s in range(draws):
-            ev, ov = spiked_top(d, a, edge, beta, np.random.default_rng(s), C + 1)
+            ev, ov = spiked_top(d, a, edge, beta, np.random.default_rng(s), C + 1, mix=mix)
             err.append((np.log(ev[0] / lambda_1), np.log(ev[C - 1] / lambda_C), np.log(ev[C] / lambda_C1),
                         ov[:C].mean() - overlap))
         return float(np.sum(np.mean(err, 0) ** 2))
@@ -208,20 +219,28 @@ def fit_spiked(lambda_1: float, lambda_C: float, lambda_C1: float, edge: float, 
     best = min((minimize(loss, np.log(s), method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 200})
                 for s in starts), key=lambda r: r.fun)
     a1, aC, beta = np.exp(best.x)
-    return SpikedFit(d, C, float(a1), float(aC), float(edge), float(beta), float(best.fun))
+    return SpikedFit(d, C, float(a1), float(aC), float(edge), float(beta), float(best.fun), float(mix))
 
 
-def spiked_counts(fit: SpikedFit, strengths: np.ndarray, sims: int, seed: int = 0, lead: float | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def spiked_counts(fit: SpikedFit, strengths: np.ndarray, sims: int, seed: int = 0, lead: float | None = None,
+                  continuous_edge: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per simulated reading: (k_cls, k_edge): the amended count (:func:`htr_utils.study.spectra_rules.class_direction_count`
-    of the top 2C eigenvectors' overlaps) and the earlier count (eigenvalues above λ_max(G_within): the fitted
-    edge, or ``lead`` where one within-class direction is set to that strength)."""
+    of the top 2C eigenvectors' overlaps, with their eigenvalues above G_within's continuous edge λ_C+1(G_within)
+    where ``continuous_edge``, the amendment of 2026-12-07) and the earlier count (eigenvalues above
+    λ_max(G_within): the fitted edge, or ``lead`` where one within-class direction is set to that strength).
+    The class directions mix with the fit's ``mix``."""
     edge = fit.edge if lead is None else max(fit.edge, lead)
+    w = fit.edge * np.arange(1, fit.dim + 1, dtype=float) ** (-fit.beta)
+    if lead is not None:
+        w[0] = lead
+    cont = rules.within_continuous_edge(w[:3 * fit.C], fit.C)
     rng = np.random.default_rng(seed)
     k_cls, k_edge = np.empty(sims, dtype=int), np.empty(sims, dtype=int)
     for i in range(sims):
-        ev, ov = spiked_top(fit.dim, strengths, fit.edge, fit.beta, rng, 3 * fit.C, lead)
-        k_cls[i] = rules.class_direction_count(ov[:2 * fit.C])
+        ev, ov = spiked_top(fit.dim, strengths, fit.edge, fit.beta, rng, 3 * fit.C, lead, fit.mix)
+        k = 2 * fit.C
+        k_cls[i] = (rules.class_direction_count(ov[:k], eigenvalues=ev[:k], edge=cont) if continuous_edge
+                    else rules.class_direction_count(ov[:k]))
         k_edge[i] = int(np.sum(ev > edge))
     return k_cls, k_edge
 
@@ -254,7 +273,7 @@ def c1_class_calibration(fits: dict[str, SpikedFit], sims: int = 200) -> pd.Data
     for label, fit in fits.items():
         for j, (scenario, (a, lead)) in enumerate(spiked_scenarios(fit).items()):
             k_cls, k_edge = spiked_counts(fit, a, sims, seed=j, lead=lead)
-            new, old = rates(rules.about_c_codes(k_cls, fit.C)), rates(rules.about_c_codes(k_edge, fit.C))
+            new, old = rates(rules.about_c_class_codes(k_cls, fit.C)), rates(rules.about_c_codes(k_edge, fit.C))
             rows.append({"network": label, "scenario": scenario, "mean k_cls": k_cls.mean(), "mean k_edge": k_edge.mean(),
                          "P(R)": new["P(reproduced)"], "P(N)": new["P(not reproduced)"],
                          "earlier P(R)": old["P(reproduced)"], "earlier P(N)": old["P(not reproduced)"]})
@@ -268,7 +287,7 @@ def c3a_class_rates(fits: Sequence[SpikedFit], scenario: str, sims: int = 200, s
     for i, fit in enumerate(fits):
         a, lead = spiked_scenarios(fit)[scenario]
         k_cls, _ = spiked_counts(fit, a, sims, seed=seed + 1000 * i, lead=lead)
-        ok[:, i] = rules.about_c_codes(k_cls, fit.C) == R
+        ok[:, i] = rules.about_c_class_codes(k_cls, fit.C) == R
     return rates(rules.share_codes(ok.mean(1)))
 
 
@@ -331,14 +350,26 @@ C1_FITS = {"lenet_fashionmnist": SpikedFit(400, 10, 33.25, 2.200, 17.168, 0.4760
            "vgg11_bn_fashionmnist": SpikedFit(400, 10, 736.9, 17.31, 154.30, 0.4753)}
 
 
-def committed_fits(table: pd.DataFrame) -> dict[str, SpikedFit]:
+def sampling_mix(overlap_few: float, overlap_many: float, n_few: int, n_many: int) -> float:
+    """The mixing of the read class-mean span at ``n_many`` examples per class, from the mean top-C overlap read at
+    two sample sizes (amendment of 2026-12-07): under o_n = o_∞ (1 − c / n) (class means estimated from n examples
+    lose mass ∝ 1/n), c = (o_many − o_few) / (o_many / n_few − o_few / n_many), mix = c / n_many, 0 if c ≤ 0."""
+    if not (0 < overlap_few <= 1 and 0 < overlap_many <= 1 and 0 < n_few < n_many):
+        raise ValueError(f"sampling_mix: need overlaps in (0, 1] and 0 < n_few < n_many, got {overlap_few}, "
+                         f"{overlap_many}, {n_few}, {n_many}")
+    c = (overlap_many - overlap_few) / (overlap_many / n_few - overlap_few / n_many)
+    return float(max(c, 0.0) / n_many)
+
+
+def committed_fits(table: pd.DataFrame, mix: float = 0.0) -> dict[str, SpikedFit]:
     """{"run/block": :func:`fit_spiked`} for every row of a class-structure table at its run's last epoch and most
-    examples per class (columns lambda_1, lambda_C, lambda_C+1, bulk_edge, overlap, dim)."""
+    examples per class (columns lambda_1, lambda_C, lambda_C+1, bulk_edge, overlap, dim), class directions mixed
+    by ``mix``."""
     out = {}
     for run, g in table.groupby("run", sort=False):
         g = g[(g["epoch"] == g["epoch"].max())]
         g = g[g["per_class"] == g["per_class"].max()]
         for _, r in g.iterrows():
             out[f"{run}/{r['block']}"] = fit_spiked(r["lambda_1"], r["lambda_C"], r["lambda_C+1"], r["bulk_edge"],
-                                                    r["overlap"], int(r["dim"]))
+                                                    r["overlap"], int(r["dim"]), mix=mix)
     return out

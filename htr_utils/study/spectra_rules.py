@@ -413,14 +413,18 @@ def _shares(values: np.ndarray, threshold: float) -> np.ndarray:
         return np.where(count > 0, ((v <= threshold) & finite).sum(-1) / np.maximum(count, 1), np.nan)
 
 
-def c2_network_codes(a_ggn: np.ndarray, a_control: np.ndarray, floor: float | np.ndarray,
+def c2_network_codes(a_ggn: np.ndarray, a_control: np.ndarray | None, floor: float | np.ndarray,
                      threshold: float = TOP_THRESHOLD) -> np.ndarray:
     """One network's C2 code (issue-30 amendment), vectorised over all but the last axis (its readings):
     share of readings with a(G) ≤ threshold ≥ 0.75 → R, ≤ 0.25 → N, else I; inconclusive whatever G shows if
     the control (G of the far epoch against this epoch's Hess) passes in more than 25 % of readings or was
-    not read, or the restart floor is not below the threshold."""
-    s_g, s_c = _shares(a_ggn, threshold), _shares(a_control, threshold)
-    bad = ~np.isfinite(s_c) | (s_c > SHARE_LOW) | ~(np.asarray(floor, dtype=float) < threshold)
+    not read, or the restart floor is not below the threshold. ``a_control=None`` (amendment of 2026-12-07, the
+    primary rule): no control; inconclusive only where the restart floor is not below the threshold."""
+    s_g = _shares(a_ggn, threshold)
+    bad = ~(np.asarray(floor, dtype=float) < threshold)
+    if a_control is not None:
+        s_c = _shares(a_control, threshold)
+        bad = bad | ~np.isfinite(s_c) | (s_c > SHARE_LOW)
     return np.where(bad, I, share_codes(s_g))
 
 
@@ -440,13 +444,16 @@ def far_epoch(epochs: Sequence[int], epoch: int) -> int:
 
 
 def c2_network_rule(readings: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
-                    deciding: Sequence[str]) -> tuple[Verdict, dict[str, Verdict]]:
+                    deciding: Sequence[str], control: bool = False) -> tuple[Verdict, dict[str, Verdict]]:
     """C2 (issue-30 amendment): per network (a(G) readings, control readings, restart floor) →
     :func:`c2_network_codes`; the claim's verdict combines the ``deciding`` networks (the paper's ReLU nets) with
-    "all_of"; the other networks get a verdict of their own that never decides (extensions)."""
+    "all_of"; the other networks get a verdict of their own that never decides (extensions). ``control``: the
+    far-epoch control gates the verdict (the superseded issue-30 rule); by default (amendment of 2026-12-07) it
+    does not."""
     if not set(deciding) <= set(readings):
         raise ValueError(f"c2_network_rule: deciding networks {sorted(set(deciding) - set(readings))} have no readings")
-    per = {k: verdict_of(c2_network_codes(np.asarray(g, dtype=float), np.asarray(c, dtype=float), f))
+    per = {k: verdict_of(c2_network_codes(np.asarray(g, dtype=float), np.asarray(c, dtype=float) if control else None,
+                                          f))
            for k, (g, c, f) in readings.items()}
     return combine([per[k] for k in deciding], "all_of"), per
 
@@ -458,27 +465,60 @@ CLASS_MASS = 0.6          # a top eigenvector is a class direction if more than 
                           # network with C − 3 class directions read "about C" 13 % of the time in LeNet-GELU's fit)
 
 
-def class_direction_count(overlaps: Sequence[float], mass: float = CLASS_MASS) -> int:
+def class_direction_count(overlaps: Sequence[float], mass: float = CLASS_MASS,
+                          eigenvalues: Sequence[float] | None = None, edge: float | None = None) -> int:
     """k_cls: how many of the top Hessian Ritz vectors (their squared projections on the class-mean span,
-    ``overlaps``, the top 2C of a reading) have more than ``mass`` of their squared norm in the span."""
+    ``overlaps``, the top 2C of a reading) have more than ``mass`` of their squared norm in the span and, where
+    ``eigenvalues`` (their Ritz values) and ``edge`` are given (amendment of 2026-12-07), a Ritz value above
+    ``edge``, the edge of G_within's continuous part (:func:`within_continuous_edge`)."""
     o = np.asarray(overlaps, dtype=float)
     if len(o) == 0 or not np.all(np.isfinite(o)) or (o < -1e-9).any() or (o > 1 + 1e-9).any():
         raise ValueError(f"class_direction_count: need per-vector overlaps in [0, 1], got {list(o)}; take the class "
                          "reading again (its per-vector overlaps are new in issue 30)")
-    return int(np.sum(o > mass))
+    if (eigenvalues is None) != (edge is None):
+        raise ValueError("class_direction_count: give both the Ritz values and the edge, or neither")
+    if eigenvalues is None:
+        return int(np.sum(o > mass))
+    ev = np.asarray(eigenvalues, dtype=float)
+    if len(ev) < len(o) or not np.all(np.isfinite(ev[:len(o)])) or not np.isfinite(edge):
+        raise ValueError(f"class_direction_count: need a finite Ritz value per overlap ({len(o)}) and a finite edge, "
+                         f"got {len(ev)} values and edge {edge}; take the class reading again")
+    return int(np.sum((o > mass) & (ev[:len(o)] > edge)))
+
+
+def within_continuous_edge(within_top: Sequence[float], C: int) -> float:
+    """The edge of G_within's continuous part (amendment of 2026-12-07): λ_{C+1}(G_within), its (C+1)-th largest
+    Ritz value. Up to C within-class outliers (as many as the claim allows the Hessian) are set aside, so one
+    or a few strong within-class directions cannot mask the class directions, as λ_max(G_within) did."""
+    w = np.sort(np.asarray(within_top, dtype=float))[::-1]
+    if len(w) < C + 1 or not np.all(np.isfinite(w[:C + 1])):
+        raise ValueError(f"within_continuous_edge: need at least C + 1 = {C + 1} finite Ritz values of G_within, got "
+                         f"{len(w)}; take the class reading again with at least {C + 1} Lanczos steps")
+    return float(w[C])
+
+
+def about_c_class_codes(k: np.ndarray | int, C: int) -> np.ndarray:
+    """C1 / C3 (a) on k_cls (amendment of 2026-12-07): R if C − 2 ≤ k ≤ C + 2; N if k < C/2; else I. There is no
+    "k > 2C" branch: 2C orthonormal vectors hold at most C of mass in a C-dimensional span, so at most
+    C / CLASS_MASS < 2C of them can hold more than CLASS_MASS each."""
+    k = np.asarray(k)
+    return np.where((k >= C - 2) & (k <= C + 2), R, np.where(k < C / 2, N, I))
 
 
 def c1_class_rule(counts: Mapping[str, int], C: int) -> Verdict:
-    """C1 (issue-30 amendment): per network :func:`about_c_codes` on k_cls (:func:`class_direction_count`);
-    networks combined with "all_of"."""
-    return combine([verdict_of(about_c_codes(k, C)) for k in counts.values()], "all_of")
+    """C1 (issue-30 amendment, 2026-12-07 codes): per network :func:`about_c_class_codes` on k_cls
+    (:func:`class_direction_count`); networks combined with "all_of"."""
+    return combine([verdict_of(about_c_class_codes(k, C)) for k in counts.values()], "all_of")
 
 
 def c3_class_rule(layer_counts: Sequence[int], C: int, gelu_disagreements: Sequence[float],
                   threshold: float = TOP_THRESHOLD) -> Verdict:
-    """C3 (issue-30 amendment): :func:`c3_rule` with (a) counted as k_cls per layer block instead of the count above
-    the layer's λ_max(G_l,within)."""
-    return c3_rule(layer_counts, C, gelu_disagreements, threshold)
+    """C3 (issue-30 amendment, 2026-12-07 codes): :func:`c3_rule` with (a) the share of layer blocks whose k_cls
+    is about C (:func:`about_c_class_codes`) instead of the count above the layer's λ_max(G_l,within)."""
+    k = np.asarray(layer_counts)
+    s_a = float(np.mean(about_c_class_codes(k, C) == R)) if len(k) else float("nan")
+    s_b = _share_below(gelu_disagreements, threshold)
+    return combine([verdict_of(share_codes(s_a)), verdict_of(share_codes(s_b))], "all_of")
 
 
 # ----------------------------------------------------------------------------- C4 (issue 30): depth regression

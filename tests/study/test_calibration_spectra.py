@@ -180,7 +180,9 @@ def test_c2_amended_rates_claim_false_and_true():
     assert c2_rates((0.10, 0.05), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] <= 0.05
     assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, sims=4000)["P(reproduced)"] >= 0.5
     assert c2_rates((0.20, 0.20), iid, C2_SIGMA_IID, sims=4000)["P(not reproduced)"] >= 0.5
-    assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, control_median=0.05, sims=4000)["P(reproduced)"] == 0.0
+    # the superseded issue-30 rule: a passing control makes it abstain; the amended rule ignores the control
+    assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, control_median=0.05, sims=4000, control=True)["P(reproduced)"] == 0.0
+    assert c2_rates((0.02, 0.02), iid, C2_SIGMA_IID, control_median=0.05, sims=4000)["P(reproduced)"] >= 0.5
 
 
 # ------------------------------------------------------------------------------- issue 30: C1 / C3 (a)

@@ -75,7 +75,8 @@ def test_c1_and_c3_class_direction_verdicts_from_readings():
         top = tuple(float(v) for v in np.linspace(100, 1, 30))
         ov = tuple([0.9] * class_dirs + [0.05] * (20 - class_dirs))
         b = ClassBlock(dim=1000, bulk_edge=top[above] + 0.5, hess_top=top, outliers=above, overlap=0.6,
-                       overlap_chance=0.01, overlaps=ov, within_top=(top[above] + 0.5, 3.0, 2.0))
+                       overlap_chance=0.01, overlaps=ov,
+                       within_top=(top[above] + 0.5, 3.0) + tuple(np.linspace(2.0, 1.5, 10)))
         return ClassReading(epoch, n, 16, {"full": b, "conv1": b, "fc": b}, 1.0)
 
     run = _run("lenet", "relu", [1, 2], 1.0)
@@ -111,15 +112,18 @@ def test_lanczos_step_check_isolates_the_steps():
         sv.lanczos_step_check(reading(32, 0.0, 1), reading(64, 0.0, 2))
 
 
-def test_c2_a_network_with_g_at_one_epoch_has_no_control_and_is_inconclusive():
-    """The protocol: a network whose control was not read is inconclusive (the smoke VGG records G at one epoch)."""
+def test_c2_a_network_with_g_at_one_epoch_is_decided_without_the_control():
+    """Amendment of 2026-12-07: the far-epoch control no longer gates, so a network with G at one epoch (the smoke
+    VGG) is decided by its readings; the superseded issue-30 rule (control not read: inconclusive) is shown beside."""
     runs = {"lenet": _run("lenet", "relu", [1, 5, 10, 20], 0.98), "vgg": _run("vgg11_bn", "relu", [30], 0.97)}
     table = sv.gauss_newton_control_table(runs)
     assert table[table["run"] == "vgg"]["a_control"].isna().all()
     result = sv.c2_network_verdict(table, {"lenet": 1e-3, "vgg": 1e-3})
-    assert result.details["per_network"] == {"lenet": "reproduced", "vgg": "inconclusive"}
-    assert result.verdict == Verdict.INCONCLUSIVE
-    assert "vgg (decides): inconclusive" in result.measured and "control not read" in result.measured
+    assert result.details["per_network"] == {"lenet": "reproduced", "vgg": "reproduced"}
+    assert result.verdict == Verdict.REPRODUCED and result.details["issue30_with_control"] == "inconclusive"
+    assert "vgg (decides): reproduced" in result.measured and "control not read" in result.measured
+    floor_high = sv.c2_network_verdict(table, {"lenet": 1e-3, "vgg": 0.2})
+    assert floor_high.details["per_network"]["vgg"] == "inconclusive"
 
 
 def test_step_check_finds_the_named_run_and_the_verdict_states_it():
@@ -141,3 +145,23 @@ def test_step_check_finds_the_named_run_and_the_verdict_states_it():
         sv.step_check({"b": RunReadings(distances={30: reading(32, 0.0, 5)})}, settings)
     with pytest.raises(ValueError, match="step_check_epoch"):
         sv.step_check(far, {"a": settings["a"]})
+
+
+def test_class_directions_below_the_continuous_edge_are_not_counted():
+    """Amendment of 2026-12-07: a top vector with most of its mass in the class-mean span whose Ritz value lies below
+    λ_C+1(G_within) is not counted; the count without the edge is shown beside."""
+    from htr_utils.study.spectra_readings import ClassBlock, ClassReading, RunReadings
+
+    top = tuple(float(v) for v in np.linspace(100, 1, 30))
+    ov = tuple([0.9] * 10 + [0.05] * 10)
+    within = (200.0,) + tuple(np.linspace(150, 120, 9)) + (top[5] - 0.1, 1.0)   # λ_11(G_within) just below top[5]
+    b = ClassBlock(dim=1000, bulk_edge=200.0, hess_top=top, outliers=0, overlap=0.6, overlap_chance=0.01,
+                   overlaps=ov, within_top=within)
+    run = _run("lenet", "relu", [1, 2], 1.0)
+    table = sv.class_direction_table({"a": run}, {"a": RunReadings(classes={(2, 100): ClassReading(
+        2, 100, 16, {"full": b}, 1.0)})})
+    row = table.iloc[0]
+    assert row["class_directions"] == 6 and row["class_directions_any_eigenvalue"] == 10
+    assert row["within_continuous_edge"] == pytest.approx(top[5] - 0.1)
+    c1 = sv.c1_class_verdict(table, 10)
+    assert c1.verdict == Verdict.INCONCLUSIVE and "superseded: reproduced" in c1.measured
