@@ -37,6 +37,7 @@ from .hashing import config_hash
 from .paths import data_root as default_data_root
 from .profiles import Profile, SpectraReading, get_profile
 from .regularisation import choose_gammas, describe_config, select_gamma, study_runs
+from .regularisation_arms import dose_candidate_configs, has_dose_arm
 from .runs import run_path, train_run
 from .spectra_readings import read_run
 from .time_estimate import estimate, table
@@ -156,7 +157,23 @@ def stages(profile: str | Profile | None = None, select: Sequence[str] | None = 
     arms = expected_gamma_arms(P, select)
     if arms:
         out["HTR arms at the chosen γ"] = arms
+    dose = worst_case_dose_arm(P, select, {config_hash(c) for cfgs in out.values() for c in cfgs})
+    if dose:
+        out["acting-dose arm (notebook 07; worst case: no candidate acts before the last)"] = dose
     return list(out.items())
+
+
+def worst_case_dose_arm(P: Profile, select: Sequence[str] | None, planned: set[str]) -> list[TrainConfig]:
+    """The runs notebook 07's acting-dose arm trains at most: every candidate not already in the grid, then the
+    last candidate at every evaluation seed (it stops at the first candidate that acts, so usually fewer)."""
+    keep = _check_select(P, select)
+    cfgs = []
+    for name, study in P.regularisation.items():
+        if name in keep and has_dose_arm(study):
+            candidates = [c for _, c in dose_candidate_configs(study)]
+            cfgs += [c for c in candidates if config_hash(c) not in planned]
+            cfgs += [candidates[-1].replace(seed=s) for s in study.seeds]
+    return cfgs
 
 
 def describe(tasks: Sequence[GridTask], root: Path) -> str:

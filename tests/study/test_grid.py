@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from htr_utils.study import grid, profiles, regularisation, runs
+from htr_utils.study.hashing import config_hash
 from htr_utils.study.profiles import Profile, RegStudy, SpectraReading
+from htr_utils.study.regularisation_arms import dose_candidate_configs
 from htr_utils.study.training import TIMING_COLUMNS, TrainConfig
 
 TINY = TrainConfig(dataset="digits", model="mlp", width=0.25, train_size=60, test_size=30, batch_size=30, epochs=2,
@@ -174,3 +176,15 @@ def test_a_worker_killed_mid_run_leaves_no_corrupt_file_and_the_grid_finishes(tm
     reference = grid.run_task(task, str(tmp_path / "seq"), str(data_root()), threads=1, device="cpu")
     assert reference["status"] == "trained"
     assert _numbers(run_dir.parent, task.hash) == _numbers(tmp_path / "seq", task.hash)
+
+
+def test_stages_count_the_acting_dose_arm_at_its_worst_case():
+    named = dict(grid.stages("cpu"))
+    study = profiles.get_profile("cpu").regularisation["lenet_fashionmnist"]
+    dose = named["acting-dose arm (notebook 07; worst case: no candidate acts before the last)"]
+    first = {config_hash(c) for c in named["lenet_fashionmnist: runs before γ is chosen"]}
+    candidates = [c for _, c in dose_candidate_configs(study)]
+    new = [c for c in candidates if config_hash(c) not in first]
+    assert 0 < len(new) < len(candidates)  # the γ grid already holds some candidates (shared cache)
+    assert len(dose) == len(new) + len(study.seeds) and dose[-1] == candidates[-1].replace(seed=study.seeds[-1])
+    assert all(c.htr_gamma > 0 for c in dose)
