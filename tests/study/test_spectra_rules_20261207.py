@@ -81,3 +81,26 @@ def test_c5_only_the_papers_networks_decide_and_a_short_extension_is_shown():
     short = pd.concat([_series("lenet", 14, -1.0, True), _series("vgg", 4, -1.0, True)], ignore_index=True)
     with pytest.raises(ValueError, match="need at least 5 finite values"):
         sv.trend_table_ar1(short)
+
+
+def test_spiked_model_mixing_moves_mass_out_of_the_read_span():
+    """An isolated class spike's eigenvector holds 1 − mix of its mass in the read span (dense eigh, not the model)."""
+    from htr_utils.study.calibration_spectra import spiked_top
+
+    strengths = np.full(4, 1e4) * np.array([1.0, 0.9, 0.8, 0.7])
+    for mix in (0.0, 0.3):
+        ev, ov = spiked_top(80, strengths, 1.0, 0.5, np.random.default_rng(1), 4, mix=mix)
+        assert ov == pytest.approx(np.full(4, 1 - mix), abs=1e-3)
+    with pytest.raises(ValueError, match="mix"):
+        spiked_top(80, strengths, 1.0, 0.5, np.random.default_rng(1), 4, mix=1.0)
+
+
+def test_sampling_mix_inverts_its_model():
+    from htr_utils.study.calibration_spectra import sampling_mix
+
+    o_inf, c = 0.7, 2.0
+    o = lambda n: o_inf * (1 - c / n)  # noqa: E731
+    assert sampling_mix(o(10), o(100), 10, 100) == pytest.approx(c / 100)
+    assert sampling_mix(0.7, 0.6, 10, 100) == 0.0
+    with pytest.raises(ValueError, match="sampling_mix"):
+        sampling_mix(0.5, 0.6, 100, 10)
