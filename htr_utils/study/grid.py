@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 
 from .data import missing_data
 from .hashing import config_hash
+from .files import write_json
 from .paths import data_root as default_data_root
+from .paths import GRID_TIMING_FILE, figures_dir
 from .profiles import Profile, SpectraReading, get_profile
 from .regularisation import choose_gammas, describe_config, select_gamma, study_runs
 from .regularisation_arms import dose_candidate_configs, has_dose_arm
@@ -354,14 +356,31 @@ def main(argv: Sequence[str] | None = None) -> None:
                             progress=lambda m: print(f"  {m}", flush=True))
             print(table(rows))
         return
+    t0 = time.perf_counter()
     if args.workers is None and args.scheduler is None:
-        train(P, args.select, threads=args.threads, device=args.device)
-        return
-    with _dask_client(args.workers, args.scheduler, args.threads) as client:
-        threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None)
-        print(f"Dask scheduler {client.scheduler.address}; {threads or 'default'} threads per run", flush=True)
-        train(P, args.select, dask_executor(client, P.runs_dir(), default_data_root(), threads, args.device),
-              threads=threads, device=args.device)
+        outcomes = train(P, args.select, threads=args.threads, device=args.device)
+        workers = 1
+    else:
+        with _dask_client(args.workers, args.scheduler, args.threads) as client:
+            threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None)
+            print(f"Dask scheduler {client.scheduler.address}; {threads or 'default'} threads per run", flush=True)
+            outcomes = train(P, args.select, dask_executor(client, P.runs_dir(), default_data_root(), threads,
+                                                           args.device), threads=threads, device=args.device)
+            workers = args.workers or len(client.scheduler_info().get("workers", {}))
+    if args.select is None:  # the whole grid: REPORT.md adds it to the notebooks' time
+        write_grid_timing(P, outcomes, time.perf_counter() - t0, workers)
+
+
+def write_grid_timing(P: Profile, outcomes: Sequence[dict], seconds: float, workers: int) -> Path:
+    """``figures/<profile>/grid_timing.json``: the whole grid's wall time and how many of its runs were cached at
+    the start, for REPORT.md's "Total wall time from an empty cache" line."""
+    counts = {s: sum(1 for o in outcomes if o.get("status") == s) for s in {o.get("status") for o in outcomes}}
+    path = figures_dir(P.name) / GRID_TIMING_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json({"profile": P.name, "wall_s": seconds, "workers": workers, "runs": len(outcomes),
+                "cached_at_start": counts.get("cached", 0), "statuses": counts,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S")}, path)
+    return path
 
 
 if __name__ == "__main__":

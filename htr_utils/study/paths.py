@@ -42,6 +42,9 @@ def runs_dir(runs_root: str | Path) -> Path:
     return from_root(os.environ.get(RUNS_DIR_ENV) or runs_root)
 
 
+GRID_TIMING_FILE = "grid_timing.json"  # figures/<profile>/: the whole grid's wall time (grid.py writes, report.py reads)
+
+
 def figures_dir(profile: str) -> Path:
     """Where a profile's notebook outputs go by default: ``figures/<profile>`` (committed), or
     ``build/<profile>`` for the profiles in :data:`UNCOMMITTED_PROFILES`."""

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 from .claims import CLAIMS
 from .files import FileLock, atomic_write, write_json
+from .paths import GRID_TIMING_FILE
 from .profiles import PROFILE_ENV
 from .runs import environment
 from .verdicts import VerdictResult
@@ -172,6 +173,23 @@ def _header(directory: Path, ran_now: bool) -> list[str]:
     ]
 
 
+def _total_lines(directory: Path, notebooks: float) -> list[str]:
+    """The notebooks' total; with the grid's timing beside it (``grid_timing.json``, written by ``grid train``
+    over the whole grid), the whole study's, said to be from an empty cache only when no run was cached."""
+    lines = [f"Notebooks' wall time: {_format_seconds(notebooks)}"]
+    path = directory / GRID_TIMING_FILE
+    if path.is_file():
+        g = json.loads(path.read_text(encoding="utf-8"))
+        grid, runs, cached = float(g["wall_s"]), int(g["runs"]), int(g["cached_at_start"])
+        start = "from an empty cache" if cached == 0 else f"with {cached} of {runs} runs cached at the start"
+        lines += [f"Training grid ({runs} runs with their readings, {g.get('workers', 1)} worker(s), {g.get('date', '')}): "
+                  f"{_format_seconds(grid)}",
+                  f"Total wall time {start}: {(grid + notebooks) / 60:.1f} min"]
+    else:
+        lines += [f"Total wall time: {_format_seconds(notebooks)} (notebooks only: no grid timing in {directory.name})"]
+    return lines
+
+
 def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None,
                  failed: Mapping[str, str] | None = None, profile: str | None = None) -> Path:
     """Write ``directory/REPORT.md`` from the verdicts found under it and return its path.
@@ -232,7 +250,7 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
             name, claim, v.get("paper_reports"), v.get("measured"), verdict,
             _stability_cell(stability.get(name) or stability.get("*")) if v else "—", v.get("data"),
             _format_seconds(wall))) + " |")
-    lines += ["", f"Total wall time: {_format_seconds(total)}", ""]
+    lines += ["", *_total_lines(directory, total), ""]
     path = directory / REPORT_FILE
     atomic_write(path, "\n".join(lines).encode("utf-8"))
     return path

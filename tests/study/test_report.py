@@ -248,3 +248,18 @@ def test_clean_notebook_strips_every_output(tmp_path: Path) -> None:
     assert [c.execution_count for c in nb.cells[1:]] == [None, None]
     assert "papermill" not in nb.metadata and "papermill" not in nb.cells[1].metadata
     assert nb.cells[2].source == 'assert verdict == "reproduced"'
+
+
+def test_total_wall_time_adds_the_grid_and_says_whether_the_cache_was_empty(tmp_path: Path, monkeypatch) -> None:
+    from htr_utils.study import grid
+    monkeypatch.setattr(grid, "figures_dir", lambda profile: tmp_path)
+    P = profiles.get_profile("smoke")
+    outcomes = [{"status": "trained"}] * 3 + [{"status": "skipped"}]
+    grid.write_grid_timing(P, outcomes, 600.0, 2)
+    text = report.write_report(tmp_path, {"01_x": 60.0}, profile="smoke").read_text()
+    assert "Total wall time from an empty cache: 11.0 min" in text and "2 worker(s)" in text
+    grid.write_grid_timing(P, outcomes[:2] + [{"status": "cached"}], 30.0, 1)
+    text = report.write_report(tmp_path, {"01_x": 60.0}, profile="smoke").read_text()
+    assert "with 1 of 3 runs cached at the start" in text and "from an empty cache" not in text
+    (tmp_path / "grid_timing.json").unlink()
+    assert "notebooks only" in report.write_report(tmp_path, {"01_x": 60.0}, profile="smoke").read_text()
