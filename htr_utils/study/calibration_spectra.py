@@ -15,6 +15,7 @@ from scipy import stats
 
 from . import spectra_rules as rules
 from .calibration import expected_tau, kendall_exact, slope_for_tau
+from .parallel import pool_map
 from .regularisation_rules import I, N, R
 
 
@@ -269,14 +270,15 @@ def spiked_scenarios(fit: SpikedFit) -> dict[str, tuple[np.ndarray, float | None
 def c1_class_calibration(fits: dict[str, SpikedFit], sims: int = 200) -> pd.DataFrame:
     """One row per (network, scenario of :func:`spiked_scenarios`): the amended C1 count rule's (k_cls) and the
     earlier rule's (k above the within edge) verdict frequencies per network, and the mean counts."""
+    jobs = [(label, fit, j, scenario, a, lead) for label, fit in fits.items()
+            for j, (scenario, (a, lead)) in enumerate(spiked_scenarios(fit).items())]
+    counts = pool_map(spiked_counts, [(fit, a, sims, j, lead) for _, fit, j, _, a, lead in jobs])  # seeds as serial
     rows = []
-    for label, fit in fits.items():
-        for j, (scenario, (a, lead)) in enumerate(spiked_scenarios(fit).items()):
-            k_cls, k_edge = spiked_counts(fit, a, sims, seed=j, lead=lead)
-            new, old = rates(rules.about_c_class_codes(k_cls, fit.C)), rates(rules.about_c_codes(k_edge, fit.C))
-            rows.append({"network": label, "scenario": scenario, "mean k_cls": k_cls.mean(), "mean k_edge": k_edge.mean(),
-                         "P(R)": new["P(reproduced)"], "P(N)": new["P(not reproduced)"],
-                         "earlier P(R)": old["P(reproduced)"], "earlier P(N)": old["P(not reproduced)"]})
+    for (label, fit, _, scenario, _, _), (k_cls, k_edge) in zip(jobs, counts):
+        new, old = rates(rules.about_c_class_codes(k_cls, fit.C)), rates(rules.about_c_codes(k_edge, fit.C))
+        rows.append({"network": label, "scenario": scenario, "mean k_cls": k_cls.mean(), "mean k_edge": k_edge.mean(),
+                     "P(R)": new["P(reproduced)"], "P(N)": new["P(not reproduced)"],
+                     "earlier P(R)": old["P(reproduced)"], "earlier P(N)": old["P(not reproduced)"]})
     return pd.DataFrame(rows)
 
 
@@ -284,9 +286,9 @@ def c3a_class_rates(fits: Sequence[SpikedFit], scenario: str, sims: int = 200, s
     """C3 (a)'s share rule (:func:`htr_utils.study.spectra_rules.share_codes` of the share of layers with
     C − 2 ≤ k_cls ≤ C + 2) when every layer block follows its own fit in ``scenario``."""
     ok = np.zeros((sims, len(fits)), dtype=bool)
-    for i, fit in enumerate(fits):
-        a, lead = spiked_scenarios(fit)[scenario]
-        k_cls, _ = spiked_counts(fit, a, sims, seed=seed + 1000 * i, lead=lead)
+    jobs = [(fit, *spiked_scenarios(fit)[scenario], i) for i, fit in enumerate(fits)]
+    counts = pool_map(spiked_counts, [(fit, a, sims, seed + 1000 * i, lead) for fit, a, lead, i in jobs])
+    for i, (fit, (k_cls, _)) in enumerate(zip(fits, counts)):
         ok[:, i] = rules.about_c_class_codes(k_cls, fit.C) == R
     return rates(rules.share_codes(ok.mean(1)))
 

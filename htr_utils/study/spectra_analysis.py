@@ -21,6 +21,7 @@ from ..spectra import count_outliers, spectral_distance
 from . import calibration_spectra as cs
 from . import runs as run_cache  # train_run looked up at call time, as the grid's tests substitute it
 from .data import num_classes
+from .parallel import pool_map
 from .paths import data_root
 from .profiles import get_profile
 from .records import BlockCurvature, CurvatureRecord
@@ -343,15 +344,34 @@ def c3_verdict(table: pd.DataFrame, reproduced_at: float = 0.75, not_reproduced_
     return VerdictResult(verdict, measured, {"layers": table.to_dict("records"), "fraction": frac, "invalid": invalid})
 
 
+def _block_args(r: pd.Series, C: int) -> tuple:
+    return (r["lambda_1"], r["lambda_C"], r["lambda_C+1"], r["bulk_edge"], r["overlap"], int(r["dim"]), C)
+
+
+def _fit_block(*args: Any) -> Any:
+    """:func:`htr_utils.study.calibration_spectra.fit_spiked`, or its ValueError (the model's eigenvalues overflow
+    along the search: no fit for this block) returned, not raised, so a worker process can hand it back."""
+    try:
+        return cs.fit_spiked(*args)
+    except ValueError as err:
+        return err
+
+
 def layer_fits(layers: pd.DataFrame, C: int, per_run: int | None = None) -> tuple[list[Any], dict[str, str]]:
     """C3 (a)'s calibration models: :func:`htr_utils.study.calibration_spectra.fit_spiked` of each layer block's
     row (λ₁, λ_C, λ_C+1, edge, overlap, dim; at most ``per_run`` blocks per run, None: all), and {"run/block": why}
     for the blocks the spiked model cannot describe (a non-positive λ_C+1, no overlap, too few parameters, or a
     fit that does not converge), which are left out of the calibration and named."""
     fits, skipped = [], {}
+    layers = layers.reset_index(drop=True)   # the rows' positions key the fits done ahead
+    ok = (layers["lambda_1"] >= layers["lambda_C"]) & (layers["lambda_C"] >= layers["lambda_C+1"]) \
+        & (layers["lambda_C+1"] > 0) & (layers["bulk_edge"] > 0) & (layers["overlap"] > 0) \
+        & (layers["overlap"] <= 1) & (layers["dim"] > 2 * C)
+    eligible = layers[ok] if per_run is None else layers.iloc[:0]   # per_run: fitted one by one, as few as needed
+    done = dict(zip(eligible.index, pool_map(_fit_block, [_block_args(r, C) for _, r in eligible.iterrows()])))
     for run, g in layers.groupby("run", sort=False):
         taken = 0
-        for _, r in g.iterrows():
+        for idx, r in g.iterrows():
             name = f"{run}/{r['block']}"
             if per_run is not None and taken >= per_run:
                 break
@@ -359,11 +379,9 @@ def layer_fits(layers: pd.DataFrame, C: int, per_run: int | None = None) -> tupl
                     and 0 < r["overlap"] <= 1 and r["dim"] > 2 * C):
                 skipped[name] = "outside the spiked model (λ_C+1 ≤ 0, no overlap, or at most 2C parameters)"
                 continue
-            try:
-                fit = cs.fit_spiked(r["lambda_1"], r["lambda_C"], r["lambda_C+1"], r["bulk_edge"], r["overlap"],
-                                    int(r["dim"]), C)
-            except ValueError as err:  # the model's eigenvalues overflow along the search: no fit for this block
-                skipped[name] = f"the fit failed ({err})"
+            fit = done[idx] if idx in done else _fit_block(*_block_args(r, C))
+            if isinstance(fit, ValueError):
+                skipped[name] = f"the fit failed ({fit})"
                 continue
             if not np.isfinite([fit.a1, fit.aC, fit.beta, fit.loss]).all():
                 skipped[name] = "the fit did not converge"
