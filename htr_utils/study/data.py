@@ -15,6 +15,7 @@ import os
 import pickle
 import struct
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Callable, Sequence
 
 import numpy as np
@@ -427,6 +428,64 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
     With ``epoch``, the order depends only on (seed, epoch), so a run resumed at epoch k
     sees the same batches as an uninterrupted one: build a fresh loader every epoch.
     """
-    gen_seed = seed if epoch is None else int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    gen_seed = seed if epoch is None else epoch_seed(seed, epoch)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(gen_seed), collate_fn=collate_fn)
+
+
+# --------------------------------------------------------------------------- tensor batches (training's hot path)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 32-bit seed of epoch ``epoch``'s batch order: a function of (seed, epoch) only, so a run resumed at
+    epoch k draws the same batches as an uninterrupted one (as :func:`make_loader` with ``epoch``)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def epoch_batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Positions 0..n-1 in epoch ``epoch``'s order, cut into batches of ``batch_size`` (the last may be smaller).
+
+    The order is ``torch.randperm(n)`` under a generator seeded with :func:`epoch_seed`; nothing else draws from
+    that generator, so the order does not depend on how the caller iterates (unlike a DataLoader's, which
+    draws a base seed from it every time ``iter`` is called).
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"epoch_batch_indices needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+    return list(order.split(batch_size))
+
+
+class IndexedTensors:
+    """A TensorDataset (or nested Subsets of one) as its full tensors plus the row index of each example.
+
+    No copy of the images is made: example i is ``x[index[i]]``, so a batch is one gather from the
+    shared tensors (faster than a DataLoader's per-example fetch and collate, and the memory of a
+    subset stays the index's).
+    """
+
+    def __init__(self, dataset: Dataset):
+        index = torch.arange(len(dataset))
+        while isinstance(dataset, Subset):
+            index = torch.as_tensor(dataset.indices, dtype=torch.long)[index]
+            dataset = dataset.dataset
+        if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+            raise TypeError(f"IndexedTensors: expected a TensorDataset of (images, labels) or Subsets of one, got "
+                            f"{type(dataset).__name__}; build data sets with load_dataset / subsample / validation_split")
+        self.x, self.y = dataset.tensors
+        self.index = None if torch.equal(index, torch.arange(len(self.y))) else index
+
+    def __len__(self) -> int:
+        return len(self.y) if self.index is None else len(self.index)
+
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the examples at ``positions`` (0..len-1), in that order."""
+        rows = positions if self.index is None else self.index[positions]
+        return self.x[rows], self.y[rows]
+
+    def slices(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """All examples in order, ``batch_size`` at a time (views, not copies, where no index is needed)."""
+        for start in range(0, len(self), batch_size):
+            if self.index is None:
+                yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+            else:
+                yield self.batch(torch.arange(start, min(start + batch_size, len(self))))

@@ -2,8 +2,8 @@
 
 Epochs are numbered from 1; "epoch 0" is the initialisation (curvature can be recorded
 there, before any step). Everything random is seeded from the config: the model's
-initialisation (global torch RNG, seeded once), the batch order (a fresh loader per epoch
-whose order depends only on (seed, epoch)), and the penalty's probes (a generator seeded
+initialisation (global torch RNG, seeded once), the batch order (a permutation seeded by
+(seed, epoch) only, see :func:`data.epoch_batch_indices`), and the penalty's probes (a generator seeded
 from (seed, epoch)), so a run resumed from a checkpoint repeats an uninterrupted one exactly.
 File handling (checkpoints, caching) lives in :mod:`htr_utils.study.runs`.
 """
@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..curvature import KINDS, hvp_operator
-from .data import DATASETS, class_balanced_subset, in_channels, load_dataset, make_loader, num_classes, subsample, \
-    validation_split
+from .data import DATASETS, IndexedTensors, class_balanced_subset, epoch_batch_indices, in_channels, load_dataset, \
+    num_classes, subsample, validation_split
 from ..hutchinson import hutchinson_trace, trace_penalty
 from ..lanczos import slq_density
 from ..layers import layer_groups, middle_layers, middle_parameters_authors
@@ -38,6 +38,8 @@ from .models import MODELS, build_model
 from .records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord
 
 HTR_PARAM_RULES = ("all", "middle", "middle_authors")
+#: Evaluation batch (benchmarks/RESULTS.md section 9: with inference_mode, larger batches win on the 2-core CPU).
+EVAL_BATCH = 1000
 TIMING_COLUMNS = ("epoch_seconds", "step_seconds", "penalty_step_seconds", "eval_seconds", "curvature_seconds")
 
 
@@ -328,22 +330,27 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Mod
     return out, loss, pen
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 1000,
+def evaluate(model: nn.Module, dataset: Dataset | IndexedTensors, batch_size: int = EVAL_BATCH,
              device: torch.device | str = "cpu") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``dataset`` in eval mode (the model's mode is restored)."""
+    """Mean cross-entropy and accuracy of ``model`` on ``dataset`` in eval mode (the model's mode is restored).
+
+    Runs under ``torch.inference_mode`` (no autograd records at all); the examples are sliced from the
+    data set's tensors in order, ``batch_size`` at a time.
+    """
+    data = dataset if isinstance(dataset, IndexedTensors) else IndexedTensors(dataset)
     was = model.training
     model.eval()
     loss_sum = correct = 0.0
     try:
-        for x, y in make_loader(dataset, batch_size, shuffle=False):
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-            correct += float((out.argmax(1) == y).sum())
+        with torch.inference_mode():
+            for x, y in data.slices(batch_size):
+                x, y = x.to(device), y.to(device)
+                out = model(x)
+                loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+                correct += float((out.argmax(1) == y).sum())
     finally:
         model.train(was)
-    return loss_sum / len(dataset), correct / len(dataset)
+    return loss_sum / len(data), correct / len(data)
 
 
 def _in_jupyter_kernel() -> bool:
@@ -370,6 +377,10 @@ class Trainer:
         np.random.seed(config.seed % 2**32)
         random.seed(config.seed)
         self.data = prepare_data(config, data_root)
+        # batches are gathered from these tensors, not fetched through a DataLoader
+        self.train_tensors = IndexedTensors(self.data.train)
+        self.eval_tensors = (IndexedTensors(self.data.test),
+                             IndexedTensors(self.data.val) if self.data.val is not None else None)
         self.num_classes = num_classes(config.dataset)
         self.model = build_model(config.model, in_channels(config.dataset), self.num_classes, width=config.width,
                                  **config.model_kwargs).to(self.device)
@@ -407,7 +418,7 @@ class Trainer:
         """Train epoch ``epoch`` (1-based), evaluate, step the LR schedule; the epoch's metrics row."""
         cfg, model = self.config, self.model
         lr = self.optimizer.param_groups[0]["lr"]
-        loader = make_loader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
+        batches = epoch_batch_indices(len(self.train_tensors), cfg.batch_size, cfg.seed, epoch)
         gen = torch.Generator().manual_seed(derived_seed(cfg.seed, epoch, 1))
         htr_on = cfg.htr_gamma > 0 and epoch > cfg.htr_start_epoch
         times = {False: [], True: []}
@@ -415,10 +426,10 @@ class Trainer:
         penalties: list[float] = []
         model.train()
         start = time.perf_counter()
-        with tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=_progress_disabled(progress)) as bar:
-            for step, (x, y) in enumerate(bar):
+        with tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=_progress_disabled(progress)) as bar:
+            for step, positions in enumerate(bar):
                 t0 = time.perf_counter()
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = (t.to(self.device) for t in self.train_tensors.batch(positions))
                 use_penalty = htr_on and step % cfg.htr_freq == 0
                 try:
                     out, loss, pen = sgd_step(model, self.optimizer, self.loss_fn, x, y,
@@ -437,8 +448,9 @@ class Trainer:
             raise TrainingDiverged(cfg.htr_gamma, epoch, step, "parameters")
         self.scheduler.step()
         t0 = time.perf_counter()
-        test_loss, test_acc = self.evaluate(self.data.test)
-        val_loss, val_acc = self.evaluate(self.data.val) if self.data.val is not None else (math.nan, math.nan)
+        test, val = self.eval_tensors
+        test_loss, test_acc = self.evaluate(test)
+        val_loss, val_acc = self.evaluate(val) if val is not None else (math.nan, math.nan)
         mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / count, "train_acc": correct / count,
                 "test_loss": test_loss, "test_acc": test_acc, "val_loss": val_loss, "val_acc": val_acc,
@@ -447,7 +459,7 @@ class Trainer:
                 "step_seconds": mean(times[False]), "penalty_step_seconds": mean(times[True]),
                 "eval_seconds": time.perf_counter() - t0, "curvature_seconds": 0.0}
 
-    def evaluate(self, dataset: Dataset, batch_size: int = 1000) -> tuple[float, float]:
+    def evaluate(self, dataset: Dataset | IndexedTensors, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model on ``dataset`` (:func:`evaluate`)."""
         return evaluate(self.model, dataset, batch_size, self.device)
 

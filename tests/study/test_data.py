@@ -292,3 +292,32 @@ def test_torchvision_failure_becomes_data_unavailable(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "MNIST", offline)
     with pytest.raises(data.DataUnavailableError, match="simulated: no route to host"):
         data.load_dataset("mnist", root=tmp_path, download=True)
+
+
+def test_epoch_batch_indices_are_a_seeded_permutation():
+    batches = data.epoch_batch_indices(50, 16, seed=5, epoch=3)
+    assert [len(b) for b in batches] == [16, 16, 16, 2]
+    order = torch.cat(batches)
+    assert sorted(order.tolist()) == list(range(50))
+    assert torch.equal(order, torch.cat(data.epoch_batch_indices(50, 16, seed=5, epoch=3)))
+    assert not torch.equal(order, torch.cat(data.epoch_batch_indices(50, 16, seed=5, epoch=4)))
+    assert not torch.equal(order, torch.cat(data.epoch_batch_indices(50, 16, seed=6, epoch=3)))
+    with pytest.raises(ValueError, match="batch_size"):
+        data.epoch_batch_indices(50, 0, seed=5, epoch=3)
+
+
+def test_indexed_tensors_gather_what_the_dataset_holds():
+    ds = _toy_dataset([20, 20, 20])
+    train, val = data.validation_split(ds, 0.25, seed=1)
+    nested = data.subsample(train, 20, seed=2)
+    for d in (ds, train, val, nested):
+        held = data.IndexedTensors(d)
+        assert len(held) == len(d)
+        pos = torch.tensor([len(d) - 1, 0, 3])
+        x, y = held.batch(pos)
+        for k, i in enumerate(pos.tolist()):
+            assert torch.equal(x[k], d[i][0]) and int(y[k]) == int(d[i][1])
+        xs = torch.cat([x for x, _ in held.slices(7)])
+        assert torch.equal(xs, torch.stack([d[i][0] for i in range(len(d))]))
+    with pytest.raises(TypeError, match="TensorDataset"):
+        data.IndexedTensors([(torch.zeros(1), 0)])

@@ -201,3 +201,40 @@ def test_curvature_at_names_the_epochs_and_keeps_old_cache_keys():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="curvature_at"):
         TrainConfig(epochs=5, curvature_at=(0, 6))
+
+
+def test_epoch_batches_are_the_seeded_permutation_of_the_training_set(monkeypatch):
+    """run_epoch feeds sgd_step the examples in epoch_batch_indices(seed, epoch) order, however tqdm iterates."""
+    from htr_utils.study import training
+    from htr_utils.study.data import epoch_batch_indices
+    cfg = TINY.replace(val_fraction=0.1, lr=1e-9, momentum=0.0)
+    fed: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_step = training.sgd_step
+    monkeypatch.setattr(training, "sgd_step", lambda m, o, f, x, y, *a: fed.append((x, y)) or real_step(m, o, f, x, y, *a))
+    trainer = Trainer(cfg, device="cpu")
+    trainer.run_epoch(2, progress=False)
+    train = trainer.data.train
+    batches = epoch_batch_indices(len(train), cfg.batch_size, cfg.seed, 2)
+    assert len(fed) == len(batches) == 3
+    for (xb, yb), positions in zip(fed, batches):
+        assert torch.equal(xb, torch.stack([train[i][0] for i in positions.tolist()]))
+        assert yb.tolist() == [int(train[i][1]) for i in positions.tolist()]
+
+
+def test_evaluate_matches_float64_reference_at_any_batch_size():
+    """Loss and accuracy from a float64 copy of the model on all examples at once; the batch size is irrelevant."""
+    import copy
+    from htr_utils.study.training import evaluate
+    trainer = Trainer(TINY.replace(val_fraction=0.1), device="cpu")
+    trainer.run_epoch(1, progress=False)
+    val = trainer.data.val
+    x = torch.stack([val[i][0] for i in range(len(val))]).double()
+    y = torch.tensor([int(val[i][1]) for i in range(len(val))])
+    ref_model = copy.deepcopy(trainer.model).double().eval()
+    with torch.no_grad():
+        out = ref_model(x)
+    ref_loss, ref_acc = float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+    for bs in (7, 50, 1000):
+        loss, acc = evaluate(trainer.model, val, bs)
+        assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == pytest.approx(ref_acc, abs=1 / len(y))
+    assert trainer.model.training  # the mode is restored
