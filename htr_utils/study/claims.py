@@ -473,9 +473,10 @@ _add(Claim(
 
     1. **The arm must act**: the paired 95 % interval of (middle − SGD) on the final trace lies
        below 0, **and** its mean per-seed trace reduction is **≥ 5 %** and **≥ half the full HTR
-       arm's**. Otherwise the accuracy half is **not tested (dose)** (amendment 5: a fourth outcome,
-       as the gate was set knowing the measured 1.1 % change); the middle arm at a dose matching an
-       acting full arm decides only where the profile trains it.
+       arm's**. If its reduction fails either floor the accuracy half is **not tested (dose)**
+       (amendment 5: a fourth outcome, as the floors were set knowing the measured 1.1 % change); if
+       only the interval reaches 0 it is inconclusive. The middle arm at a dose matching an acting
+       full arm decides only where the profile trains it.
     2. **Accuracy**, only if notebook 07 established an HTR gain (paired HTR − SGD interval above
        0): margin m = half that gain; paired interval of (middle − full HTR): reproduced if
        lo > −m, not reproduced if hi < −m, else inconclusive.

@@ -379,9 +379,15 @@ def c7_amended(acts: Mapping[str, Any], accuracy: Mapping[str, float], cost_rati
     out = dict(c7_rule(stand_in, accuracy, cost_ratio, gain))
     out["acts"] = "yes" if acts["acts"] else "no"
     out["acts_note"] = acts["text"]
-    if not acts["acts"]:  # amendment 5: a treatment that does not act is not tested, whatever C6b found
-        out["accuracy"] = Verdict.NOT_TESTED
-        out["accuracy_note"] = "not tested (dose): the middle arm does not act (amended gate)"
+    if not acts["acts"]:
+        dose_fails = [k for k, ok in acts["checks"].items() if not ok and k != "below SGD"]
+        if dose_fails:  # amendment 5: a dose that does not act is not tested, whatever C6b found
+            out["accuracy"] = Verdict.NOT_TESTED
+            out["accuracy_note"] = "not tested (dose): the middle arm does not act (amended gate: " + ", ".join(dose_fails) + ")"
+        else:  # a large enough reduction whose interval reaches 0: the data, not the dose, leave it open
+            out["accuracy"] = Verdict.INCONCLUSIVE
+            out["accuracy_note"] = ("inconclusive: the middle arm's reduction is large enough but its trace interval "
+                                    "reaches 0 (amended gate): cannot tell whether it acts")
         out["C7"] = combine((out["accuracy"], out["cost"]), "all_of")
     bounds = [accuracy["lo"], accuracy["hi"]]
     out["equivalence"] = ({R: "equivalent within ±0.1 pt", N: "not equivalent (outside ±0.1 pt)",

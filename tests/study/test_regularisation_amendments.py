@@ -266,6 +266,10 @@ def test_c7_equivalence_and_amended_result():
     assert out["C7"] == "not tested" and out["accuracy_note"].startswith("not tested (dose)")
     # a cost half that fails still fails the claim: a not-tested half does not hide a measured failure
     assert rr.c7_amended(idle, ok, 1.2, gain=None, earlier_acts={"lo": -7.9, "hi": -1.9})["C7"] == "not reproduced"
+    # a reduction above both floors whose interval reaches 0 is noise, not a dose: inconclusive, not "not tested"
+    noisy = rr.c7_acts({"mean_pct": 15.0}, {"mean_pct": 20.0}, {"lo": -60.0, "hi": 5.0})
+    open_ = rr.c7_amended(noisy, ok, 0.09, gain=0.001, earlier_acts={"lo": -60.0, "hi": 5.0})
+    assert open_["accuracy"] == "inconclusive" and open_["C7"] == "inconclusive"
     assert out["earlier rule"] == "reproduced"  # the earlier gate let a 1 % reduction through
 
 
