@@ -480,7 +480,7 @@ def class_direction_count(overlaps: Sequence[float], mass: float = CLASS_MASS,
     if eigenvalues is None:
         return int(np.sum(o > mass))
     ev = np.asarray(eigenvalues, dtype=float)
-    if len(ev) < len(o) or not np.all(np.isfinite(ev[:len(o)])) or not np.isfinite(edge):
+    if len(ev) < len(o) or not np.all(np.isfinite(ev[:len(o)])) or np.isnan(edge):
         raise ValueError(f"class_direction_count: need a finite Ritz value per overlap ({len(o)}) and a finite edge, "
                          f"got {len(ev)} values and edge {edge}; take the class reading again")
     return int(np.sum((o > mass) & (ev[:len(o)] > edge)))

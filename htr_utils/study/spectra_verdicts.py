@@ -498,8 +498,10 @@ def class_direction_table(runs: Mapping[str, Any], readings: Mapping[str, Any]) 
                 ov, wt = tuple(getattr(b, "overlaps", ()) or ()), tuple(getattr(b, "within_top", ()) or ())
                 C = classes_of(runs[label])
                 # amendment of 2026-12-07: a class direction must also clear G_within's continuous edge λ_C+1
-                edge = rules.within_continuous_edge(wt, C) if len(wt) > C else np.nan
-                counted = bool(ov) and np.isfinite(edge) and len(_get(b, "hess_top")) >= len(ov)
+                # a block of dimension ≤ C has no continuous part: every eigenvalue is read, none is bulk
+                edge = (rules.within_continuous_edge(wt, C) if len(wt) > C else
+                        -np.inf if wt and len(wt) >= _get(b, "dim") else np.nan)
+                counted = bool(ov) and not np.isnan(edge) and len(_get(b, "hess_top")) >= len(ov)
                 extra.append({"run": label, "block": name, "epoch": epoch, "per_class": n,
                               "class_directions": rules.class_direction_count(ov, eigenvalues=_get(b, "hess_top"),
                                                                               edge=edge) if counted else np.nan,

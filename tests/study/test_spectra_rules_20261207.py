@@ -124,3 +124,4 @@ def test_mixed_fits_reproduce_the_measured_readings(run, measured):
     ov = np.mean([d[1][:10].mean() for d in draws])
     assert ev[0] == pytest.approx(measured[0], rel=0.1) and ev[9] == pytest.approx(measured[1], rel=0.1)
     assert ev[10] == pytest.approx(measured[2], rel=0.1) and ov == pytest.approx(measured[3], abs=0.05)
+

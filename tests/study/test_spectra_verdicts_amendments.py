@@ -165,3 +165,15 @@ def test_class_directions_below_the_continuous_edge_are_not_counted():
     assert row["within_continuous_edge"] == pytest.approx(top[5] - 0.1)
     c1 = sv.c1_class_verdict(table, 10)
     assert c1.verdict == Verdict.INCONCLUSIVE and "superseded: reproduced" in c1.measured
+
+
+def test_a_block_of_dimension_at_most_c_has_no_continuous_edge():
+    """All of a small block's within-class eigenvalues are read: no bulk, so the edge does not bind (−inf)."""
+    from htr_utils.study.spectra_readings import ClassBlock, ClassReading, RunReadings
+
+    b = ClassBlock(dim=8, bulk_edge=5.0, hess_top=tuple(np.linspace(9, 1, 8)), outliers=2, overlap=0.9,
+                   overlap_chance=1.0, overlaps=(0.9,) * 8, within_top=tuple(np.linspace(5, 0.5, 8)))
+    run = _run("lenet", "relu", [1, 2], 1.0)
+    table = sv.class_direction_table({"a": run}, {"a": RunReadings(classes={(2, 100): ClassReading(
+        2, 100, 16, {"full": b}, 1.0)})})
+    assert table.iloc[0]["class_directions"] == 8 and table.iloc[0]["within_continuous_edge"] == -np.inf
