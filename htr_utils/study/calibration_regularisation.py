@@ -17,7 +17,7 @@ from scipy.stats import t as t_dist
 from .regularisation_rules import (ACCURACY_RESOLUTION, C7_EQUIVALENCE_MARGIN, GAIN_THRESHOLD, MEASURED_PAIRED_CORR,
                                    MEASURED_PAIRED_SD, PAPER_GAIN, I, N, R, any_gain_codes, c6a_codes, c7_accuracy_codes,
                                    c7_acts, c7_equivalence_codes, paper_gain_codes)
-from .statistics import partial_spearman
+from .statistics import bootstrap_ranks, partial_rank_correlation
 
 
 EVALUATION_SEEDS = 6  # the cpu profile's evaluation seeds of C6b and C7 (amendment 5, issue 33's budget; was 10)
@@ -218,8 +218,9 @@ def c6a_fitted_rates(model: dict, partial_rho: float, settings: int, seeds: int,
     idx = members[rng.integers(0, settings, (boot, settings))].reshape(boot, -1)
     q = [(1 - level) / 2, (1 + level) / 2]
     bounds = {}
+    r_trace, r_loss = bootstrap_ranks(sim["trace"], idx), bootstrap_ranks(sim["loss"], idx)   # = rankdata(v[:, idx])
     for col in ("test_acc", "gap"):
-        rho = partial_spearman(sim["trace"][:, idx], sim[col][:, idx], sim["loss"][:, idx])
+        rho = partial_rank_correlation(r_trace, bootstrap_ranks(sim[col], idx), r_loss)
         bounds[col] = np.nanquantile(rho, q, axis=1)
     rt, rl = rankdata(sim["trace"], axis=1), rankdata(sim["loss"], axis=1)
     rt, rl = rt - rt.mean(1, keepdims=True), rl - rl.mean(1, keepdims=True)

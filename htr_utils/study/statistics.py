@@ -126,7 +126,31 @@ def partial_spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.nd
     Works on the last axis, so stacked samples (e.g. bootstrap resamples) are computed at once;
     a sample with constant ranks gives NaN.
     """
-    rx, ry, rz = (rankdata(np.asarray(v, dtype=float), axis=-1) for v in (x, y, z))
+    return partial_rank_correlation(*(rankdata(np.asarray(v, dtype=float), axis=-1) for v in (x, y, z)))
+
+
+def bootstrap_ranks(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """rankdata(values[..., idx], axis=-1) (average ranks; ``idx`` (boot, m) resamples positions of the last axis)
+    without sorting every resample: a resample's average rank of original item j is (the count of drawn items below
+    j) + (1 + j's multiplicity) / 2, from one sort of the originals. Falls back to rankdata where originals tie."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[-1]
+    order = np.argsort(values, axis=-1)
+    if (np.diff(np.take_along_axis(values, order, -1), axis=-1) == 0).any():
+        return rankdata(values[..., idx], axis=-1)
+    mult = np.zeros((idx.shape[0], n))
+    np.add.at(mult, (np.arange(idx.shape[0])[:, None], idx), 1.0)
+    m_sorted = mult[:, order]                                   # (boot, ..., n) in each sample's sorted order
+    m_sorted = np.moveaxis(m_sorted, 0, -2)                     # (..., boot, n)
+    below = np.cumsum(m_sorted, -1) - m_sorted
+    rank_sorted = below + (m_sorted + 1) / 2
+    ranks = np.empty_like(rank_sorted)
+    np.put_along_axis(ranks, np.broadcast_to(order[..., None, :], rank_sorted.shape), rank_sorted, -1)
+    return np.take_along_axis(ranks, np.broadcast_to(idx, ranks.shape[:-1] + idx.shape[-1:]), -1)
+
+
+def partial_rank_correlation(rx: np.ndarray, ry: np.ndarray, rz: np.ndarray) -> float | np.ndarray:
+    """:func:`partial_spearman` from the ranks (rx, ry, rz) already taken along the last axis."""
     rz = rz - rz.mean(-1, keepdims=True)
     vz = (rz ** 2).sum(-1, keepdims=True)
     res = []

@@ -74,3 +74,38 @@ def test_layer_fits_parallel_equals_serial(monkeypatch):
     serial = [cs.fit_spiked(r["lambda_1"], r["lambda_C"], r["lambda_C+1"], r["bulk_edge"], r["overlap"],
                             int(r["dim"]), 10) for _, r in rows.iloc[[0, 2]].iterrows()]
     assert fits == serial and list(skipped) == ["a/fc2"]
+
+
+def test_bootstrap_ranks_equal_rankdata_of_every_resample():
+    from scipy.stats import rankdata
+
+    from htr_utils.study.statistics import bootstrap_ranks
+
+    rng = np.random.default_rng(3)
+    for shape, groups in (((4, 21), 7), ((2, 3, 12), 12)):
+        v = rng.standard_normal(shape)
+        members = np.arange(shape[-1]).reshape(groups, -1)
+        idx = members[rng.integers(0, groups, (50, groups))].reshape(50, -1)
+        np.testing.assert_array_equal(bootstrap_ranks(v, idx), rankdata(v[..., idx], axis=-1))
+    tied = np.round(rng.standard_normal((3, 10)), 0)   # ties among the originals: the rankdata fallback
+    idx = rng.integers(0, 10, (20, 10))
+    np.testing.assert_array_equal(bootstrap_ranks(tied, idx), rankdata(tied[..., idx], axis=-1))
+
+
+def test_c6a_fitted_rates_match_the_partial_spearman_definition():
+    """The rates from bootstrap ranks equal those from partial_spearman on every resample (same seed)."""
+    from htr_utils.study import calibration_regularisation as cr
+    from htr_utils.study.regularisation_rules import c6a_codes
+    from htr_utils.study.statistics import partial_spearman
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 4))
+    model = {"between": np.corrcoef(rng.standard_normal((30, 4)) @ a, rowvar=False), "within": 0.3 * np.eye(4)}
+    got = cr.c6a_fitted_rates(model, -0.5, 7, 3, "fixed epochs", reps=30, boot=40, seed=2)
+    rng = np.random.default_rng(2)   # the slow definition, drawn in the same order
+    sim = cr.simulate_fitted_sweep(model, -0.5, 7, 3, 30, rng, "fixed epochs")
+    idx = np.arange(21).reshape(7, 3)[rng.integers(0, 7, (40, 7))].reshape(40, -1)
+    b = {c: np.nanquantile(partial_spearman(sim["trace"][:, idx], sim[c][:, idx], sim["loss"][:, idx]),
+                           [0.025, 0.975], axis=1) for c in ("test_acc", "gap")}
+    want = cr._rates(c6a_codes(b["test_acc"][0], b["test_acc"][1], b["gap"][0], b["gap"][1]))
+    assert {k: got[k] for k in want} == want
