@@ -188,7 +188,7 @@ SMOKE = Profile(
     sweep_runs=_sweep(_SMOKE_REG),
     regularisation={"lenet_digits": RegStudy(base=_SMOKE_REG, seeds=(1, 2, 3), l2=1e-4, gamma=1e-3, middle_gamma=1e-3,
                                              gamma_grid=(1e-3, 1e-2), middle_gamma_grid=(1e-3, 1e-2),
-                                             middle_rules=("middle",))},
+                                             middle_rules=("middle",), dose_arm=True)},
     runs_root="build/smoke/runs", sweep_seeds=(1, 2),
 )
 
