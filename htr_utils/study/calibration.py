@@ -17,7 +17,7 @@ from .depth_trends import is_middle
 from .regularisation_rules import (EQUIVALENCE_MARGIN, I, N, R, c6a_codes, c6b_codes, c7_accuracy_codes)
 from .spectra_rules import (ALPHA, about_c_codes, by_network, c4_amendment1_codes, c4_classify, c4_codes, c4_null_upper,
                             c5_codes, majorities, network_bound, w1_atoms)
-from .statistics import partial_spearman
+from .statistics import bootstrap_ranks, partial_rank_correlation
 
 
 def _rates(codes: np.ndarray) -> dict[str, float]:
@@ -83,8 +83,9 @@ def c6a_rates(partial_rho: float, settings: int = 7, seeds: int = 3, reps: int =
     idx = members[rng.integers(0, settings, (boot, settings))].reshape(boot, -1)  # same resamples for every rep
     q = [(1 - level) / 2, (1 + level) / 2]
     bounds = {}
+    r_trace, r_loss = bootstrap_ranks(sim["trace"], idx), bootstrap_ranks(sim["loss"], idx)   # = rankdata(v[:, idx])
     for col in ("test_acc", "gap"):
-        rho = partial_spearman(sim["trace"][:, idx], sim[col][:, idx], sim["loss"][:, idx])  # (reps, boot)
+        rho = partial_rank_correlation(r_trace, bootstrap_ranks(sim[col], idx), r_loss)  # (reps, boot)
         bounds[col] = np.nanquantile(rho, q, axis=1)
     return _rates(c6a_codes(bounds["test_acc"][0], bounds["test_acc"][1], bounds["gap"][0], bounds["gap"][1]))
 

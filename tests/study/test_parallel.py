@@ -109,3 +109,17 @@ def test_c6a_fitted_rates_match_the_partial_spearman_definition():
                            [0.025, 0.975], axis=1) for c in ("test_acc", "gap")}
     want = cr._rates(c6a_codes(b["test_acc"][0], b["test_acc"][1], b["gap"][0], b["gap"][1]))
     assert {k: got[k] for k in want} == want
+
+
+def test_c6a_rates_match_the_partial_spearman_definition():
+    from htr_utils.study import calibration as cal
+    from htr_utils.study.regularisation_rules import c6a_codes
+    from htr_utils.study.statistics import partial_spearman
+
+    got = cal.c6a_rates(-0.5, 7, 3, reps=30, boot=40, seed=4)
+    rng = np.random.default_rng(4)   # the slow definition, drawn in the same order
+    sim = cal.simulate_sweep(-0.5, 7, 3, 30, rng, 0.3)
+    idx = np.arange(21).reshape(7, 3)[rng.integers(0, 7, (40, 7))].reshape(40, -1)
+    b = {c: np.nanquantile(partial_spearman(sim["trace"][:, idx], sim[c][:, idx], sim["loss"][:, idx]),
+                           [0.025, 0.975], axis=1) for c in ("test_acc", "gap")}
+    assert got == cal._rates(c6a_codes(b["test_acc"][0], b["test_acc"][1], b["gap"][0], b["gap"][1]))
