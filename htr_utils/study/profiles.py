@@ -179,10 +179,13 @@ _SMOKE_REG = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=
 SMOKE = Profile(
     name="smoke", description="scikit-learn digits, tiny models and runs: checks that every notebook runs (CI/nbval)",
     spectra_runs={"lenet_digits": _SMOKE_SPECTRA,
-                  "lenet_gelu_digits": _SMOKE_SPECTRA.replace(model_kwargs={"activation": "gelu"}),
+                  # as the cpu profile's GELU extension: records at named epochs only, no C4 reading
+                  "lenet_gelu_digits": _SMOKE_SPECTRA.replace(model_kwargs={"activation": "gelu"},
+                                                              curvature_at=(0, 1, 2, 3, 5), curvature_kinds_epochs=None),
                   "vgg11_bn_digits": _SMOKE_SPECTRA.replace(model="vgg11_bn", width=0.125, batch_size=64, lr=0.02,
                                                             curvature_kinds_epochs=(0, 5))},
-    spectra_reading={"lenet_digits": _SMOKE_READING, "lenet_gelu_digits": _SMOKE_READING,
+    spectra_reading={"lenet_digits": _SMOKE_READING,
+                     "lenet_gelu_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=()),
                      "vgg11_bn_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=(3, 5),
                                                                         step_check_epoch=5)},
     sweep_runs=_sweep(_SMOKE_REG),
