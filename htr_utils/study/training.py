@@ -38,7 +38,7 @@ from .models import MODELS, build_model
 from .records import BlockCurvature, CurvatureRecord, KindCurvature, TraceRecord
 
 HTR_PARAM_RULES = ("all", "middle", "middle_authors")
-#: Evaluation batch (benchmarks/RESULTS.md section 9: with inference_mode, larger batches win on the 2-core CPU).
+#: Evaluation batch (benchmarks/RESULTS.md section 9: 500 is no faster, 2000 and 10000 are slower on the 2-core CPU).
 EVAL_BATCH = 1000
 TIMING_COLUMNS = ("epoch_seconds", "step_seconds", "penalty_step_seconds", "eval_seconds", "curvature_seconds")
 
