@@ -12,7 +12,6 @@ rotated order, and medians are reported, because the machine is shared.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from htr_utils.study.data import IndexedTensors, epoch_batch_indices, make_loader
+from htr_utils.study.data import epoch_batch_indices, make_loader
 from htr_utils.study.paths import data_root
 from htr_utils.study.profiles import get_profile
 from htr_utils.study.training import Trainer, evaluate, sgd_step
