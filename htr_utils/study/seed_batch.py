@@ -2,8 +2,8 @@
 
 The S members share architecture and hyperparameters and differ only in ``seed``: member s is
 initialised as ``build_model`` under ``torch.manual_seed(seeds[s])`` and sees its own batch order,
-that of ``Trainer.run_epoch`` (``make_loader(train, batch_size, shuffle=True, seed=seeds[s], epoch=epoch)``
-as the Trainer iterates it, see :func:`member_batch_indices`). Every
+that of ``Trainer.run_epoch`` (``epoch_batch_indices(len(train), batch_size, seeds[s], epoch)``, see
+:func:`member_batch_indices`). Every
 parameter is stacked along a leading member axis (shape (S, *shape)); the forward pass is
 ``functional_call`` under ``torch.func.vmap`` over (parameters, inputs).
 
@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils.data import Dataset, Subset, TensorDataset
-from tqdm.auto import tqdm
 
 from ..lanczos import rademacher
-from .data import in_channels, make_loader, num_classes
+from .data import epoch_batch_indices, in_channels, num_classes
 from .models import build_model
 from .training import DataBundle, TrainConfig, derived_seed, penalty_parameter_names, prepare_data
 
@@ -166,18 +165,11 @@ def dataset_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
 
 
 def member_batch_indices(n: int, batch_size: int, seeds: Sequence[int], epoch: int) -> Iterator[Tensor]:
-    """(S, B) index batches: row s is the order in which ``Trainer.run_epoch`` at seed seeds[s] sees the data.
-
-    That is ``make_loader(..., seed, epoch)`` iterated through ``tqdm.auto.tqdm`` as the Trainer does:
-    tqdm.auto's asyncio class calls ``iter(loader)`` once in its constructor, which draws one base
-    seed from the loader's generator, so the batches differ from a bare first pass over the loader.
-    Going through the same wrapper keeps the two orders equal. The loaders run over the indices
-    0..n-1 (same length, same generator), and the examples are then gathered from tensors at once.
-    """
-    index = TensorDataset(torch.arange(n))
-    bars = [tqdm(make_loader(index, batch_size, shuffle=True, seed=s, epoch=epoch), disable=True) for s in seeds]
-    for batches in zip(*bars):
-        yield torch.stack([b[0] for b in batches])
+    """(S, B) index batches: row s is the order in which ``Trainer.run_epoch`` at seed seeds[s] sees the data
+    (:func:`htr_utils.study.data.epoch_batch_indices`, a seeded permutation of (seed, epoch))."""
+    per_seed = [epoch_batch_indices(n, batch_size, s, epoch) for s in seeds]
+    for batches in zip(*per_seed):
+        yield torch.stack(batches)
 
 
 @dataclass

@@ -100,7 +100,7 @@ def test_every_setting_changes_the_hash():
     changed = {"dataset": "mnist", "model": "mlp", "width": 0.5, "model_kwargs": {"depth": 4}, "train_size": 10,
                "test_size": 10, "val_fraction": 0.1, "data_seed": 1, "batch_size": 32, "lr": 0.1, "momentum": 0.5,
                "weight_decay": 1e-4, "epochs": 3, "milestones": (1,), "lr_gamma": 0.1, "seed": 1, "htr_gamma": 1e-3,
-               "htr_params": "middle", "htr_freq": 10, "htr_start_epoch": 2, "htr_probes": 3, "curvature_every": 1, "curvature_init": False,
+               "htr_params": "middle", "htr_freq": 10, "htr_start_epoch": 2, "htr_probes": 3, "curvature_every": 1, "curvature_init": False, "curvature_at": (1,), "eval_every": 2,
                "curvature_kinds": ("ggn",), "curvature_kinds_epochs": (0,), "examples_per_class": 5,
                "lanczos_iters": 64, "slq_probes": 2, "top_k": 5, "trace_probes": 10, "layerwise": False,
                "keep_checkpoints": True}
