@@ -240,9 +240,10 @@ _CPU_READING = SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distan
 # 118 steps per epoch), 10 probes. Trace and top eigenvalues after the last epoch (Lanczos 32).
 # Measured (idle machine): the HTR arm 48 s wall = training 34 s (1.4 s per epoch + 1.4 s for the
 # 3 penalty steps of each HTR epoch) + evaluation 9 s (test + validation, 0.6 s per epoch) +
-# final curvature 3 s; a plain SGD arm ~38 s.
+# final curvature 3 s; a plain SGD arm ~38 s. Budget (issue 33): test and validation evaluated after epochs 5, 10
+# and 15 only (every rule reads the last epoch's).
 _CPU_REG = TrainConfig(dataset="fashionmnist", model="lenet", train_size=30000, val_fraction=0.1, batch_size=256,
-                       lr=0.01, epochs=15, milestones=(8, 12), htr_freq=50, htr_start_epoch=8, htr_probes=10,
+                       eval_every=5, lr=0.01, epochs=15, milestones=(8, 12), htr_freq=50, htr_start_epoch=8, htr_probes=10,
                        curvature_every=15, curvature_init=False, lanczos_iters=32, trace_probes=50)
 # The paper's LeNet + FashionMNIST regularisation setting (also the cpu profile's side row).
 _P_REG = TrainConfig(dataset="fashionmnist", model="lenet", batch_size=256, lr=0.01, epochs=30, milestones=(10, 20),

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..curvature import hvp_operator
 from ..layers import layer_groups
-from .data import class_balanced_subset, make_loader
+from .data import class_balanced_subset, epoch_batch_indices
 from .paths import figures_dir
 from .profiles import Profile, SpectraReading
 from .runs import train_run
@@ -75,8 +75,10 @@ def sample_run(cfg: TrainConfig, data_root: str | Path, sample_steps: int = 12, 
     """Time ``sample_steps`` plain steps, ``penalty_steps`` HTR steps (if the run has HTR), one evaluation
     and, for a spectra run, one curvature record per set of kinds (at 1/4 of the Lanczos steps and probes, ×4)."""
     trainer = Trainer(cfg, str(data_root), device="cpu")
-    loader = make_loader(trainer.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=1)
-    batches = itertools.cycle(loader)  # small data sets run out of batches before the sample does
+    # the batches as Trainer.run_epoch draws them (gathered from the held tensors); small data sets run out of
+    # batches before the sample does
+    batches = (trainer.train_tensors.batch(p) for p in itertools.cycle(
+        epoch_batch_indices(len(trainer.train_tensors), cfg.batch_size, cfg.seed, 1)))
     gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 1, 1))
     trainer.model.train()
 
@@ -91,8 +93,8 @@ def sample_run(cfg: TrainConfig, data_root: str | Path, sample_steps: int = 12, 
     if cfg.htr_gamma > 0:
         step(True)
         penalty = _median_time(lambda: step(True), penalty_steps)
-    evaluation = _median_time(lambda: (trainer.evaluate(trainer.data.test),
-                                       trainer.evaluate(trainer.data.val) if trainer.data.val is not None else None), 1)
+    test, val = trainer.eval_tensors
+    evaluation = _median_time(lambda: (trainer.evaluate(test), trainer.evaluate(val) if val is not None else None), 1)
     curvature: dict[tuple[str, ...], float] = {}
     if cfg.curvature_epochs():
         small = cfg.replace(lanczos_iters=max(2, cfg.lanczos_iters // CURVATURE_SCALE),
@@ -109,7 +111,8 @@ def run_seconds(cfg: TrainConfig, cost: RunCost, train_size: int) -> float:
     steps = math.ceil(train_size / cfg.batch_size)
     htr_epochs = max(0, cfg.epochs - cfg.htr_start_epoch) if cfg.htr_gamma > 0 else 0
     penalised = htr_epochs * math.ceil(steps / cfg.htr_freq)
-    seconds = (cfg.epochs * steps - penalised) * cost.step + cfg.epochs * cost.evaluation
+    evaluated = sum(cfg.evaluates(e) for e in range(1, cfg.epochs + 1))
+    seconds = (cfg.epochs * steps - penalised) * cost.step + evaluated * cost.evaluation
     if penalised:
         seconds += penalised * cost.penalty_step
     seconds += sum(cost.curvature[cfg.kinds_at(e)] for e in cfg.curvature_epochs())

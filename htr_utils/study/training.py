@@ -88,6 +88,7 @@ class TrainConfig:
     weights of all Conv/Linear layers (the union of ``layer_groups``; biases and BatchNorm
     excluded, as the paper's layer blocks). The first kind of ``curvature_kinds`` is computed at
     every curvature epoch, the others only at ``curvature_kinds_epochs`` (None = every one).
+    Test (and validation) accuracy and loss after every ``eval_every``-th epoch and the last; NaN after the others.
     """
     dataset: str = "fashionmnist"
     model: str = "lenet"
@@ -115,6 +116,7 @@ class TrainConfig:
     curvature_kinds: tuple[str, ...] = ("hessian",)
     curvature_kinds_epochs: tuple[int, ...] | None = None
     curvature_at: tuple[int, ...] | None = None
+    eval_every: int = 1
     examples_per_class: int = 10
     lanczos_iters: int = 128
     slq_probes: int = 1
@@ -148,7 +150,7 @@ class TrainConfig:
         bad = [k for k in self.curvature_kinds if k not in KINDS]
         if bad or not self.curvature_kinds:
             raise ValueError(f"TrainConfig.curvature_kinds must be a non-empty subset of {KINDS}, got {self.curvature_kinds}")
-        _check_ints(self, ("batch_size", "epochs", "htr_freq", "htr_probes", "examples_per_class", "lanczos_iters",
+        _check_ints(self, ("batch_size", "epochs", "eval_every", "htr_freq", "htr_probes", "examples_per_class", "lanczos_iters",
                            "slq_probes", "trace_probes"), low=1)
         _check_ints(self, ("data_seed", "seed", "htr_start_epoch", "curvature_every"), low=0)
         _check_ints(self, ("train_size", "test_size", "top_k"), low=1, optional=True)
@@ -157,11 +159,13 @@ class TrainConfig:
         _check_reals(self, ("val_fraction",), "a finite number in [0, 1)", lambda v: 0 <= v < 1)
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists). ``curvature_at`` is left out while None, so configs that
-        do not use it keep the run-cache key they had before the field existed."""
+        """Plain JSON-able dict (tuples become lists). ``curvature_at`` (None) and ``eval_every`` (1) are left out at
+        their defaults, so configs that do not use them keep the run-cache key they had before the fields existed."""
         d = asdict(self)
         if d["curvature_at"] is None:
             del d["curvature_at"]
+        if d["eval_every"] == 1:
+            del d["eval_every"]
         return d
 
     @classmethod
@@ -185,6 +189,11 @@ class TrainConfig:
             return []
         epochs = {self.epochs, *range(self.curvature_every, self.epochs + 1, self.curvature_every)}
         return sorted(epochs | ({0} if self.curvature_init else set()))
+
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the test (and validation) split is evaluated after ``epoch``: every ``eval_every``-th and the
+        last (the metrics of other epochs hold NaN there)."""
+        return epoch % self.eval_every == 0 or epoch == self.epochs
 
     def kinds_at(self, epoch: int) -> tuple[str, ...]:
         """Curvature kinds computed at ``epoch``."""
@@ -449,8 +458,11 @@ class Trainer:
         self.scheduler.step()
         t0 = time.perf_counter()
         test, val = self.eval_tensors
-        test_loss, test_acc = self.evaluate(test)
-        val_loss, val_acc = self.evaluate(val) if val is not None else (math.nan, math.nan)
+        test_loss = test_acc = val_loss = val_acc = math.nan
+        if self.config.evaluates(epoch):
+            test_loss, test_acc = self.evaluate(test)
+            if val is not None:
+                val_loss, val_acc = self.evaluate(val)
         mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / count, "train_acc": correct / count,
                 "test_loss": test_loss, "test_acc": test_acc, "val_loss": val_loss, "val_acc": val_acc,

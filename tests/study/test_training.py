@@ -238,3 +238,20 @@ def test_evaluate_matches_float64_reference_at_any_batch_size():
         loss, acc = evaluate(trainer.model, val, bs)
         assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == pytest.approx(ref_acc, abs=1 / len(y))
     assert trainer.model.training  # the mode is restored
+
+
+def test_eval_every_evaluates_every_kth_and_the_last_epoch(tmp_path):
+    cfg = TrainConfig(dataset="digits", train_size=120, test_size=60, val_fraction=0.2, batch_size=40, epochs=5,
+                      eval_every=2)
+    assert [e for e in range(1, 6) if cfg.evaluates(e)] == [2, 4, 5]
+    assert "eval_every" not in TrainConfig(epochs=5).to_dict() and cfg.to_dict()["eval_every"] == 2
+    trainer = Trainer(cfg, str(tmp_path))
+    rows = [trainer.run_epoch(e, progress=False) for e in range(1, 6)]
+    for row in rows:
+        evaluated = cfg.evaluates(row["epoch"])
+        assert all(np.isfinite(row[k]) == evaluated for k in ("test_acc", "test_loss", "val_acc", "val_loss"))
+    every = Trainer(cfg.replace(eval_every=1), str(tmp_path))
+    last = [every.run_epoch(e, progress=False) for e in range(1, 6)][-1]
+    assert last["test_acc"] == rows[-1]["test_acc"]  # evaluation never changes training
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=0)
