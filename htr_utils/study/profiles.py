@@ -166,7 +166,7 @@ def _sweep(base: TrainConfig) -> dict[str, TrainConfig]:
 # LeNet needs small batches to learn anything on 400 digits in 3 epochs (test accuracy ~0.6).
 _SMOKE_SPECTRA = TrainConfig(dataset="digits", model="lenet", width=0.5, train_size=400, test_size=200,
                              batch_size=16, lr=0.05, epochs=5, curvature_every=1, curvature_kinds=KINDS,
-                             curvature_kinds_epochs=(0, 1, 5), examples_per_class=3, lanczos_iters=16, trace_probes=10,
+                             curvature_kinds_epochs=(1, 5), examples_per_class=3, lanczos_iters=16, trace_probes=10,
                              keep_checkpoints=True)
 # C4 (issue 30, amendment 5) in small: 2 epochs per network, no random subsets, the step check at twice the steps.
 _SMOKE_READING = SpectraReading(class_epochs=(1, 5), distance_epochs=(3, 5), examples_per_class=3,
@@ -181,9 +181,10 @@ SMOKE = Profile(
     spectra_runs={"lenet_digits": _SMOKE_SPECTRA,
                   # as the cpu profile's GELU extension: records at named epochs only, no C4 reading
                   "lenet_gelu_digits": _SMOKE_SPECTRA.replace(model_kwargs={"activation": "gelu"},
-                                                              curvature_at=(0, 1, 2, 3, 5), curvature_kinds_epochs=None),
+                                                              curvature_at=(0, 1, 2, 3, 5),
+                                                              curvature_kinds_epochs=(1, 3, 5)),
                   "vgg11_bn_digits": _SMOKE_SPECTRA.replace(model="vgg11_bn", width=0.125, batch_size=64, lr=0.02,
-                                                            curvature_kinds_epochs=(0, 5))},
+                                                            curvature_kinds_epochs=(3, 5))},
     spectra_reading={"lenet_digits": _SMOKE_READING,
                      "lenet_gelu_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=()),
                      "vgg11_bn_digits": _SMOKE_READING.replace(class_epochs=(5,), distance_epochs=(3, 5),
@@ -217,19 +218,20 @@ SMOKE = Profile(
 CURVATURE_EPOCHS_LENET = (0, 1, 2, 3, 5, 7, 10, 15, 20, 25, 30, 35, 40, 45, 50)
 _CPU_SPECTRA = TrainConfig(dataset="fashionmnist", model="lenet", width=1.0, batch_size=256, lr=0.01, epochs=50,
                            curvature_every=1, curvature_at=CURVATURE_EPOCHS_LENET, curvature_kinds=KINDS,
-                           curvature_kinds_epochs=(0, 1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
+                           curvature_kinds_epochs=(1, 5, 10, 20, 30, 40, 50), examples_per_class=10,
                            lanczos_iters=128, trace_probes=100, keep_checkpoints=True)
-# LeNet-GELU (an extension: smooth, so H_l != 0): all three kinds at 5 epochs only.
-_CPU_GELU = _CPU_SPECTRA.replace(model_kwargs={"activation": "gelu"}, curvature_at=(0, 1, 10, 30, 50),
-                                 curvature_kinds_epochs=None)
+# LeNet-GELU (an extension: smooth, so H_l != 0; not the paper's network): 25 epochs, the Hessian at 5 epochs, G and H
+# at 3 of them.
+_CPU_GELU = _CPU_SPECTRA.replace(model_kwargs={"activation": "gelu"}, epochs=25, curvature_at=(0, 1, 5, 10, 25),
+                                 curvature_kinds_epochs=(1, 10, 25))
 # VGG11_bn (width 0.125, the paper's lr 1e-3): 20k images, 30 epochs (training loss comparable to
-# LeNet's at 50), records at 8 epochs, all kinds at 0, 3, 15, 30; 64 Lanczos steps and 50 trace probes (budget:
+# LeNet's at 50), records at 8 epochs, all kinds at 3, 15, 30; 64 Lanczos steps and 50 trace probes (budget:
 # a record at 128 / 100 costs 77 s, all kinds 284 s; at 64 / 50, 37 s and 112 s).
 _CPU_VGG = _CPU_SPECTRA.replace(model="vgg11_bn", width=0.125, lr=1e-3, train_size=20000, test_size=5000, epochs=30,
                                 curvature_every=3, curvature_at=(0, 3, 6, 10, 15, 20, 25, 30),
-                                curvature_kinds_epochs=(0, 3, 15, 30), lanczos_iters=64, trace_probes=50)
+                                curvature_kinds_epochs=(3, 15, 30), lanczos_iters=64, trace_probes=50)
 # C4 (issue 30, amendment 5): 5 probes, 32 Lanczos steps (class readings keep 128), no random subsets; LeNet at
-# epochs 10, 30, 50, VGG11_bn at 15, 30 (its 32-vs-64 check at 30). LeNet-GELU (extension): class readings at 50 only,
+# epochs 10, 30, 50, VGG11_bn at 15, 30 (its 32-vs-64 check at 30). LeNet-GELU (extension): class readings at 25 only,
 # no C4 reading. VGG11_bn: class readings at 64 steps, the large one on 30 examples per class (budget: 100 per class
 # took 15 min).
 _CPU_READING = SpectraReading(class_epochs=(1, 2, 5, 10, 20, 30, 40, 50), distance_epochs=(10, 30, 50),
@@ -255,7 +257,7 @@ CPU = Profile(
                   "lenet_gelu_fashionmnist": _CPU_GELU,
                   "vgg11_bn_fashionmnist": _CPU_VGG},
     spectra_reading={"lenet_fashionmnist": _CPU_READING,
-                     "lenet_gelu_fashionmnist": _CPU_READING.replace(class_epochs=(50,), distance_epochs=()),
+                     "lenet_gelu_fashionmnist": _CPU_READING.replace(class_epochs=(25,), distance_epochs=()),
                      "vgg11_bn_fashionmnist": _CPU_READING.replace(class_epochs=(3, 15, 30), distance_epochs=(15, 30),
                                                                    step_check_epoch=30, lanczos_iters=64,
                                                                    large_examples_per_class=30)},
