@@ -49,15 +49,17 @@ test-fast: setup
 # on this project's 2-core CPU two one-thread workers train the grid 1.13x faster than one 2-thread process,
 # benchmarks/RESULTS.md), or with TRAIN_PROCS=1 one run after another with torch's threads (its runs round
 # differently from the committed ones, which come from one-thread workers); the notebooks then read the cache
-# (and train whatever a notebook alone still lacks, e.g. notebook 07's acting-dose arm).
+# (and train whatever a notebook alone still lacks, e.g. notebook 07's acting-dose arm), NB_JOBS at a time, each
+# in its own process (their computation is mostly one-thread Python, so two at once use both cores).
 TRAIN_PROCS ?= 2
+NB_JOBS ?= 2
 reproduce: setup
 	@if [ "$(TRAIN_PROCS)" = 1 ]; then \
 		$(PY) -m htr_utils.study.grid train --profile $(PROFILE); \
 	else \
 		$(PY) -m htr_utils.study.grid train --profile $(PROFILE) --workers $(TRAIN_PROCS) --threads 1; \
 	fi
-	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE)
+	$(PY) -m htr_utils.study.reproduce --profile $(PROFILE) --jobs $(NB_JOBS)
 
 smoke: setup
 	$(PY) -m htr_utils.study.reproduce --profile smoke --out build/smoke

@@ -36,6 +36,7 @@ from .verdicts import VerdictResult
 
 VERDICT_FILE = "verdict.json"
 TIMINGS_FILE = "timings.json"
+NOTEBOOKS_TIMING_FILE = "notebooks_timing.json"  # elapsed wall time of the last run of every notebook
 STABILITY_FILE = "stability.json"
 REPORT_FILE = "REPORT.md"
 LOCK_FILE = ".report.lock"
@@ -174,9 +175,17 @@ def _header(directory: Path, ran_now: bool) -> list[str]:
 
 
 def _total_lines(directory: Path, notebooks: float) -> list[str]:
-    """The notebooks' total; with the grid's timing beside it (``grid_timing.json``, written by ``grid train``
-    over the whole grid), the whole study's, said to be from an empty cache only when no run was cached."""
-    lines = [f"Notebooks' wall time: {_format_seconds(notebooks)}"]
+    """The notebooks' total (their elapsed time where the last full run recorded it, ``notebooks_timing.json``:
+    with ``--jobs`` it is less than the sum of their walls); with the grid's timing beside it (``grid_timing.json``,
+    written by ``grid train`` over the whole grid), the whole study's, said to be from an empty cache only when no
+    run was cached."""
+    summed = notebooks
+    elapsed_path = directory / NOTEBOOKS_TIMING_FILE
+    if elapsed_path.is_file():
+        notebooks = float(json.loads(elapsed_path.read_text(encoding="utf-8"))["elapsed_s"])
+    lines = [f"Notebooks' wall time: {_format_seconds(notebooks)}"
+             + (f" (elapsed; the notebooks' own times add up to {_format_seconds(summed)})"
+                if abs(notebooks - summed) > 1 else "")]
     path = directory / GRID_TIMING_FILE
     if path.is_file():
         g = json.loads(path.read_text(encoding="utf-8"))
@@ -191,18 +200,24 @@ def _total_lines(directory: Path, notebooks: float) -> list[str]:
 
 
 def write_report(directory: str | Path, timings: Mapping[str, Any] | None = None,
-                 failed: Mapping[str, str] | None = None, profile: str | None = None) -> Path:
+                 failed: Mapping[str, str] | None = None, profile: str | None = None,
+                 elapsed: float | None = None) -> Path:
     """Write ``directory/REPORT.md`` from the verdicts found under it and return its path.
 
     ``timings``: {notebook: wall seconds, or {"wall_s", "status"}} of this run (merged into ``timings.json``);
     ``failed``: {notebook: error message} of the notebooks that failed in this run.
-    ``profile`` defaults to the verdicts' profile, else the directory's name.
+    ``profile`` defaults to the verdicts' profile, else the directory's name. ``elapsed``: the wall time of a run
+    of every notebook (kept in ``notebooks_timing.json``; a run of some notebooks passes None and drops it).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(directory / LOCK_FILE, what=f"the report in {directory}"):  # one merge at a time
         for tmp in [*directory.glob(f".{TIMINGS_FILE}.*.tmp"), *directory.glob(f".{REPORT_FILE}.*.tmp")]:
             tmp.unlink(missing_ok=True)  # left by a killed runner
+        if elapsed is not None:
+            write_json({"elapsed_s": elapsed}, directory / NOTEBOOKS_TIMING_FILE)
+        elif timings or failed:  # some notebooks ran again: the full run's elapsed time no longer holds
+            (directory / NOTEBOOKS_TIMING_FILE).unlink(missing_ok=True)
         return _write_report(directory, timings, failed, profile)
 
 

@@ -1,7 +1,7 @@
 """Run the study: execute the notebooks in order with papermill and gather their verdicts.
 
     python -m htr_utils.study.reproduce --profile {smoke,cpu,paper} [--out DIR] [--only 00 03 ...]
-                                  [--timeout S] [--notebooks DIR]
+                                  [--timeout S] [--notebooks DIR] [--jobs N]
 
 Each ``notebooks/NN_*.ipynb`` is executed (kernel ``python3``, working directory ``notebooks/``,
 parameter ``profile``) into ``DIR/<notebook stem>/<notebook file>``; the kernel sees
@@ -14,14 +14,17 @@ Ctrl-C marks the running notebook "interrupted" in the report (exit status 130);
 that cannot be written is refused before any notebook runs.
 
 Console: one line per notebook, its name when it starts and its verdict and wall time when it ends
-(``01_full_spectrum ... not reproduced in 14 min 05.2 s``). Kernels get CurveZMQ keys where the
+(``01_full_spectrum ... not reproduced in 14 min 05.2 s``); with ``--jobs N`` N notebooks run at once, each in its
+own process (a kernel's environment is per process), and a line is printed as each ends. Kernels get CurveZMQ keys where the
 kernel supports them, so ipykernel does not warn "running over TCP without encryption" for each
 notebook; anything else a kernel writes to its stderr (a crash, a C library's error) still shows.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -141,7 +144,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-cell execution timeout in seconds (default: none)")
     p.add_argument("--notebooks", type=Path, default=None, metavar="DIR",
                    help="directory of NN_*.ipynb notebooks (default: notebooks/ of the repository)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="notebooks run at once, each in its own process (default 1: one after another)")
     return p
+
+
+def _run_one(nb: Path, nb_out: Path, profile: str, timeout: float | None, cwd: Path) -> dict:
+    """One notebook in a worker process of ``--jobs``: its status, wall time and, if it failed, why (as text: a
+    papermill error need not pickle)."""
+    t0 = time.perf_counter()
+    try:
+        run_notebook(nb, nb_out, profile, timeout=timeout, cwd=cwd)
+        return {"status": _verdict(nb_out), "wall": time.perf_counter() - t0}
+    except Exception as err:  # a failing cell, a dead kernel, a timeout: reported by the parent
+        summary, detail = _error_summary(err)
+        return {"status": "FAILED", "wall": time.perf_counter() - t0, "summary": summary, "detail": detail}
+
+
+def _run_parallel(notebooks: list[Path], out: Path, args: argparse.Namespace, nb_dir: Path,
+                  timings: dict, failed: dict, details: dict) -> bool:
+    """Run ``notebooks`` ``args.jobs`` at a time; fills ``timings`` / ``failed`` / ``details`` as in the serial
+    loop. False when interrupted (the notebooks not finished are marked "interrupted")."""
+    width = max(len(nb.stem) for nb in notebooks)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with the parent
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        started = time.perf_counter()
+        futures = {pool.submit(_run_one, nb, out / nb.stem, args.profile, args.timeout, nb_dir): nb
+                   for nb in notebooks}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                nb, r = futures[fut], fut.result()
+                timings[nb.stem] = r["wall"]
+                why = ""
+                if r["status"] == "FAILED":
+                    failed[nb.stem] = r["summary"]
+                    details[nb.stem] = (out / nb.stem / nb.name, r["detail"])
+                    why = f": {r['summary']}"
+                print(f"{nb.stem:<{width}} {r['status']} in {_duration(r['wall'])}{why}", flush=True)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for nb in notebooks:
+                if nb.stem not in timings:
+                    timings[nb.stem] = {"wall_s": time.perf_counter() - started, "status": "interrupted"}
+            return False
+    return True
 
 
 def _duration(seconds: float) -> str:
@@ -156,6 +202,31 @@ def _verdict(nb_out: Path) -> str:
         return "ok, no verdict"
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"unreadable verdict ({type(err).__name__})"
+
+
+def _run_serial(notebooks: list[Path], out: Path, args: argparse.Namespace, nb_dir: Path,
+                timings: dict, failed: dict, details: dict) -> bool:
+    """Run ``notebooks`` one after another (the default); False when interrupted (the running one marked)."""
+    width = max(len(nb.stem) for nb in notebooks)
+    for nb in notebooks:
+        print(f"{nb.stem:<{width}} ... ", end="", flush=True)  # the line is finished when the notebook is
+        nb_out = out / nb.stem
+        t0 = time.perf_counter()
+        try:
+            run_notebook(nb, nb_out, args.profile, timeout=args.timeout, cwd=nb_dir)
+            status, why = _verdict(nb_out), ""
+        except KeyboardInterrupt:  # its verdict is gone: the report must not keep the old one
+            print(f"interrupted after {_duration(time.perf_counter() - t0)}", flush=True)
+            timings[nb.stem] = {"wall_s": time.perf_counter() - t0, "status": "interrupted"}
+            return False
+        except Exception as err:  # a failing cell, a dead kernel, a timeout: report, keep going
+            summary, detail = _error_summary(err)
+            failed[nb.stem] = summary
+            details[nb.stem] = (nb_out / nb.name, detail)
+            status, why = "FAILED", f": {summary}"
+        wall = timings[nb.stem] = time.perf_counter() - t0
+        print(f"{status} in {_duration(wall)}{why}", flush=True)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,30 +251,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings: dict[str, float | dict] = {}
     failed: dict[str, str] = {}
     details: dict[str, tuple[Path, str]] = {}
-    print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {nb_dir} into {out}", flush=True)
-    width = max(len(nb.stem) for nb in notebooks)
-    for nb in notebooks:
-        print(f"{nb.stem:<{width}} ... ", end="", flush=True)  # the line is finished when the notebook is
-        nb_out = out / nb.stem
-        t0 = time.perf_counter()
-        try:
-            run_notebook(nb, nb_out, args.profile, timeout=args.timeout, cwd=nb_dir)
-            status, why = _verdict(nb_out), ""
-        except KeyboardInterrupt:  # its verdict is gone: the report must not keep the old one
-            print(f"interrupted after {_duration(time.perf_counter() - t0)}", flush=True)
-            timings[nb.stem] = {"wall_s": time.perf_counter() - t0, "status": "interrupted"}
-            report = write_report(out, timings, failed=failed, profile=args.profile)
-            print(f"report: {report} ({nb.stem} marked interrupted)", flush=True)
-            return 130
-        except Exception as err:  # a failing cell, a dead kernel, a timeout: report, keep going
-            summary, detail = _error_summary(err)
-            failed[nb.stem] = summary
-            details[nb.stem] = (nb_out / nb.name, detail)
-            status, why = "FAILED", f": {summary}"
-        wall = timings[nb.stem] = time.perf_counter() - t0
-        print(f"{status} in {_duration(wall)}{why}", flush=True)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: need at least 1")
+    jobs = min(args.jobs, len(notebooks))
+    print(f"profile {args.profile}: {len(notebooks)} notebook(s) from {nb_dir} into {out}"
+          + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
+    started = time.perf_counter()
+    run = _run_parallel if jobs > 1 else _run_serial
+    if not run(notebooks, out, args, nb_dir, timings, failed, details):
+        report = write_report(out, timings, failed=failed, profile=args.profile)
+        print(f"interrupted; report: {report} (unfinished notebooks marked interrupted)", flush=True)
+        return 130
+    # the notebooks' elapsed time (not the sum of their walls when they ran at once), for every notebook only
+    elapsed = time.perf_counter() - started if not args.only else None
 
-    report = write_report(out, timings, failed=failed, profile=args.profile)
+    report = write_report(out, timings, failed=failed, profile=args.profile, elapsed=elapsed)
     print()
     print(report.read_text(encoding="utf-8"))
     print(f"report: {report}")

@@ -263,3 +263,11 @@ def test_total_wall_time_adds_the_grid_and_says_whether_the_cache_was_empty(tmp_
     assert "with 1 of 3 runs cached at the start" in text and "from an empty cache" not in text
     (tmp_path / "grid_timing.json").unlink()
     assert "notebooks only" in report.write_report(tmp_path, {"01_x": 60.0}, profile="smoke").read_text()
+
+
+def test_notebooks_elapsed_time_replaces_the_sum_until_some_notebooks_run_again(tmp_path: Path) -> None:
+    text = report.write_report(tmp_path, {"01_x": 300.0, "02_y": 300.0}, profile="smoke", elapsed=360.0).read_text()
+    assert "Notebooks' wall time: 6.0 min (elapsed; the notebooks' own times add up to 10.0 min)" in text
+    assert "6.0 min" in report.write_report(tmp_path, profile="smoke").read_text()  # a rewrite keeps it
+    text = report.write_report(tmp_path, {"01_x": 200.0}, profile="smoke").read_text()
+    assert "Notebooks' wall time: 8.3 min\n" in text and "(elapsed;" not in text

@@ -140,3 +140,22 @@ def test_console_shows_one_line_per_notebook_and_no_kernel_transport_warning(tmp
     assert re.search(r"^00_good \.\.\. reproduced in \d+\.\d s$", done.stdout, re.MULTILINE), console
     assert "without encryption" not in console and "WARNING" not in console, console
     assert "a real error on the kernel's stderr" in done.stderr
+
+
+def test_jobs_run_notebooks_at_once_each_with_its_own_environment(notebooks: Path, tmp_path: Path, capsys) -> None:
+    """--jobs 2: each notebook's kernel sees its own HTR_OUT_DIR (environments are per process), failures are
+    reported as in the serial run, and the report's notebooks' time is the elapsed time of the run."""
+    _notebook(notebooks / "02_good.ipynb", GOOD.replace('"00_good"', '"02_good"'))
+    out = tmp_path / "out"
+    code = reproduce.main(["--profile", "smoke", "--notebooks", str(notebooks), "--out", str(out), "--jobs", "2"])
+    assert code == 1
+    for name in ("00_good", "02_good"):
+        verdict = json.loads((out / name / "verdict.json").read_text())
+        assert verdict["extra"]["env_out"] == str((out / name).resolve()) and verdict["profile"] == "smoke"
+    report = (out / "REPORT.md").read_text()
+    assert "boom from the bad notebook" in report and "(elapsed; the notebooks' own times add up to" in report
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("00_good reproduced in ") for line in lines)
+    assert any(line.startswith("01_bad  FAILED in ") and line.endswith("boom from the bad notebook") for line in lines)
+    with pytest.raises(SystemExit):
+        reproduce.main(["--profile", "smoke", "--notebooks", str(notebooks), "--out", str(out), "--jobs", "0"])
