@@ -149,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_one(nb: Path, nb_out: Path, profile: str, timeout: float | None, cwd: Path) -> dict:
+def _run_one(nb: Path, nb_out: Path, profile: str, timeout: float | None, cwd: Path, threads: int) -> dict:
     """One notebook in a worker process of ``--jobs``: its status, wall time and, if it failed, why (as text: a
-    papermill error need not pickle)."""
+    papermill error need not pickle). Its kernel gets ``threads`` OpenMP threads, so that the notebooks running at
+    once do not oversubscribe the cores (torch's OpenMP slows down badly when they are)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
     try:
         run_notebook(nb, nb_out, profile, timeout=timeout, cwd=cwd)
@@ -169,7 +171,8 @@ def _run_parallel(notebooks: list[Path], out: Path, args: argparse.Namespace, nb
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with the parent
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         started = time.perf_counter()
-        futures = {pool.submit(_run_one, nb, out / nb.stem, args.profile, args.timeout, nb_dir): nb
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        futures = {pool.submit(_run_one, nb, out / nb.stem, args.profile, args.timeout, nb_dir, threads): nb
                    for nb in notebooks}
         try:
             for fut in concurrent.futures.as_completed(futures):

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow  # runs notebooks through papermill
 GOOD = """
 import os
 from pathlib import Path
+THREADS = os.environ.get("OMP_NUM_THREADS")
 from htr_utils.study.outputs import output_dir
 from htr_utils.study.profiles import profile_name
 from htr_utils.study.report import write_verdict
@@ -26,7 +27,7 @@ from htr_utils.study.verdicts import VerdictResult
 profile = profile_name(profile)
 out_dir = output_dir("00_good", profile)
 write_verdict(out_dir, "C0", VerdictResult("reproduced", "it held", {"cwd": str(Path.cwd()),
-              "env_out": os.environ.get("HTR_OUT_DIR"), "profile": profile}), data="none")
+              "env_out": os.environ.get("HTR_OUT_DIR"), "profile": profile, "threads": THREADS}), data="none")
 """
 BAD = 'x = 1\nraise RuntimeError("boom from the bad notebook")'
 
@@ -92,7 +93,8 @@ def test_run_writes_outputs_report_and_fails_on_error(notebooks: Path, tmp_path:
     assert (good / "00_good.ipynb").is_file()
     verdict = json.loads((good / "verdict.json").read_text())
     assert verdict["verdict"] == "reproduced" and verdict["profile"] == "smoke"
-    assert verdict["extra"] == {"cwd": str(notebooks.resolve()), "env_out": str(good.resolve()), "profile": "smoke"}
+    assert {k: verdict["extra"][k] for k in ("cwd", "env_out", "profile")} == \
+        {"cwd": str(notebooks.resolve()), "env_out": str(good.resolve()), "profile": "smoke"}
     executed = nbformat.read(good / "00_good.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
 
@@ -152,6 +154,7 @@ def test_jobs_run_notebooks_at_once_each_with_its_own_environment(notebooks: Pat
     for name in ("00_good", "02_good"):
         verdict = json.loads((out / name / "verdict.json").read_text())
         assert verdict["extra"]["env_out"] == str((out / name).resolve()) and verdict["profile"] == "smoke"
+        assert verdict["extra"]["threads"] == str(max(1, (os.cpu_count() or 1) // 2))  # cores shared out
     report = (out / "REPORT.md").read_text()
     assert "boom from the bad notebook" in report and "(elapsed; the notebooks' own times add up to" in report
     lines = capsys.readouterr().out.splitlines()
