@@ -476,6 +476,8 @@ def c2_network_verdict(table: pd.DataFrame, floors: Mapping[str, float]) -> Verd
                      f"{int((g['a_ggn'] <= rules.TOP_THRESHOLD).sum())}/{n} readings (median a(G) "
                      f"{g['a_ggn'].median():.3f}); {control}; restart floor {floors.get(label, float('nan')):.1e}")
     parts.append(f"issue-30 rule (far-epoch control gates), superseded: {before.value}")
+    # amendment S4: no control could be run, so a verdict here does not show that the 10 % criterion discriminates
+    parts.insert(0, "the 10 % criterion is uncontrolled (no control could be run, PROTOCOL S1/S4)")
     return VerdictResult(verdict, "; ".join(parts), {"per_network": {k: v.value for k, v in per.items()},
                                                      "deciding": deciding, "floors": dict(floors),
                                                      "issue30_with_control": before.value})
