@@ -20,7 +20,8 @@ README_LIMIT = 15_000  # characters (DESIGN.md: the README is for a newcomer)
 LINK = re.compile(r"\]\(([^)\s]+)\)")                      # [text](target) and ![alt](target)
 CODE = re.compile(r"```.*?```", re.S)                       # fenced code: no links, no tables
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
-RUNNER_LINE = re.compile(r"^(\d\d_\w+)\s+\.\.\. (.+?) in (\d+ min )?([\d.]+) s$", re.M)  # reproduce.py's line
+# reproduce.py's line: "NN_name ... verdict in T" one at a time, "NN_name verdict in T" with --jobs
+RUNNER_LINE = re.compile(r"^(\d\d_\w+)\s+(?:\.\.\. )?(.+?) in (\d+ min )?([\d.]+) s$", re.M)
 
 
 def pages() -> list[Path]:
