@@ -39,6 +39,7 @@ TIMINGS_FILE = "timings.json"
 NOTEBOOKS_TIMING_FILE = "notebooks_timing.json"  # elapsed wall time of the last run of every notebook
 STABILITY_FILE = "stability.json"
 REPORT_FILE = "REPORT.md"
+RATES_COLUMN = "calibrated rates (false R / false N / power)"
 LOCK_FILE = ".report.lock"
 
 
@@ -67,6 +68,7 @@ def write_verdict(out_dir: str | Path, claim_id: str, result: VerdictResult, dat
         "measured": result.measured,
         "verdict": result.verdict,
         "rule": claim.rule,
+        "rates": claim.rates,
         "data": data,
         "profile": profile if profile is not None else os.environ.get(PROFILE_ENV),
         "written": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -105,6 +107,15 @@ def _cell(text: Any) -> str:
     """A markdown table cell: one line, pipes escaped."""
     s = "—" if text is None or text == "" else str(text)
     return " ".join(s.split()).replace("|", "\\|")
+
+
+def _rates(verdict: Mapping[str, Any]) -> str | None:
+    """The claim's calibrated rates (:attr:`Claim.rates`): the verdict's own copy, else (a verdict written before
+    the field existed) the claim's current text; None for a row without a claim."""
+    if verdict.get("rates"):
+        return verdict["rates"]
+    claim = CLAIMS.get(verdict.get("claim_id", ""))
+    return claim.rates if claim else None
 
 
 def _stability(directory: Path) -> dict[str, dict]:
@@ -237,10 +248,12 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
         "Each verdict follows a rule stated in its notebook before the result "
         "(see `rule` in the notebook's `verdict.json`). \"Across machines\": whether the verdict survives the "
         "spread of numbers measured across thread counts, instruction sets and devices "
-        "(`python -m benchmarks.stability`).",
+        "(`python -m benchmarks.stability`). Calibrated rates: the current rule's false reproduced, false not "
+        "reproduced and power at its stated effect, simulated before the run (PROTOCOL.md) unless the cell says "
+        "post hoc or not calibrated.",
         "",
-        "| notebook | claim | paper reports | measured | verdict | across machines | data | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| notebook | claim | paper reports | measured | verdict | {RATES_COLUMN} | across machines | data | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     total = 0.0
     for name in sorted(set(verdicts) | set(runs)):
@@ -262,7 +275,7 @@ def _write_report(directory: Path, timings: Mapping[str, Any] | None, failed: Ma
         if claim and v.get("claim_id"):
             claim = f"{v['claim_id']}: {claim}"
         lines.append("| " + " | ".join(_cell(c) for c in (
-            name, claim, v.get("paper_reports"), v.get("measured"), verdict,
+            name, claim, v.get("paper_reports"), v.get("measured"), verdict, _rates(v),
             _stability_cell(stability.get(name) or stability.get("*")) if v else "—", v.get("data"),
             _format_seconds(wall))) + " |")
     lines += ["", *_total_lines(directory, total), ""]

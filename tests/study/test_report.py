@@ -31,7 +31,7 @@ def test_write_verdict_fields_and_json_safety(tmp_path: Path) -> None:
     assert path == tmp_path / "01_full_spectrum" / "verdict.json"
     rec = json.loads(path.read_text())
     assert rec["notebook"] == "01_full_spectrum" and rec["verdict"] == "reproduced" and rec["profile"] == "cpu"
-    for key in ("claim", "paper_reports", "measured", "rule", "data", "written"):
+    for key in ("claim", "paper_reports", "measured", "rule", "rates", "data", "written"):
         assert rec[key]
     assert rec["extra"] == {"top": [3.0, 2.0], "n": 4, "nan": None, "ok": True}
 
@@ -52,6 +52,7 @@ def test_write_verdict_requires_a_known_claim_and_the_texts(tmp_path: Path) -> N
         _verdict(tmp_path / "x", measured=" ")
     rec = json.loads(_verdict(tmp_path / "y", claim_id="C4").read_text())
     assert rec["rule"] == CLAIMS["C4"].rule and rec["claim"] == CLAIMS["C4"].summary  # the rule is written once
+    assert rec["rates"] == CLAIMS["C4"].rates
 
 
 def test_profile_defaults_to_environment(tmp_path: Path, monkeypatch) -> None:
@@ -79,14 +80,37 @@ def test_report_table(tmp_path: Path) -> None:
     lines = [line for line in text.splitlines() if line.startswith("| 0")]
     assert [line.split("|")[1].strip() for line in lines] == ["00_routines_check", "01_full_spectrum",
                                                               "04_layer_vs_full", "05_trace"]
-    assert all(line.count(" | ") == 7 for line in lines)  # 8 cells, pipes in texts escaped
+    assert all(line.count(" | ") == 8 for line in lines)  # 9 cells, pipes in texts escaped
     assert "no verdict" in lines[0] and "12.0 s" in lines[0]
     cells = [c.strip() for c in lines[1].split(" | ")]
     assert cells[1:] == [f"C1: {CLAIMS['C1'].summary}", CLAIMS["C1"].paper_summary, "9 outliers", "**reproduced**",
-                         "not measured", "FashionMNIST, LeNet", "30.5 s |"]
+                         CLAIMS["C1"].rates, "not measured", "FashionMNIST, LeNet", "30.5 s |"]
     assert "minimum at the \\| last layer" in lines[2]
     assert "**not reproduced**" in lines[2] and "5.0 min" in lines[2]
     assert "**FAILED**: cell 3: RuntimeError: out of memory" in lines[3]
+
+
+def test_report_has_a_rates_column_between_verdict_and_across_machines_filled_for_every_claim(tmp_path: Path) -> None:
+    """Every claim's row shows its calibrated rates (``Claim.rates``) right after the verdict; a verdict written
+    before the field existed (no ``rates`` key) still gets its claim's text; a row without a verdict shows —."""
+    for i, cid in enumerate(CLAIMS):
+        _verdict(tmp_path / f"0{i}_{cid}", claim_id=cid, profile="cpu")
+    old = tmp_path / "01_C1" / "verdict.json"
+    rec = json.loads(old.read_text())
+    del rec["rates"]
+    old.write_text(json.dumps(rec))
+    (tmp_path / "09_none").mkdir()
+    text = report.write_report(tmp_path, {f"0{i}_{cid}": 1.0 for i, cid in enumerate(CLAIMS)} | {"09_none": 1.0}
+                               ).read_text()
+    (header,) = [line for line in text.splitlines() if line.startswith("| notebook |")]
+    head = [c.strip() for c in header.strip("|").split("|")]
+    assert head[4:7] == ["verdict", "calibrated rates (false R / false N / power)", "across machines"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split(" | ")]
+            for line in text.splitlines() if line.startswith("| 0")}
+    for i, cid in enumerate(CLAIMS):
+        cell = rows[f"0{i}_{cid}"][5]
+        assert cell == CLAIMS[cid].rates.replace("|", "\\|") and "false R" in cell and "power" in cell, cid
+    assert rows["09_none"][5] == "—"
 
 
 def test_report_shows_each_verdicts_stability_across_machines(tmp_path: Path) -> None:
@@ -98,8 +122,8 @@ def test_report_shows_each_verdicts_stability_across_machines(tmp_path: Path) ->
     assert "| across machines |" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split(" | ")] for line in text.splitlines()
             if line.startswith("| 0")}
-    assert rows["07_trace_regularisation"][5] == "yes: upper bound + spread 0.05 < margin 0.1 pts"
-    assert rows["01_full_spectrum"][5] == "not measured"
+    assert rows["07_trace_regularisation"][6] == "yes: upper bound + spread 0.05 < margin 0.1 pts"
+    assert rows["01_full_spectrum"][6] == "not measured"
     (tmp_path / report.STABILITY_FILE).write_text("{not json")
     text = report.write_report(tmp_path).read_text()
     assert "unreadable" in text  # a damaged file is shown, not fatal
