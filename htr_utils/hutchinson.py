@@ -153,7 +153,7 @@ def trace_penalty(loss: Tensor, params: Sequence[Tensor], num_probes: int = 1,
     return total / len(probes)
 
 
-def ggn_trace_penalty(logits: Tensor, params: Sequence[Tensor], num_probes: int = 1,
+def ggn_trace_penalty(logits: Tensor | Sequence[Tensor], params: Sequence[Tensor], num_probes: int = 1,
                       generator: torch.Generator | None = None, batched: bool = False) -> Tensor:
     """Differentiable unbiased estimate of tr(G), the Gauss-Newton matrix of the mean softmax cross-entropy.
 
@@ -168,6 +168,20 @@ def ggn_trace_penalty(logits: Tensor, params: Sequence[Tensor], num_probes: int 
     create_graph) instead of a Hessian-vector product, and no third derivative is needed. The
     probes u do not depend on θ, so the gradient of the estimate is unbiased for ∇tr(G) too.
 
+    Groups: ``logits`` may instead be a list of the (N_k, C) outputs of separate forward passes over a
+    partition of the batch (``[model(xk) for xk in x.chunk(K)]``; the loss then reads their ``torch.cat``).
+    Each probe is then drawn and back-propagated per group, and the estimate is
+
+        (1/N) Σ_k ‖Σ_{i ∈ B_k} J_iᵀ S_i u_i‖²,
+
+    still unbiased for tr(G) (only the cross terms of examples in different groups are dropped, and
+    those vanish in expectation). K groups cost about what one probe costs on the whole batch (each
+    backward only runs over its own group), while dropping all but 1/K of the cross terms between
+    examples, which carry most of the variance for large N: K groups at one probe are nearly as good
+    as K probes on the whole batch, at about 1/K of the cost (measured: benchmarks/RESULTS.md, section
+    7). The forward pass must then be run per group, so layers that mix examples (BatchNorm in train
+    mode) see smaller batches; use groups only for models without such layers.
+
     For a network that is piecewise linear in each single parameter (ReLU / max-pooling / Linear /
     Conv, no BatchNorm, no tanh or GELU), the diagonal of each ∇²f_c vanishes, so
     tr(∇² loss) = tr(G) exactly and this is an unbiased estimate of the HTR penalty itself, at a
@@ -177,16 +191,39 @@ def ggn_trace_penalty(logits: Tensor, params: Sequence[Tensor], num_probes: int 
     ``batched``: all probes in one vmapped backward (``is_grads_batched``; where torch cannot batch, the loop).
     Off by default: on a CPU it was 1.6x slower than the loop for LeNet, batch 256, 10 probes.
     """
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise ValueError("ggn_trace_penalty needs the (N, C) logits of the batch, before the softmax.")
     if isinstance(params, Tensor):
         params = [params]
     params = list(params)
     if not params or not all(isinstance(p, Tensor) and p.requires_grad for p in params):
         raise ValueError("ggn_trace_penalty needs a list of parameter tensors that require grad.")
+    num_probes = positive_int(num_probes, "num_probes")
+    if isinstance(logits, Tensor):
+        _check_logits(logits)
+        return _ggn_probe_sum(logits, params, num_probes, generator, batched) / (num_probes * logits.shape[0])
+    groups = list(logits) if isinstance(logits, (list, tuple)) else None
+    if not groups:
+        raise ValueError("ggn_trace_penalty needs the (N, C) logits of the batch, or a non-empty list of the "
+                         "(N_k, C) logits of separate forward passes over a partition of the batch.")
+    for g in groups:
+        _check_logits(g)
+    if len({g.shape[1] for g in groups}) != 1:
+        raise ValueError(f"the groups' logits have different numbers of classes {[g.shape[1] for g in groups]}; "
+                         "pass the outputs of one model over a partition of one batch.")
+    total = sum(_ggn_probe_sum(g, params, num_probes, generator, batched) for g in groups)
+    return total / (num_probes * sum(g.shape[0] for g in groups))
+
+
+def _check_logits(logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError("ggn_trace_penalty needs the (N, C) logits of the batch, before the softmax (or a list of "
+                         "such tensors, one per group).")
     if not logits.requires_grad:
         raise ValueError("ggn_trace_penalty needs logits computed with gradients enabled from params.")
-    num_probes = positive_int(num_probes, "num_probes")
+
+
+def _ggn_probe_sum(logits: Tensor, params: list[Tensor], num_probes: int, generator: torch.Generator | None,
+                   batched: bool) -> Tensor:
+    """Σ over ``num_probes`` probes u of ‖Σ_i J_iᵀ S_i u_i‖² over the rows i of ``logits`` (not yet divided)."""
     n, c = logits.shape
     log_p = torch.log_softmax(logits, dim=1)
     p, sqrt_p = log_p.exp(), (0.5 * log_p).exp()   # √p through exp(log p / 2): finite derivative where p underflows
@@ -197,14 +234,14 @@ def ggn_trace_penalty(logits: Tensor, params: Sequence[Tensor], num_probes: int 
         try:
             g = torch.autograd.grad(logits, params, grad_outputs=V, is_grads_batched=True, create_graph=True,
                                     materialize_grads=True)
-            return sum((gi.flatten(1) ** 2).sum(1) for gi in g).mean() / n
+            return sum((gi.flatten(1) ** 2).sum(1) for gi in g).sum()
         except RuntimeError:  # an operation without a batching rule for its backward
             pass
     total = logits.new_zeros(())
     for k in range(num_probes):
         g = torch.autograd.grad(logits, params, grad_outputs=V[k], create_graph=True, materialize_grads=True)
         total = total + sum((gi ** 2).sum() for gi in g)
-    return total / (num_probes * n)
+    return total
 
 
 def _batched_quadratic_forms(grads: Sequence[Tensor], params: Sequence[Tensor],

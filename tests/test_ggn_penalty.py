@@ -93,3 +93,61 @@ def test_bad_input():
         ggn_trace_penalty(model(x)[:, 0], list(model.parameters()))
     with pytest.raises(ValueError, match="num_probes"):
         ggn_trace_penalty(model(x), list(model.parameters()), 0)
+
+
+def grouped(model, x, groups: int) -> list[torch.Tensor]:
+    return [model(c) for c in x.chunk(groups)]
+
+
+def test_groups_are_unbiased_for_the_trace_and_cut_the_variance():
+    model, x, y = problem(nn.ReLU, seed=3)
+    params = list(model.parameters())
+    trH = float(torch.trace(dense_hessian(model, F.cross_entropy, x, y)))
+    trG = float(torch.trace(dense_ggn(model, F.cross_entropy, x, y)))
+    assert trH == pytest.approx(trG, rel=1e-10)
+    gen = torch.Generator().manual_seed(0)
+    g5 = np.array([float(ggn_trace_penalty(grouped(model, x, 5), params, generator=gen)) for _ in range(400)])
+    whole = np.array([float(ggn_trace_penalty(model(x), params, generator=gen)) for _ in range(400)])
+    assert abs(g5.mean() - trH) < 4 * g5.std(ddof=1) / np.sqrt(len(g5))
+    # per example (30 groups of one): only the within-example terms are left, and they are still unbiased
+    g30 = np.array([float(ggn_trace_penalty(grouped(model, x, 30), params, generator=gen)) for _ in range(200)])
+    assert abs(g30.mean() - trH) < 4 * g30.std(ddof=1) / np.sqrt(len(g30))
+    assert g30.std() < g5.std() < whole.std()  # fewer cross terms between examples, less spread
+
+
+def test_groups_gradient_is_unbiased_for_the_gradient_of_the_trace():
+    model, x, _ = problem(nn.ReLU, seed=1)
+    params = list(model.parameters())
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(exact_ggn_trace(model, x), params)])
+    gen = torch.Generator().manual_seed(5)
+    S = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+        ggn_trace_penalty(grouped(model, x, 3), params, generator=gen), params)]) for _ in range(400)])
+    z = (S.mean(0) - exact) / (S.std(0) / np.sqrt(len(S)) + 1e-12)
+    assert float(z.abs().max()) < 5
+    assert float((S.mean(0) - exact).norm() / exact.norm()) < 0.1
+
+
+def test_one_group_is_the_whole_batch_and_groups_follow_the_formula():
+    model, x, _ = problem(nn.ReLU, seed=4)
+    params = list(model.parameters())
+    a = ggn_trace_penalty(model(x), params, 3, generator=torch.Generator().manual_seed(7))
+    b = ggn_trace_penalty([model(x)], params, 3, generator=torch.Generator().manual_seed(7))
+    assert float(a) == float(b)
+    # two groups = (1/N) Σ_k Σ_probes ‖J_kᵀ S_k u‖² / m, each group's probes drawn in turn from the generator
+    parts = grouped(model, x, 2)
+    c = ggn_trace_penalty(parts, params, 3, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    n_k = [len(p) for p in parts]
+    sums = [float(ggn_trace_penalty(p, params, 3, generator=gen)) * 3 * k for p, k in zip(grouped(model, x, 2), n_k)]
+    assert float(c) == pytest.approx(sum(sums) / (3 * len(x)), rel=1e-12)
+
+
+def test_groups_bad_input():
+    model, x, _ = problem(nn.ReLU)
+    params = list(model.parameters())
+    with pytest.raises(ValueError, match="non-empty list"):
+        ggn_trace_penalty([], params)
+    with pytest.raises(ValueError, match="classes"):
+        ggn_trace_penalty([model(x[:10]), model(x[10:])[:, :3]], params)
+    with pytest.raises(ValueError, match="logits"):
+        ggn_trace_penalty([model(x)[:, 0]], params)
