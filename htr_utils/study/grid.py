@@ -7,9 +7,11 @@ on a Dask cluster, with one progress bar over the grid.
 
 The plan is the notebooks' own requests, deduplicated by run hash: the spectra runs of 01-05 (each
 with its readings, :mod:`.spectra_readings`), the sweep of 06, and the regularisation studies of
-07-08, whose HTR arms wait for γ to be chosen on the selection grid (so the grid trains in two
-stages). ``--select`` keeps the named settings: a spectra run's or a regularisation study's label
-(both, where they share one, e.g. ``lenet_fashionmnist``) or ``sweep``. A run whose data set is not
+07-08, whose HTR arms wait for γ to be chosen on the selection grid: they start as soon as their
+study's grid is done, and notebook 07's acting-dose arm candidate by candidate, while the workers
+train the rest (the longest runs first, :func:`rough_cost`). ``--select`` keeps the named settings:
+a spectra run's or a regularisation study's label (both, where they share one, e.g.
+``lenet_fashionmnist``) or ``sweep``. A run whose data set is not
 on disk is listed as skipped, with how to get the data.
 
 Executors: ``local`` (default; in this process, one run after another, epochs shown beneath the
@@ -25,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,10 +39,10 @@ from .hashing import config_hash
 from .files import write_json
 from .paths import data_root as default_data_root
 from .paths import GRID_TIMING_FILE, figures_dir
-from .profiles import Profile, SpectraReading, get_profile
+from .profiles import Profile, RegStudy, SpectraReading, get_profile
 from .regularisation import choose_gammas, describe_config, select_gamma, study_runs
-from .regularisation_arms import dose_candidate_configs, has_dose_arm
-from .runs import run_path, train_run
+from .regularisation_arms import dose_candidate_configs, dose_next, has_dose_arm
+from .runs import finished, run_path, train_run
 from .spectra_readings import read_run
 from .time_estimate import estimate, table
 from .training import TrainConfig, TrainingDiverged
@@ -55,6 +57,7 @@ class GridTask:
     config: TrainConfig
     readings: SpectraReading | None = None
     skipped: str | None = None  # why it cannot run here (data not on disk, with the ways to get it)
+    priority: float = 0.0       # executors start the highest first (:func:`rough_cost`; runs others wait on, more)
 
     @property
     def hash(self) -> str:
@@ -78,8 +81,22 @@ def _check_select(P: Profile, select: Sequence[str] | None) -> set[str]:
     return set(select)
 
 
-def _task(setting: str, cfg: TrainConfig, data_root: Path, readings: SpectraReading | None = None) -> GridTask:
-    return GridTask(setting, cfg, readings, missing_data(cfg.dataset, data_root))
+# Rough cost of one image-epoch relative to LeNet's, only to order the grid (longest first keeps two workers busy
+# to the end: VGG11_bn w0.125's cpu run took 2300 s against LeNet's 1448 s for a third of the image-epochs).
+MODEL_COST = {"vgg11_bn": 8.0, "vgg11": 8.0, "vgg13": 10.0, "resnet18": 10.0}
+UNLOCKS = 3.0  # a run that other runs wait for (a γ grid, the acting-dose arm's next step) counts this many times
+
+
+def rough_cost(cfg: TrainConfig, readings: SpectraReading | None = None) -> float:
+    """Image-epochs × the model's :data:`MODEL_COST`, doubled for a run with spectra readings: an order, not a time."""
+    images = cfg.train_size or 60000
+    return images * cfg.epochs * MODEL_COST.get(cfg.model, 1.0) * (2.0 if readings is not None else 1.0)
+
+
+def _task(setting: str, cfg: TrainConfig, data_root: Path, readings: SpectraReading | None = None,
+          unlocks: bool = False) -> GridTask:
+    return GridTask(setting, cfg, readings, missing_data(cfg.dataset, data_root),
+                    rough_cost(cfg, readings) * (UNLOCKS if unlocks else 1.0))
 
 
 def _dedup(tasks: Sequence[GridTask], seen: set[str] | None = None) -> list[GridTask]:
@@ -103,10 +120,21 @@ def plan(profile: str | Profile | None = None, select: Sequence[str] | None = No
              for label, cfg in P.spectra_runs.items() if label in keep]
     for name, study in P.regularisation.items():
         if name in keep:
-            tasks += [_task(name, cfg, droot) for cfg in study_runs(study)]
+            grids = _grid_hashes(study)
+            tasks += [_task(name, cfg, droot, unlocks=config_hash(cfg) in grids) for cfg in study_runs(study)]
     if SWEEP in keep:
         tasks += [_task(SWEEP, cfg.replace(seed=s), droot) for cfg in P.sweep_runs.values() for s in P.sweep_seeds]
     return _dedup(tasks)
+
+
+def _grid_hashes(study: RegStudy) -> set[str]:
+    """The runs at the selection seed that choosing ``study``'s γ (and its acting-dose arm's first step) waits for."""
+    return {config_hash(c) for rule in ("all", *study.middle_rules) if study.grid(rule)
+            for c in study.grid_configs(rule).values()}
+
+
+def _waits_for_gamma(study: RegStudy) -> bool:
+    return study.decides or bool(study.grid("all"))
 
 
 def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | None = None,
@@ -118,7 +146,7 @@ def gamma_arms(profile: str | Profile | None = None, select: Sequence[str] | Non
     droot = Path(data_root) if data_root is not None else default_data_root()
     tasks = []
     for name, study in P.regularisation.items():
-        if name not in keep or missing_data(study.base.dataset, droot) or not (study.decides or study.grid("all")):
+        if name not in keep or missing_data(study.base.dataset, droot) or not _waits_for_gamma(study):
             continue  # a side study without a γ grid is trained at the published γ by plan()
         if study.decides:  # notebook 08: every rule's γ
             _, gammas = choose_gammas(study, P.runs_dir(), droot)
@@ -135,7 +163,7 @@ def expected_gamma_arms(profile: str | Profile | None = None, select: Sequence[s
     keep = _check_select(P, select)
     cfgs = []
     for name, study in P.regularisation.items():
-        if name in keep and (study.decides or study.grid("all")):
+        if name in keep and _waits_for_gamma(study):
             rules = ("all", *study.middle_rules) if study.decides else ("all",)
             for arm, c in study.arms().items():
                 penalised = "all" if arm in ("htr", "l2_htr") else arm.removeprefix("htr_")
@@ -161,13 +189,13 @@ def stages(profile: str | Profile | None = None, select: Sequence[str] | None = 
         out["HTR arms at the chosen γ"] = arms
     dose = worst_case_dose_arm(P, select, {config_hash(c) for cfgs in out.values() for c in cfgs})
     if dose:
-        out["acting-dose arm (notebook 07; worst case: no candidate acts before the last)"] = dose
+        out["acting-dose arm (worst case: no candidate acts before the last)"] = dose
     return list(out.items())
 
 
 def worst_case_dose_arm(P: Profile, select: Sequence[str] | None, planned: set[str]) -> list[TrainConfig]:
-    """The runs notebook 07's acting-dose arm trains at most: every candidate not already in the grid, then the
-    last candidate at every evaluation seed (it stops at the first candidate that acts, so usually fewer)."""
+    """The runs the acting-dose arm (notebook 07's, trained by the grid) needs at most: every candidate not already in
+    the grid, then the last candidate at every evaluation seed (it stops at the first that acts, so usually fewer)."""
     keep = _check_select(P, select)
     cfgs = []
     for name, study in P.regularisation.items():
@@ -239,28 +267,38 @@ def run_task(task: GridTask, root: str, data_root: str, threads: int | None = No
 
 
 # ---------------------------------------------------------------------------------------------- executors
-Executor = Callable[[Sequence[GridTask], Callable[[dict], None]], None]
+# ``done(outcome)`` may return follow-up tasks (the HTR arms once their γ is chosen, the acting-dose arm's next step),
+# which the executor schedules at once: no worker waits for the whole first wave.
+Done = Callable[[dict], Sequence[GridTask] | None]
+Executor = Callable[[Sequence[GridTask], Done], None]
 
 
 def local_executor(root: Path, data_root: Path, threads: int | None, device: str | None) -> Executor:
-    """One run after another in this process, each run's epoch bars beneath the grid's."""
-    def execute(tasks: Sequence[GridTask], done: Callable[[dict], None]) -> None:
-        for t in tasks:
-            done(run_task(t, str(root), str(data_root), threads, device, progress=True))
+    """One run after another in this process, the highest priority first, each run's epoch bars beneath the grid's."""
+    def execute(tasks: Sequence[GridTask], done: Done) -> None:
+        queue = list(tasks)
+        while queue:
+            queue.sort(key=lambda t: -t.priority)  # stable: equal priorities keep the plan's order
+            t = queue.pop(0)
+            queue += list(done(run_task(t, str(root), str(data_root), threads, device, progress=True)) or ())
     return execute
 
 
 def dask_executor(client: Any, root: Path, data_root: Path, threads: int | None, device: str | None,
                   retries: int = 3) -> Executor:
-    """Every run as one Dask task (key: the run's hash, so a run is never submitted twice); a task whose
-    worker died is retried (``retries``) and resumes the run from its last finished epoch."""
+    """Every run as one Dask task (key: the run's hash, so a run is never submitted twice; Dask's priority: the
+    task's), a task whose worker died is retried (``retries``) and resumes the run from its last finished epoch."""
     from distributed import as_completed  # the optional 'cluster' extra (only the Dask executor needs it)
 
-    def execute(tasks: Sequence[GridTask], done: Callable[[dict], None]) -> None:
-        futures = [client.submit(run_task, t, str(root), str(data_root), threads, device, key=f"run-{t.hash}",
-                                 retries=retries, pure=False) for t in tasks]
-        for future in as_completed(futures):
-            done(future.result())
+    def submit(t: GridTask) -> Any:
+        return client.submit(run_task, t, str(root), str(data_root), threads, device, key=f"run-{t.hash}",
+                             retries=retries, pure=False, priority=t.priority)
+
+    def execute(tasks: Sequence[GridTask], done: Done) -> None:
+        futures = as_completed([submit(t) for t in tasks])
+        for future in futures:
+            for t in done(future.result()) or ():
+                futures.add(submit(t))
     return execute
 
 
@@ -284,11 +322,57 @@ def _dask_client(workers: int | None, scheduler: str | None, threads: int | None
                       env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})
 
 
+class _FollowUps:
+    """What the grid trains once other runs are done, as soon as they are: a study's HTR arms when its γ grid is
+    finished, and its acting-dose arm step by step (:func:`~htr_utils.study.regularisation_arms.dose_next`)."""
+
+    def __init__(self, P: Profile, select: Sequence[str] | None, root: Path, data_root: Path,
+                 submitted: Sequence[GridTask]):
+        self.P, self.root, self.data_root = P, root, data_root
+        keep = _check_select(P, select)
+        studies = {n: s for n, s in P.regularisation.items() if n in keep and not missing_data(s.base.dataset, data_root)}
+        self.waiting = {n: _grid_hashes(s) for n, s in studies.items() if _waits_for_gamma(s)}
+        self.expected = {n: sum(1 for c in expected_gamma_arms(P, [n]) if not finished(c, root)) for n in self.waiting}
+        self.dose = {n: s for n, s in studies.items() if has_dose_arm(s)}
+        self.dose_pending: dict[str, set[str]] = {}
+        self.submitted = {t.hash: t for t in submitted}
+        self.finished = {h for h in self.submitted if finished(self.submitted[h].config, root)}
+
+    def expected_left(self) -> int:
+        """HTR arm runs not submitted yet (their γ is not chosen yet): for the progress bar's total."""
+        return sum(self.expected[n] for n in self.waiting)
+
+    def after(self, outcome: dict) -> list[GridTask]:
+        """The tasks ``outcome`` releases (none already submitted)."""
+        self.finished.add(outcome["hash"])
+        new: list[GridTask] = []
+        for name, needs in list(self.waiting.items()):
+            if needs <= self.finished:
+                del self.waiting[name]
+                new += [t for t in gamma_arms(self.P, [name], self.data_root, list(self.submitted.values()))
+                        if not t.skipped]
+                if name in self.dose:
+                    self.dose_pending[name] = set()
+        for name in list(self.dose_pending):
+            pending = self.dose_pending[name]
+            pending.discard(outcome["hash"])
+            if not pending:
+                nxt = [_task(name, c, self.data_root, unlocks=True) for c in dose_next(self.dose[name], self.root)]
+                if not nxt:  # the arm is complete (or no candidate acts)
+                    del self.dose_pending[name]
+                pending.update(t.hash for t in nxt)
+                new += nxt
+        fresh = list({t.hash: t for t in new if t.hash not in self.submitted}.values())
+        self.submitted.update((t.hash, t) for t in fresh)
+        return fresh
+
+
 def train(profile: str | Profile | None = None, select: Sequence[str] | None = None,
           execute: Executor | None = None, threads: int | None = None, device: str | None = None,
           progress: bool = True) -> list[dict]:
-    """Plan, then train every missing run with ``execute`` (default: local), then the HTR arms at the
-    chosen γ; the outcomes of every run (skipped ones included), in the order they finished."""
+    """Plan, then train every missing run with ``execute`` (default: local), each study's HTR arms as soon as its
+    γ grid is done and its acting-dose arm as its candidates finish; the outcomes of every run (skipped ones
+    included), in the order they finished."""
     P = get_profile(profile) if not isinstance(profile, Profile) else profile
     root, droot = P.runs_dir(), default_data_root()
     execute = execute or local_executor(root, droot, threads, device)
@@ -296,14 +380,14 @@ def train(profile: str | Profile | None = None, select: Sequence[str] | None = N
     print(describe(first, root), flush=True)
     outcomes = [{"hash": t.hash, "setting": t.setting, "status": "skipped", "why": t.skipped}
                 for t in first if t.skipped]
-    cached = {t.hash for t in first if (root / t.hash / "done.json").is_file()}
-    expected = sum(1 for c in expected_gamma_arms(P, select) if not (root / config_hash(c) / "done.json").is_file())
+    runnable = [t for t in first if not t.skipped]
+    follow = _FollowUps(P, select, root, droot, runnable)
     # the whole grid from the start (the HTR arms' count is known before γ is chosen), so the bar's
-    # remaining time covers both waves
-    bar = tqdm(total=len(first) - len(outcomes) + expected, desc="grid runs", unit="run", disable=not progress,
-               initial=len(cached))
+    # remaining time covers both waves; the acting-dose arm's runs are added as they are released
+    bar = tqdm(total=len(runnable) + follow.expected_left(), desc="grid runs", unit="run", disable=not progress,
+               initial=len(follow.finished))
 
-    def done(outcome: dict) -> None:
+    def done(outcome: dict) -> list[GridTask]:
         if outcome.get("malloc_trim") and not any(o.get("malloc_trim") for o in outcomes):
             bar.write(f"warning: worker pid {outcome['pid']} runs with {MALLOC_TRIM}={outcome['malloc_trim']} (Dask's "
                       "nanny default), which makes CPU training about 2x slower; start the workers without it "
@@ -311,13 +395,19 @@ def train(profile: str | Profile | None = None, select: Sequence[str] | None = N
         outcomes.append(outcome)
         bar.update(1)
         bar.write(f"{outcome['hash']} {outcome['setting']}: {outcome['status']} ({outcome['seconds']:.0f} s)")
+        new = follow.after(outcome)
+        if new:
+            bar.write(f"{outcome['hash']} releases {len(new)} run(s): " + ", ".join(sorted({t.setting for t in new})))
+        bar.total = len(follow.submitted) + follow.expected_left()
+        bar.refresh()
+        return new
 
-    execute([t for t in first if not t.skipped], done)
-    second = [t for t in gamma_arms(P, select, droot, first) if not t.skipped]
-    if second:
-        bar.write(f"γ chosen: {len(second)} HTR arm runs follow")
-        execute(second, done)
-    bar.total = bar.n  # cached arms at the chosen γ, or fewer than expected: the grid is complete
+    execute(runnable, done)
+    rest = [t for t in gamma_arms(P, select, droot, list(follow.submitted.values())) if not t.skipped]
+    if rest:  # only if an executor returned before every follow-up ran (a custom one that ignores them)
+        follow.submitted.update((t.hash, t) for t in rest)
+        execute(rest, done)
+    bar.total = bar.n
     bar.close()
     return outcomes
 

@@ -22,7 +22,7 @@ import pandas as pd
 from .profiles import RegStudy
 from .regularisation import ARM_LABELS, arm_dose, compare_arms, per_seed, run_summary
 from .regularisation_rules import authors_schedule, select_acting_dose
-from .runs import Run, train_run
+from .runs import Run, finished, load_run, train_run
 from .training import TrainConfig, TrainingDiverged
 
 # Amendment 1's candidates, in the fixed order: (label, γ, htr_freq; None = the study's schedule).
@@ -57,6 +57,26 @@ def dose_candidate_configs(study: RegStudy) -> list[tuple[str, TrainConfig]]:
     base = study.grid_configs("all")[0.0]
     return [(label, base.replace(htr_gamma=gamma, htr_params="all", htr_freq=freq or base.htr_freq))
             for label, gamma, freq in ACTING_DOSE_CANDIDATES]
+
+
+def dose_next(study: RegStudy, root: Path) -> list[TrainConfig]:
+    """The acting-dose arm's next runs, read from the cache without training (the run grid trains them):
+    the next candidate at the selection seed while none acts, then the chosen dose at every evaluation
+    seed not yet finished; [] when the arm is complete, when no candidate acts, when the profile does not ask
+    for the arm, or while the SGD run at the selection seed is unfinished (:func:`acting_dose_arm` reads the same
+    runs in the same order, so the notebook then finds them all)."""
+    sgd0 = load_run(study.grid_configs("all")[0.0], root) if has_dose_arm(study) else None
+    if sgd0 is None:
+        return []
+    trace0, trained = run_summary(sgd0)["trace"], []
+    for label, cfg in dose_candidate_configs(study):
+        if not finished(cfg, root):
+            return [cfg]
+        run = load_run(cfg, root)
+        trained.append((label, run_summary(run)["trace"] if run is not None else math.nan))
+        if select_acting_dose(trace0, trained)["chosen"] is not None:
+            return [c for c in (cfg.replace(seed=s) for s in study.seeds) if not finished(c, root)]
+    return []
 
 
 def acting_dose_arm(study: RegStudy, results: pd.DataFrame, root: Path, data_root: str | Path = "data",

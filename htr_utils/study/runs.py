@@ -296,6 +296,12 @@ def load_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT) -> Run | None
     return run if run is not None and run.done else None
 
 
+def finished(config: TrainConfig, root: str | Path = DEFAULT_ROOT) -> bool:
+    """Whether the run of ``config`` is complete or diverged (calling :func:`train_run` again trains nothing)."""
+    path = run_path(config, root)
+    return (path / "done.json").is_file() or (path / "diverged.json").is_file()
+
+
 # -- training with caching -------------------------------------------------------------------
 def train_run(config: TrainConfig, root: str | Path = DEFAULT_ROOT, progress: bool = True,
               data_root: str | Path | None = None, device: str | torch.device | None = None, *,

@@ -2,6 +2,7 @@
 give the same runs as one process."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -181,10 +182,51 @@ def test_a_worker_killed_mid_run_leaves_no_corrupt_file_and_the_grid_finishes(tm
 def test_stages_count_the_acting_dose_arm_at_its_worst_case():
     named = dict(grid.stages("cpu"))
     study = profiles.get_profile("cpu").regularisation["lenet_fashionmnist"]
-    dose = named["acting-dose arm (notebook 07; worst case: no candidate acts before the last)"]
+    dose = named["acting-dose arm (worst case: no candidate acts before the last)"]
     first = {config_hash(c) for c in named["lenet_fashionmnist: runs before γ is chosen"]}
     candidates = [c for _, c in dose_candidate_configs(study)]
     new = [c for c in candidates if config_hash(c) not in first]
     assert 0 < len(new) < len(candidates)  # the γ grid already holds some candidates (shared cache)
     assert len(dose) == len(new) + len(study.seeds) and dose[-1] == candidates[-1].replace(seed=study.seeds[-1])
     assert all(c.htr_gamma > 0 for c in dose)
+
+
+def test_htr_arms_and_the_acting_dose_arm_start_as_soon_as_their_gamma_grid_is_done(tmp_path, monkeypatch):
+    """No barrier after the first wave: the outcome that completes a study's γ grid releases its HTR arms at the
+    chosen γ and the acting-dose arm's next step while other first-wave runs still wait; the grid then holds every
+    run notebook 07's acting-dose arm asks for."""
+    from htr_utils.study import regularisation_arms
+    from htr_utils.study.outputs import data_root
+    base = tiny_profile(tmp_path / "runs")
+    study = dataclasses.replace(base.regularisation["reg"], dose_arm=True)
+    P = dataclasses.replace(base, regularisation={"reg": study})
+    root, droot = P.runs_dir(), data_root()
+    first = {t.hash for t in grid.plan(P)}
+    log: list[tuple[str, list[str]]] = []
+    real = grid.local_executor(root, droot, 1, "cpu")
+
+    def spy_executor(tasks, done):
+        def spy(outcome):
+            new = list(done(outcome) or ())
+            log.append((outcome["hash"], [t.hash for t in new]))
+            return new
+        real(tasks, spy)
+
+    grid.train(P, execute=spy_executor, threads=1, progress=False)
+    needs = grid._grid_hashes(study)
+    completes = max(i for i, (h, _) in enumerate(log) if h in needs)
+    assert any(h in first and h not in needs for h, _ in log[completes + 1:]), "released only after the first wave"
+    _, gammas = regularisation.choose_gammas(study, root, droot)
+    arms = {config_hash(c.replace(seed=s)) for c in study.arms(gammas).values() if c.htr_gamma > 0
+            for s in study.seeds}
+    assert arms - first <= set(log[completes][1])
+    assert regularisation_arms.dose_next(study, root) == []  # the arm is complete
+
+    def must_be_cached(cfg, root=runs.DEFAULT_ROOT, *args, **kwargs):
+        assert (runs.run_path(cfg, root) / "done.json").is_file(), f"the grid lacks an acting-dose run: {cfg}"
+        return runs.train_run(cfg, root, *args, **kwargs)
+
+    results = regularisation.train_arms(study, gammas, root, droot, arms=("sgd",))
+    monkeypatch.setattr(regularisation_arms, "train_run", must_be_cached)
+    arm = regularisation_arms.acting_dose_arm(study, results, root, droot)
+    assert arm is not None and len(arm["selection"]) == len(regularisation_arms.ACTING_DOSE_CANDIDATES)

@@ -81,3 +81,16 @@ def test_authors_schedule_reads_epoch_30_of_the_40_epoch_runs(monkeypatch):
     assert out["share_of_published"]["diff"] == pytest.approx(200.0)  # 0.2 pt = twice the +0.1-point gain
     with pytest.raises(ValueError, match="no epoch 45"):
         ra.epoch_accuracy(study, "sgd", 1e-5, 45, None)
+
+
+def test_a_shorter_run_is_the_longer_runs_prefix(tmp_path):
+    """Amendment 2 reads SGD 30 / HTR 30 as epoch 30 of the 40-epoch runs: same seed, schedule, data order and penalty
+    steps up to there, so a k-epoch run's evaluation after epoch k must equal the longer run's, bit for bit."""
+    from htr_utils.study.runs import train_run
+    cfg = BASE.replace(val_fraction=0.0, epochs=6, milestones=(2, 4), htr_gamma=1e-3, htr_start_epoch=2,
+                       eval_every=2, curvature_every=6)
+    long = train_run(cfg, root=tmp_path, progress=False).metrics.set_index("epoch")
+    short = train_run(cfg.replace(epochs=4, curvature_every=4), root=tmp_path, progress=False).metrics.set_index("epoch")
+    assert short.loc[4, "penalty_steps"] > 0
+    for col in ("test_acc", "test_loss", "train_loss"):
+        assert short.loc[4, col] == long.loc[4, col], col

@@ -34,7 +34,7 @@ def test_stages_hold_every_planned_run_and_the_htr_arms_to_come(profile):
     P = get_profile(profile)
     stages = dict(grid.stages(P))
     planned = [t for t in grid.plan(P) if not t.skipped]
-    later = ("HTR arms at the chosen γ", "acting-dose arm (notebook 07; worst case: no candidate acts before the last)")
+    later = ("HTR arms at the chosen γ", "acting-dose arm (worst case: no candidate acts before the last)")
     assert sum(len(c) for name, c in stages.items() if name not in later) == len(planned)
     arms = stages["HTR arms at the chosen γ"]
     assert arms and all(c.htr_gamma > 0 for c in arms)
