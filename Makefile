@@ -48,8 +48,9 @@ test-fast: setup
 # on a Dask LocalCluster of TRAIN_PROCS one-thread workers sharing the run cache through its locks (default 2:
 # on this project's 2-core CPU two one-thread workers train the grid 1.13x faster than one 2-thread process,
 # benchmarks/RESULTS.md), or with TRAIN_PROCS=1 one run after another with torch's threads (its runs round
-# differently from the committed ones, which come from one-thread workers); the notebooks then read the cache
-# (and train whatever a notebook alone still lacks, e.g. notebook 07's acting-dose arm), NB_JOBS at a time, each
+# differently from the committed ones, which come from one-thread workers; the grid starts the longest runs first and
+# each study's HTR arms and acting-dose arm as soon as their γ grid is done); the notebooks then read the cache
+# (and would train whatever the grid lacks), NB_JOBS at a time, each
 # in its own process (their computation is mostly one-thread Python, so two at once use both cores).
 TRAIN_PROCS ?= 2
 NB_JOBS ?= 2

@@ -576,7 +576,8 @@ _add(Claim(
     """),
     rule=_text("""
     **Current rule: PROTOCOL.md regularisation amendments 1–2 (issue 31) and 5 (2026-12-07: the cpu
-    profile's 6 evaluation seeds, runs moved to the paper profile), fixed before the runs they judge.** γ chosen
+    profile's 6 evaluation seeds, runs moved to the paper profile) and 6 (the authors' schedule back in the cpu
+    profile, scaled down), fixed before the runs they judge.** γ chosen
     on the validation split at seed 0 among 1e-5, 1e-4, 1e-3, 1e-2 (SGD + L2 + HTR uses the same γ); every arm at the profile's evaluation seeds (cpu: 1–6), paired by seed. On the paired 95 % t intervals of **SGD + HTR − SGD** and **SGD + L2 + HTR − SGD + L2**
     (test accuracy), two separate statements:
 
@@ -593,8 +594,8 @@ _add(Claim(
     first of γ 1e-3, 3e-3, 1e-2 (the study's schedule), then γ 1e-3, 1e-2 every 10 steps, whose
     final trace is ≥ 20 % below SGD's (selected at seed 0, before any evaluation seed of the arm). **The authors' schedule** (SGD 30 epochs against SGD + HTR
     40, at the paper's setting, 3 seeds) is shown, never deciding, with the share of the +0.1-point
-    gain the 10 extra epochs explain (cpu: it and the paper-setting row are moved to the paper profile,
-    amendment 5). Across deciding studies: reproduced (not reproduced) if every
+    gain the 10 extra epochs explain (cpu: on 30 000 of the 60 000 training images, amendment 6; the
+    paper-setting row is moved to the paper profile, amendment 5). Across deciding studies: reproduced (not reproduced) if every
     study is, else inconclusive. Calibrated before the run at the earlier run's paired sd (0.027, 0.031 pts)
     and 6 seeds:
     false reproduced ≤ 0.2 % at +0.05 pts, false not reproduced 0.0 % and power 82 % at +0.1 pts,

@@ -12,7 +12,8 @@
   amended by issue 31 (:mod:`htr_utils.study.regularisation_rules`: the loss-threshold C6a design with
   its budget rule, C6b's "paper's +0.1 point" with "any gain" apart and the dose beside every HTR
   verdict, C7's amended gate, equivalence and cost line) and report the earlier rules beside them.
-  The new arms (acting dose, authors' schedule) are trained by :mod:`htr_utils.study.regularisation_arms`.
+  The new arms (acting dose, authors' schedule) are read (and trained where the run grid has not) by
+  :mod:`htr_utils.study.regularisation_arms`.
 
 Training goes through :func:`htr_utils.study.runs.train_run`, so every run is cached and resumable;
 :func:`study_runs` lists a study's runs that wait on no choice of γ; :mod:`htr_utils.study.grid`
