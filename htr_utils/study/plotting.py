@@ -646,7 +646,8 @@ def plot_outliers_vs_epoch(table: pd.DataFrame, C: int, block: str = "full") -> 
 
 def plot_top_with_edge(table: pd.DataFrame, tops: Mapping[str, Sequence[float]], C: int) -> plt.Figure:
     """Per run (last epoch, most examples per class): the top Hessian Ritz values, the bulk edge λ_max(G_within)
-    as a dashed line and the C-th position marked."""
+    as a dashed line and the C-th position marked; the title gives the count above the edge and, where the table
+    has it, the class directions k_cls that C1's amended rule counts."""
     runs = list(tops)
     fig, axes = _runs_axes(len(runs))
     for ax, run in zip(axes, runs):
@@ -656,7 +657,9 @@ def plot_top_with_edge(table: pd.DataFrame, tops: Mapping[str, Sequence[float]],
         ax.semilogy(k[v > 0], v[v > 0], "o", ms=4)
         ax.axhline(row["bulk_edge"], ls="--", color="C3", label=f"bulk edge {row['bulk_edge']:.3g}")
         ax.axvline(C + 0.5, ls=":", color="0.5", label=f"k = C = {C}")
-        ax.set(title=f"{run}: epoch {row['epoch']}, {row['per_class']}/class, k = {row['outliers']}",
+        # the verdict counts class directions (amendment S2), not eigenvalues above the edge: both in the title
+        kcls = f", k_cls = {int(row['class_directions'])}" if pd.notna(row.get("class_directions", np.nan)) else ""
+        ax.set(title=f"{run}: epoch {row['epoch']}, {row['per_class']}/class\nabove edge: {row['outliers']}{kcls}",
                xlabel="k", ylabel="λ_k(Hess)")
         ax.legend(fontsize="x-small")
     fig.tight_layout()
