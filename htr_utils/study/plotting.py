@@ -727,3 +727,28 @@ def plot_curvature_trends(series: pd.DataFrame, trends: pd.DataFrame) -> plt.Fig
             ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
+
+
+def plot_c4_partial(distances: pd.DataFrame, partial: pd.DataFrame, c: float, b: float) -> plt.Figure:
+    """What decides C4 (amendment 6): left, each deciding layer's log normalised W1 (epoch mean) against its log size
+    share; right, the partial residual log W1 − α̂_net − b̂ log share against |d − 1/2| with the fitted ĉ |d − 1/2|
+    (a U-shape in depth that layer size explains leaves ĉ ≤ 0)."""
+    layers = (distances.assign(log_w=np.log(distances["w1_normalised"]), share=distances["size"])
+              .groupby(["run", "index"], sort=False).agg(log_w=("log_w", "mean"), size=("size", "first"))
+              .reset_index())
+    layers["log_share"] = layers.groupby("run")["size"].transform(lambda s: np.log(s / s.sum()))
+    both = layers.merge(pd.DataFrame(partial), on=["run", "index"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (run, g) in enumerate(both.groupby("run", sort=False)):
+        left.plot(g["log_share"], g["log_w"], "o", color=f"C{i}", label=run)
+        right.plot(g["distance_from_middle"], g["partial_log_w1"], "o", color=f"C{i}", label=run)
+    z = np.linspace(0, both["distance_from_middle"].max(), 50)
+    right.plot(z, c * z, "k-", lw=1, label=f"ĉ |d − 1/2|, ĉ = {c:.2f} (end/centre {np.exp(c / 2):.2f})")
+    left.set(xlabel="log size share log(n_l / N)", ylabel="log normalised W1 (epoch mean)",
+             title=f"layer size (b̂ = {b:.2f})")
+    right.set(xlabel="|d − 1/2| (0 = the middle of depth)", ylabel="log W1 − α̂_net − b̂ log share",
+              title="depth after size (decides)")
+    left.legend(fontsize="x-small")
+    right.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig

@@ -598,6 +598,19 @@ def c4_depth_test(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[in
     return {"c": c, "se": se, "residual_sd": sd, "df": df, "p_R": p_r, "p_N": p_n, "ratio": float(np.exp(c / 2))}
 
 
+def c4_depth_partial(log_w1: Sequence[Sequence[float]], sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The fit of :func:`c4_depth_test` taken apart for a figure: per network the layers' |d − 1/2| and partial
+    residuals log W1_ki − α̂_k − b̂ log(n_ki / N_k) (= ĉ |d_i − 1/2| + residual), with b̂ and ĉ."""
+    X, z = _depth_design(sizes)
+    y = np.concatenate([np.asarray(v, dtype=float) for v in log_w1])
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    partial = y - X[:, :-1] @ beta[:-1]
+    bounds = np.cumsum([0, *[len(s) for s in sizes]])
+    return {"b": float(beta[-2]), "c": float(beta[-1]),
+            "z": [z[a:e].tolist() for a, e in zip(bounds[:-1], bounds[1:])],
+            "partial": [partial[a:e].tolist() for a, e in zip(bounds[:-1], bounds[1:])]}
+
+
 def c4_depth_codes(p_reproduced: np.ndarray | float, p_not: np.ndarray | float, alpha: float = ALPHA) -> np.ndarray:
     """R if p_R < alpha, N if p_N < alpha (and not R), else I."""
     p_r, p_n = np.asarray(p_reproduced, dtype=float), np.asarray(p_not, dtype=float)

@@ -725,6 +725,9 @@ def c4_normalised_verdict(table: pd.DataFrame, step: Mapping[str, Any] | None = 
                  .reset_index())
     rows = [per_layer[per_layer["run"] == r].sort_values("index") for r in deciding]
     fit = rules.c4_normalised_test([g["log_w"].to_numpy() for g in rows], [g["size"].to_numpy() for g in rows])
+    parts = rules.c4_depth_partial([g["log_w"].to_numpy() for g in rows], [g["size"].to_numpy() for g in rows])
+    partial = pd.concat([g[["run", "index"]].assign(distance_from_middle=z, partial_log_w1=p)
+                         for g, z, p in zip(rows, parts["z"], parts["partial"])], ignore_index=True)
     dec = pd.concat(rows)
     probe_sd = float(np.nanmedian(np.sqrt(dec["probe_var"] / dec["epochs"]))) if dec["probe_var"].notna().any() \
         else float("nan")
@@ -741,6 +744,7 @@ def c4_normalised_verdict(table: pd.DataFrame, step: Mapping[str, Any] | None = 
                 f"decide): raw W1 (amendment 5, stated ratio {rules.C4_STATED_RATIO:g}) ratio {a5['ratio']:.2g}, residual sd {a5['residual_sd']:.2f}, "
                 f"p_R = {a5['p_R']:.2g}, p_N = {a5['p_N']:.2g} -> {raw.verdict.value}; closest layer (raw W1) {raw.measured.split('; closest layer ', 1)[-1]}")
     return VerdictResult(verdict, measured, {"fit": fit, "label": label, "probe_sd": probe_sd, "raw_fit": a5,
+                                             "size_slope": parts["b"], "partial": partial.to_dict("records"),
                                              "raw_verdict": raw.verdict.value, "deciding": deciding,
                                              "extensions": raw.details["extensions"],
                                              "step_check": raw.details["step_check"]})

@@ -93,3 +93,17 @@ def test_probe_se_from_independent_probes():
     a = sv._measure(full)
     logs = [np.log(r.w1_atoms(np.array([0.0, 1.0]), w, *a)) for _, w in probes]
     assert sv._probe_se(probes, a) == pytest.approx(np.std(logs, ddof=1) / np.sqrt(5))
+
+
+def test_partial_residuals_carry_the_depth_term_and_nothing_of_size():
+    """The figure's partial residuals are ĉ |d − 1/2| + e with e orthogonal to every regressor: refitting them on
+    the design gives intercepts and size slope 0 and the same ĉ; b̂ recovers the simulated size slope."""
+    rng = np.random.default_rng(3)
+    y = _layers(-1.0, 0.05, rng)
+    parts = r.c4_depth_partial(y, [LENET, VGG])
+    assert parts["c"] == pytest.approx(r.c4_depth_test(y, [LENET, VGG])["c"])
+    assert parts["b"] == pytest.approx(0.3, abs=0.05)
+    X, z = r._depth_design([LENET, VGG])
+    again, *_ = np.linalg.lstsq(X, np.concatenate(parts["partial"]), rcond=None)
+    assert np.allclose(again[:-1], 0, atol=1e-10) and again[-1] == pytest.approx(parts["c"])
+    assert np.allclose(np.concatenate(parts["z"]), z)
