@@ -85,7 +85,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -891,22 +890,14 @@ def _drop_zero_terms(gm: torch.fx.GraphModule) -> None:
                and getattr(getattr(node.target, "_schema", None), "is_mutable", False)
                for arg in node.all_input_nodes}
     zero: set[torch.fx.Node] = set()
-    zero_parts: dict[torch.fx.Node, set[int]] = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node in mutated:
             continue
         args, target = node.args, node.target
         if (target in makes_zeros or (target in views and args and args[0] in zero)
                 or (target in products and any(a in zero for a in args))
-                or (target is aten.convolution.default and (args[0] in zero or args[1] in zero) and args[2] is None)
-                or (target is operator.getitem and args[1] in zero_parts.get(args[0], ()))):
+                or (target is aten.convolution.default and (args[0] in zero or args[1] in zero) and args[2] is None)):
             zero.add(node)
-        elif target is aten.convolution_backward.default:
-            # outputs (grad_input, grad_weight, grad_bias): all zero for a zero grad_output; grad_weight for a
-            # zero input (e.g. the data's tangent); grad_input for a zero weight
-            parts = {0, 1, 2} if args[0] in zero else {1} if args[1] in zero else {0} if args[2] in zero else set()
-            if parts:
-                zero_parts[node] = parts
         elif target is aten.add.Tensor and len(args) == 2 and not node.kwargs:
             for z, other in (args, args[::-1]):
                 if z in zero and isinstance(other, torch.fx.Node) and other not in mutated:
