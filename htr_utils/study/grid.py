@@ -295,7 +295,8 @@ def dask_executor(client: Any, root: Path, data_root: Path, threads: int | None,
                              retries=retries, pure=False, priority=t.priority)
 
     def execute(tasks: Sequence[GridTask], done: Done) -> None:
-        futures = as_completed([submit(t) for t in tasks])
+        # submitted highest priority first: idle workers take the first tasks that arrive, whatever their priority
+        futures = as_completed([submit(t) for t in sorted(tasks, key=lambda t: -t.priority)])
         for future in futures:
             for t in done(future.result()) or ():
                 futures.add(submit(t))
