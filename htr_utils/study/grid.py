@@ -317,7 +317,11 @@ def _dask_client(workers: int | None, scheduler: str | None, threads: int | None
     # adaptive mmap threshold, so every large tensor is mapped and unmapped afresh, and a CPU run takes
     # 2x as long (151 s against 78 s for one cpu-profile run, benchmarks/RESULTS.md). Ours go without it.
     spawn_env = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if k != MALLOC_TRIM}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+    # worker-saturation 1.0: a one-thread worker holds only the run it trains. At Dask's default (1.1) it also holds
+    # the next one, taken when submitted, so a γ-grid run queued behind VGG11_bn's 38 minutes kept the HTR arms
+    # waiting (the timed run of b8ea41b); with 1.0 every waiting run stays in the scheduler's priority queue.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env,
+                          "distributed.scheduler.worker-saturation": 1.0}):
         # the Client owns the LocalCluster it starts, so leaving the Client stops the workers too
         return Client(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})

@@ -230,3 +230,9 @@ def test_htr_arms_and_the_acting_dose_arm_start_as_soon_as_their_gamma_grid_is_d
     monkeypatch.setattr(regularisation_arms, "train_run", must_be_cached)
     arm = regularisation_arms.acting_dose_arm(study, results, root, droot)
     assert arm is not None and len(arm["selection"]) == len(regularisation_arms.ACTING_DOSE_CANDIDATES)
+
+
+@pytest.mark.slow
+def test_the_grids_dask_workers_hold_only_the_run_they_train(client):
+    """Worker saturation 1.0: waiting runs stay in the scheduler's priority queue, not behind a long run on a worker."""
+    assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
