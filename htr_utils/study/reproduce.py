@@ -15,8 +15,8 @@ that cannot be written is refused before any notebook runs.
 
 Console: one line per notebook, its name when it starts and its verdict and wall time when it ends
 (``01_full_spectrum ... not reproduced in 14 min 05.2 s``); with ``--jobs N`` N notebooks run at once, each in its
-own process (a kernel's environment is per process), and a line is printed as each ends. Kernels get CurveZMQ keys where the
-kernel supports them, so ipykernel does not warn "running over TCP without encryption" for each
+own process (a kernel's environment is per process), and the same line is printed whole as each ends. Kernels get
+CurveZMQ keys where the kernel supports them, so ipykernel does not warn "running over TCP without encryption" for each
 notebook; anything else a kernel writes to its stderr (a crash, a C library's error) still shows.
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def _run_parallel(notebooks: list[Path], out: Path, args: argparse.Namespace, nb
                     failed[nb.stem] = r["summary"]
                     details[nb.stem] = (out / nb.stem / nb.name, r["detail"])
                     why = f": {r['summary']}"
-                print(f"{nb.stem:<{width}} {r['status']} in {_duration(r['wall'])}{why}", flush=True)
+                print(f"{nb.stem:<{width}} ... {r['status']} in {_duration(r['wall'])}{why}", flush=True)
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             for nb in notebooks:
