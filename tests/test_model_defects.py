@@ -204,15 +204,20 @@ class CubeNet(nn.Module):
         return self.b(self.cube.apply(torch.tanh(self.a(x))))
 
 
+def cube_problem(cube: type, seed: int, n: int, split: int, kind: str, batches: str):
+    """CubeNet(cube) in float64 on n random samples: (operator over one batch or two split at ``split``, the
+    dense float64 reference of ``kind``)."""
+    torch.manual_seed(seed)
+    model = CubeNet(cube).double()
+    x, y = torch.randn(n, 4, dtype=torch.double), torch.randint(0, 3, (n,))
+    data = (x, y) if batches == "one" else [(x[:split], y[:split]), (x[split:], y[split:])]
+    return hvp_operator(model, F.cross_entropy, data, kind=kind), reference(model, F.cross_entropy, x, y)[kind]
+
+
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
 @pytest.mark.parametrize("batches", ["one", "several"])
 def test_symmetry_check_catches_a_wrong_forward_rule(kind, batches):
-    torch.manual_seed(2)
-    model = CubeNet(WrongTangentCube).double()
-    x, y = torch.randn(8, 4, dtype=torch.double), torch.randint(0, 3, (8,))
-    want = reference(model, F.cross_entropy, x, y)[kind]
-    data = (x, y) if batches == "one" else [(x[:5], y[:5]), (x[5:], y[5:])]
-    op = hvp_operator(model, F.cross_entropy, data, kind=kind)
+    op, want = cube_problem(WrongTangentCube, 2, 8, 5, kind, batches)
     with pytest.warns(UserWarning, match=r"not symmetric.*the model \(CubeNet\)"):
         A = op.to_dense()
     assert rel_err(A, want) < TOL
@@ -252,12 +257,7 @@ class OldCube(torch.autograd.Function):
 @pytest.mark.parametrize("kind", ["hessian", "ggn", "residual"])
 @pytest.mark.parametrize("batches", ["one", "several"])
 def test_old_style_function_falls_back_to_autograd(kind, batches):
-    torch.manual_seed(4)
-    model = CubeNet(OldCube).double()
-    x, y = torch.randn(9, 4, dtype=torch.double), torch.randint(0, 3, (9,))
-    want = reference(model, F.cross_entropy, x, y)[kind]
-    data = (x, y) if batches == "one" else [(x[:4], y[:4]), (x[4:], y[4:])]
-    op = hvp_operator(model, F.cross_entropy, data, kind=kind)
+    op, want = cube_problem(OldCube, 4, 9, 4, kind, batches)
     V = torch.randn(op.dim, 3, dtype=torch.double)
     with pytest.warns(UserWarning, match="torch.func cannot differentiate.*setup_context"):
         got = op.matmat(V)
