@@ -16,7 +16,8 @@ Each factor is checked first against central finite differences (float64, step F
 FD_TOL) along random directions; a case whose reference fails that check (a kink of ReLU / max
 pooling crossed by the step) is reported as SKIP, never as a library failure.
 
-Library checks (relative to max(‖H V‖, ‖G V‖), TOL per dtype): matvec, matmat, uᵀ(A v) = vᵀ(A u);
+Library checks (relative to max(‖H V‖, ‖G V‖), TOL per dtype; in float32 at least FLOOR_FACTOR times the miss
+of the same plain-autograd construction run in float32, ``float32_floor``): matvec, matmat, uᵀ(A v) = vᵀ(A u);
 top_eigenvalues(op, k) against numpy's eigh (EIG_TOL · max|λ|); hutchinson_trace within Z_MAX
 standard errors of tr(A) (the exact Rademacher variance 2 Σ_{i≠j} A_ij²); trace_penalty with fixed
 probes against Σ zᵀ H z, and with fresh probes within Z_MAX standard errors of tr(H); the model's
@@ -51,6 +52,7 @@ MAX_PARAMS = 300
 TOL = {torch.float64: 1e-8, torch.float32: 1e-4}          # products, relative to max(‖HV‖, ‖GV‖)
 EIG_TOL = {torch.float64: 1e-5, torch.float32: 1e-3}      # eigenvalues, relative to max |λ|
 FD_EPS, FD_TOL = 1e-5, 1e-6                                # reference vs central differences (float64)
+FLOOR_FACTOR = 10.0   # float32 products may miss by this many times torch's own float32 double backward's miss
 Z_MAX = 6.0                                                # standard errors allowed for stochastic traces
 HUTCHINSON_PROBES, PENALTY_PROBES = 128, 64
 
@@ -710,36 +712,71 @@ def _fd_errors(model: nn.Module, params: list[Tensor], loss_fn: Callable, x: Ten
     return errors
 
 
+def _reference_inputs(case: Case, dtype: torch.dtype) -> tuple[nn.Module, list[Tensor], list[str], Callable, Tensor,
+                                                                  Tensor]:
+    """The reference model (eval mode, the selected parameters), its selected parameters, their names, the loss
+    and all the data, in ``dtype``."""
+    model, names = _reference_model(case)
+    model = model.to(dtype)
+    params = [model.get_parameter(nm) for nm in names]
+    loss_fn = copy.deepcopy(case.loss_fn).to(dtype) if isinstance(case.loss_fn, nn.Module) else case.loss_fn
+    x = case.x.to(dtype) if case.x.is_floating_point() else case.x
+    y = case.y.to(dtype) if case.y.is_floating_point() else case.y
+    return model, params, names, loss_fn, x, y
+
+
+def _dense_factors(model: nn.Module, params: list[Tensor], loss_fn: Callable, x: Tensor, y: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """H by one double backward per row, J = ∂f/∂θ row by row, ∇²_f L and the model's outputs f, all by plain
+    autograd in the parameters' dtype (no htr_utils)."""
+    dtype = params[0].dtype
+    loss = _loss_value(model, loss_fn, x, y)
+    g = _flat_grad(loss, params, create_graph=True)
+    P = g.numel()
+    H = torch.zeros(P, P, dtype=dtype)
+    for i in range(P):
+        if g[i].requires_grad:
+            H[i] = _flat_grad(g[i], params, retain_graph=True)
+    f = model(x)
+    F_ = f.reshape(-1)
+    J = torch.zeros(F_.numel(), P, dtype=dtype)
+    for j in range(F_.numel()):
+        if F_[j].requires_grad:
+            J[j] = _flat_grad(F_[j], params, retain_graph=True)
+    z = f.detach().clone().requires_grad_(True)
+    gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0].reshape(-1)
+    Hf = torch.zeros(F_.numel(), F_.numel(), dtype=dtype)
+    for j in range(F_.numel()):
+        if gz[j].requires_grad:
+            Hf[j] = torch.autograd.grad(gz[j], z, retain_graph=True)[0].reshape(-1)
+    return H, J, Hf, f.detach()
+
+
+def _dense(H: Tensor, J: Tensor, Hf: Tensor) -> dict[str, Tensor]:
+    G = J.T @ Hf @ J
+    G = (G + G.T) / 2
+    return {"hessian": H, "ggn": G, "residual": H - G}
+
+
+def float32_floor(case: Case, V: Tensor, want: dict[str, Tensor], scale: float) -> dict[str, float]:
+    """How far torch's own float32 double backward is from the float64 reference on V, per kind.
+
+    The same plain-autograd construction as the reference, run on a float32 copy: the rounding error
+    any float32 product of this case's curvature can be expected to carry (large where the loss is
+    nearly flat and its curvature a difference of large terms)."""
+    model, params, _, loss_fn, x, y = _reference_inputs(case, torch.float32)
+    with sdpa_kernel(SDPBackend.MATH):
+        H, J, Hf, _ = _dense_factors(model, params, loss_fn, x, y)
+    return {kind: _rel(A.double() @ V, want[kind], scale) for kind, A in _dense(H, J, Hf).items()}
+
+
 def build_reference(case: Case, num_dirs: int = 2) -> Reference:
     """Dense H, G = Jᵀ(∇²_f L)J and H − G of the mean loss over all the data, by plain autograd in float64."""
-    model, names = _reference_model(case)
-    params = [model.get_parameter(nm) for nm in names]
-    loss_fn = copy.deepcopy(case.loss_fn).double() if isinstance(case.loss_fn, nn.Module) else case.loss_fn
-    x = case.x.double() if case.x.is_floating_point() else case.x
-    y = case.y.double() if case.y.is_floating_point() else case.y
+    model, params, names, loss_fn, x, y = _reference_inputs(case, torch.float64)
     gen = torch.Generator().manual_seed(case.seed + 7)
     with sdpa_kernel(SDPBackend.MATH):
-        loss = _loss_value(model, loss_fn, x, y)
-        g = _flat_grad(loss, params, create_graph=True)
-        P = g.numel()
-        H = torch.zeros(P, P, dtype=torch.float64)
-        for i in range(P):
-            if g[i].requires_grad:
-                H[i] = _flat_grad(g[i], params, retain_graph=True)
-        f = model(x)
-        F_ = f.reshape(-1)
-        J = torch.zeros(F_.numel(), P, dtype=torch.float64)
-        for j in range(F_.numel()):
-            if F_[j].requires_grad:
-                J[j] = _flat_grad(F_[j], params, retain_graph=True)
-        z = f.detach().clone().requires_grad_(True)
-        gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0].reshape(-1)
-        Hf = torch.zeros(F_.numel(), F_.numel(), dtype=torch.float64)
-        for j in range(F_.numel()):
-            if gz[j].requires_grad:
-                Hf[j] = torch.autograd.grad(gz[j], z, retain_graph=True)[0].reshape(-1)
-        G = J.T @ Hf @ J
-        G = (G + G.T) / 2
+        H, J, Hf, f = _dense_factors(model, params, loss_fn, x, y)
+        P, F_ = H.shape[0], f.reshape(-1)
 
         # Central differences of the gradient, of the outputs and of the output gradient, along unit directions;
         # where the first step fails, a 100x smaller one (a ReLU / max-pool kink inside the first step).
@@ -749,11 +786,11 @@ def build_reference(case: Case, num_dirs: int = 2) -> Reference:
         dirs = [(v / v.norm().clamp_min(1e-300), u / u.norm()) for v, u in dirs]
         errors: dict[str, float] = {}
         for eps in (FD_EPS, FD_EPS / 100):
-            step = _fd_errors(model, params, loss_fn, x, y, f.detach(), (H, J, Hf), dirs, eps)
+            step = _fd_errors(model, params, loss_fn, x, y, f, (H, J, Hf), dirs, eps)
             errors = {k: min(errors.get(k, math.inf), e) for k, e in step.items()}
             if all(e <= FD_TOL for e in errors.values()):
                 break
-    return Reference({"hessian": H, "ggn": G, "residual": H - G}, errors, names)
+    return Reference(_dense(H, J, Hf), errors, names)
 
 
 # ============================================================================================ the checks
@@ -829,6 +866,13 @@ def check_case(case: Case) -> Outcome:
     V = torch.randn(P, 3, generator=gen, dtype=torch.float64)
     V /= V.norm(dim=0)
     scale = max(float((ref.dense["hessian"] @ V).norm()), float((ref.dense["ggn"] @ V).norm()), 1e-300)
+    wants = {kind: A @ V for kind, A in ref.dense.items()}
+    # float32: no product can beat float32's own rounding of this curvature by much; allow FLOOR_FACTOR times
+    # what torch's float32 double backward misses by (well under TOL on all but nearly flat losses).
+    floor = float32_floor(case, V, wants, scale) if dtype == torch.float32 else {}
+    tols = {kind: max(tol, FLOOR_FACTOR * floor.get(kind, 0.0)) for kind in wants}
+    if any(t > tol for t in tols.values()):
+        outcome.notes.append("float32 floor: " + ", ".join(f"{k} {floor[k]:.1e}" for k in tols if tols[k] > tol))
     mode_before = [m.training for m in case.model.modules()]
     state_before = _state(case.model)
     ops = {}
@@ -843,22 +887,22 @@ def check_case(case: Case) -> Outcome:
                     fail(f"{kind}: op.dim {op.dim} != {P} selected scalars")
                     continue
                 ops[kind] = op
-                want = ref.dense[kind] @ V
+                want, allowed = wants[kind], tols[kind]
                 where = f"{kind} matvec"
                 mv = op.matvec(V[:, 0].to(dtype))
                 err = _rel(mv, want[:, 0], scale)
-                if not err <= tol:
-                    fail(f"{kind} matvec: relative error {err:.2e} > {tol:.0e}")
+                if not err <= allowed:
+                    fail(f"{kind} matvec: relative error {err:.2e} > {allowed:.1e}")
                 where = f"{kind} matmat"
                 mm = op.matmat(V.to(dtype))
                 err = _rel(mm, want, scale)
-                if not err <= tol:
-                    fail(f"{kind} matmat: relative error {err:.2e} > {tol:.0e}")
+                if not err <= allowed:
+                    fail(f"{kind} matmat: relative error {err:.2e} > {allowed:.1e}")
                 where = f"{kind} symmetry"
                 AV = mm.double()
                 asym = float((V.T @ AV - (V.T @ AV).T).abs().max()) / scale
-                if not asym <= tol:
-                    fail(f"{kind} symmetry: |uᵀAv − vᵀAu| / max(‖HV‖, ‖GV‖) = {asym:.2e} > {tol:.0e}")
+                if not asym <= allowed:
+                    fail(f"{kind} symmetry: |uᵀAv − vᵀAu| / max(‖HV‖, ‖GV‖) = {asym:.2e} > {allowed:.1e}")
             except ValueError as exc:
                 if case.may_refuse is None or case.may_refuse not in str(exc):
                     fail(f"{where}: {_short(exc)}")
