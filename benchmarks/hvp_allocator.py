@@ -37,6 +37,7 @@ from torch.func import functional_call, grad
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.cases import Problem
+from benchmarks.timing import interleaved_medians
 from htr_utils import hvp_operator
 
 REGIMES: dict[str, dict[str, str]] = {
@@ -87,13 +88,7 @@ def kernel_costs(repeats: int = 20, inputs: int = 1000) -> dict[str, float]:
         "conv2 backward data": lambda: back(g2, h, w2, None, *conv, [True, False, False]),
         "conv2 backward weight": lambda: back(g2, h, w2, None, *conv, [False, True, False]),
         "conv2 backward data+weight": lambda: back(g2, h, w2, None, *conv, [True, True, False])}
-    times: dict[str, list[float]] = {k: [] for k in kernels}
-    for _ in range(repeats):
-        for name, fn in kernels.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: seconds * 1e3 for name, seconds in interleaved_medians(kernels, repeats=repeats).items()}
 
 
 def measure(repeats: int = 30, inputs: int = 1000) -> dict[str, dict]:

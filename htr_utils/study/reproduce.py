@@ -183,7 +183,7 @@ def _run_parallel(notebooks: list[Path], out: Path, args: argparse.Namespace, nb
                     failed[nb.stem] = r["summary"]
                     details[nb.stem] = (out / nb.stem / nb.name, r["detail"])
                     why = f": {r['summary']}"
-                print(f"{nb.stem:<{width}} ... {r['status']} in {_duration(r['wall'])}{why}", flush=True)
+                print(f"{nb.stem:<{width}} ... {_ending(r['status'], r['wall'], why)}", flush=True)
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             for nb in notebooks:
@@ -191,6 +191,11 @@ def _run_parallel(notebooks: list[Path], out: Path, args: argparse.Namespace, nb
                     timings[nb.stem] = {"wall_s": time.perf_counter() - started, "status": "interrupted"}
             return False
     return True
+
+
+def _ending(status: str, wall: float, why: str) -> str:
+    """The end of a notebook's console line, after ``name ... `` (serial and parallel runs alike)."""
+    return f"{status} in {_duration(wall)}{why}"
 
 
 def _duration(seconds: float) -> str:
@@ -228,7 +233,7 @@ def _run_serial(notebooks: list[Path], out: Path, args: argparse.Namespace, nb_d
             details[nb.stem] = (nb_out / nb.name, detail)
             status, why = "FAILED", f": {summary}"
         wall = timings[nb.stem] = time.perf_counter() - t0
-        print(f"{status} in {_duration(wall)}{why}", flush=True)
+        print(_ending(status, wall, why), flush=True)
     return True
 
 
